@@ -1,0 +1,26 @@
+//! milter-spamfilter: a Milter client, loaded by an MTA as a spam-filter plug-in.
+//!
+//! The data flow, one way:
+//! 1. `ffi` receives the MTA's calls and turns C structs into `message::Envelope`/`Content`;
+//! 2. `config` has read the option file once, at `spamfilter_init`;
+//! 3. `session` runs one Milter conversation per message over a stream from `net`, using the
+//!    sans-I/O codec in `protocol`;
+//! 4. `verdict` turns the Milter's decisions into a Sieve scriptlet, a deferral or nothing;
+//! 5. `ffi` hands that back to the MTA.
+
+pub mod config;
+pub mod error;
+pub mod ffi;
+pub mod handle;
+pub mod logging;
+pub mod message;
+pub mod net;
+pub mod protocol;
+pub mod session;
+pub mod verdict;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use handle::{Filtered, Handle};
+pub use message::{Content, Envelope, Recipient};
+pub use verdict::{Verdict, VerdictKind};

@@ -1,0 +1,1 @@
+//! DEBUG output (work in progress).

@@ -1,0 +1,1 @@
+//! One Milter conversation for one message (work in progress).
