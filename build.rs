@@ -1,1 +1,29 @@
-fn main() {}
+//! Generates include/milter_spamfilter.h from the C ABI in src/ffi.rs with cbindgen. The header is
+//! committed; tests/header.rs fails when it differs from a fresh one.
+
+use std::path::PathBuf;
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    println!("cargo:rerun-if-changed=src/ffi.rs");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let out = std::env::var("OUT_DIR").map(PathBuf::from).expect("OUT_DIR");
+    match cbindgen::Builder::new()
+        .with_crate(&dir)
+        .with_config(config)
+        .generate()
+    {
+        Ok(bindings) => {
+            // The fresh header goes to OUT_DIR for the staleness test, and to include/ unless
+            // asked not to (MILTER_SPAMFILTER_NO_HEADER_WRITE), so a plain build keeps it current.
+            bindings.write_to_file(out.join("milter_spamfilter.h"));
+            if std::env::var_os("MILTER_SPAMFILTER_NO_HEADER_WRITE").is_none() {
+                bindings.write_to_file(dir.join("include/milter_spamfilter.h"));
+            }
+        }
+        Err(e) => {
+            println!("cargo:warning=cbindgen failed: {e}");
+        }
+    }
+}

@@ -1,1 +1,639 @@
-//! The C ABI (work in progress).
+//! The C ABI: the only place that knows about C. Every exported function runs inside `guard`,
+//! which catches a panic (it becomes `SPAMFILTER_STATUS_ERR_INTERNAL`), so nothing ever unwinds
+//! into the MTA; pointers are checked before anything else happens. Caller-filled structs carry
+//! their size, and fields past that size are treated as absent, so the structs can grow.
+
+use crate::error::{Error, ErrorKind};
+use crate::handle::Handle;
+use crate::message::{Content, Envelope, Recipient};
+use crate::verdict::{Disposition, VerdictKind};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::io::Read;
+use std::mem::{offset_of, size_of};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+/// Status of every call. Stable numbers; `spamfilter_status_text` describes each.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpamfilterStatus {
+    /// Success.
+    Ok = 0,
+    /// A NULL pointer, a bad struct size or another invalid argument from the caller.
+    ErrArgument = 1,
+    /// The option file is missing, unreadable or has a bad value.
+    ErrConfig = 2,
+    /// The Milter could not be reached.
+    ErrConnect = 3,
+    /// The Milter did not answer in time (TIMEOUT, CONNECT_TIMEOUT or MESSAGE_TIMEOUT).
+    ErrTimeout = 4,
+    /// The Milter broke the Milter protocol.
+    ErrProtocol = 5,
+    /// Reading from or writing to the Milter failed, or it closed the connection.
+    ErrIo = 6,
+    /// The message or envelope passed by the MTA is unusable (or its read callback failed).
+    ErrMessage = 7,
+    /// The SOCKS proxy refused or failed the connection.
+    ErrSocks = 8,
+    /// An internal error in the library (a bug); the message was not filtered.
+    ErrInternal = 9,
+}
+
+/// What the MTA should do with the message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpamfilterKind {
+    /// No verdict: deliver normally (the null action).
+    None = 0,
+    /// Run `verdict`, a Sieve scriptlet, through `spamfilterN_string_action`.
+    Verdict = 1,
+    /// Defer the message with the SMTP reply in `reply` (the Milter's temporary failure).
+    Defer = 2,
+}
+
+/// The Milter's final disposition, in structured form.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpamfilterDisposition {
+    /// Continue / nothing decided: deliver.
+    Continue = 0,
+    /// Accept: deliver, no further filtering.
+    Accept = 1,
+    /// Reject (`reply` holds the SMTP reply).
+    Reject = 2,
+    /// Temporary failure (`reply` holds the SMTP reply).
+    Tempfail = 3,
+    /// Discard silently.
+    Discard = 4,
+}
+
+/// Reads up to `len` bytes of the message into `buf`. Returns the number of bytes read, 0 at
+/// the end of the message, or a negative value on error.
+pub type SpamfilterReadFn =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, len: usize) -> isize>;
+
+/// A Milter macro the MTA passes: `name` as written on the wire (`{tls_version}`, or a one-letter
+/// name); braces are optional.
+#[repr(C)]
+pub struct SpamfilterMacro {
+    pub name: *const c_char,
+    pub value: *const c_char,
+}
+
+/// One envelope recipient.
+#[repr(C)]
+pub struct SpamfilterRecipient {
+    /// The address without angle brackets (NUL-terminated).
+    pub address: *const c_char,
+    /// The ESMTP parameters of its RCPT command, each as its own string (may be NULL when
+    /// `esmtp_argc` is 0).
+    pub esmtp_args: *const *const c_char,
+    pub esmtp_argc: usize,
+}
+
+/// One message and its envelope, filled by the MTA. Set `struct_size` to
+/// `sizeof(SpamfilterMessage)`; fields beyond a smaller size are treated as absent. Every string
+/// is NUL-terminated; NULL means "not known". The message is passed either as `data`/`data_len`
+/// or through `read` (when `read` is set, `data` is ignored).
+#[repr(C)]
+pub struct SpamfilterMessage {
+    pub struct_size: usize,
+    /// The client's verified host name, or NULL.
+    pub client_name: *const c_char,
+    /// The client's IPv4 or IPv6 address as text, or NULL for a local submission.
+    pub client_addr: *const c_char,
+    /// The client's TCP port.
+    pub client_port: u16,
+    /// The HELO/EHLO argument, or NULL.
+    pub helo: *const c_char,
+    /// The reverse path without angle brackets; "" (or NULL) for the null sender `<>`.
+    pub sender: *const c_char,
+    /// The ESMTP parameters of MAIL FROM.
+    pub mail_args: *const *const c_char,
+    pub mail_argc: usize,
+    /// The recipients.
+    pub recipients: *const SpamfilterRecipient,
+    pub recipient_count: usize,
+    /// The MTA's host name (macro `j`).
+    pub mta_hostname: *const c_char,
+    /// The queue or session id (macro `i`).
+    pub queue_id: *const c_char,
+    /// SMTP AUTH mechanism (`{auth_type}`) and authenticated user (`{auth_authen}`).
+    pub auth_type: *const c_char,
+    pub auth_authen: *const c_char,
+    /// Further macros (TLS facts such as `{tls_version}`, `{cipher}`, or anything else).
+    pub macros: *const SpamfilterMacro,
+    pub macro_count: usize,
+    /// The message (header and body as received, LF or CRLF line ends).
+    pub data: *const u8,
+    pub data_len: usize,
+    /// Or: a read callback and its context, so that the message is never held whole.
+    pub read: SpamfilterReadFn,
+    pub read_ctx: *mut c_void,
+}
+
+/// The result of `spamfilter_filter`. Set `struct_size` to `sizeof(SpamfilterResult)` before
+/// the call; release what it owns with `spamfilter_result_free`.
+#[repr(C)]
+pub struct SpamfilterResult {
+    pub struct_size: usize,
+    /// What the MTA should do.
+    pub kind: SpamfilterKind,
+    /// For `SPAMFILTER_KIND_VERDICT`: the Sieve scriptlet, NUL-terminated; else NULL.
+    pub verdict: *mut c_char,
+    /// Length of `verdict` in bytes, without the NUL.
+    pub verdict_len: usize,
+    /// The Milter's final disposition.
+    pub disposition: SpamfilterDisposition,
+    /// The SMTP reply for a reject or deferral (`"554 5.7.1 ..."`), or NULL.
+    pub reply: *mut c_char,
+    /// The quarantine reason when the Milter asked for quarantine, or NULL.
+    pub quarantine_reason: *mut c_char,
+    /// How many recipients the Milter refused individually at RCPT.
+    pub rejected_recipients: usize,
+    /// Milliseconds the Milter conversation took.
+    pub elapsed_ms: u64,
+}
+
+/// The opaque handle returned by `spamfilter_init`.
+pub struct SpamfilterHandle {
+    inner: Handle,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
+}
+
+fn fail(kind: ErrorKind, message: &str) -> SpamfilterStatus {
+    set_last_error(message);
+    status_of(kind)
+}
+
+fn status_of(kind: ErrorKind) -> SpamfilterStatus {
+    match kind {
+        ErrorKind::Config => SpamfilterStatus::ErrConfig,
+        ErrorKind::Connect => SpamfilterStatus::ErrConnect,
+        ErrorKind::Timeout => SpamfilterStatus::ErrTimeout,
+        ErrorKind::Protocol => SpamfilterStatus::ErrProtocol,
+        ErrorKind::Io => SpamfilterStatus::ErrIo,
+        ErrorKind::Message => SpamfilterStatus::ErrMessage,
+        ErrorKind::Socks => SpamfilterStatus::ErrSocks,
+    }
+}
+
+fn argument_error(message: &str) -> SpamfilterStatus {
+    set_last_error(message);
+    SpamfilterStatus::ErrArgument
+}
+
+/// Runs `f`, turning a panic into `ErrInternal` with the panic's text as the last error.
+fn guard(name: &str, f: impl FnOnce() -> SpamfilterStatus) -> SpamfilterStatus {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(status) => status,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            set_last_error(&format!("{name}: internal error: {what}"));
+            SpamfilterStatus::ErrInternal
+        }
+    }
+}
+
+/// Reads the option file at `option_file` and returns a new handle in `*handle_out`. Nothing is
+/// connected yet. On failure `*handle_out` is NULL and `spamfilter_last_error()` says what was
+/// wrong (file, line, option, value).
+///
+/// # Safety
+/// `option_file` must be NULL or a NUL-terminated string; `handle_out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_init(
+    option_file: *const c_char,
+    handle_out: *mut *mut SpamfilterHandle,
+) -> SpamfilterStatus {
+    guard("spamfilter_init", || {
+        if handle_out.is_null() {
+            return argument_error("spamfilter_init: handle_out is NULL");
+        }
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { *handle_out = std::ptr::null_mut() };
+        if option_file.is_null() {
+            return fail(ErrorKind::Config, "spamfilter_init: option file path is NULL");
+        }
+        // SAFETY: the caller promises a NUL-terminated string.
+        let path = unsafe { CStr::from_ptr(option_file) };
+        let path = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            path.to_bytes(),
+        ));
+        match Handle::open(path) {
+            Ok(h) => {
+                let boxed = Box::new(SpamfilterHandle { inner: h });
+                // SAFETY: as above.
+                unsafe { *handle_out = Box::into_raw(boxed) };
+                SpamfilterStatus::Ok
+            }
+            Err(e) => fail(e.kind, &e.message),
+        }
+    })
+}
+
+/// Runs one complete Milter conversation for `message` and fills `*result`. Blocking, on the
+/// calling thread; any number of threads may call it at once with the same handle. On failure
+/// (status other than `SPAMFILTER_STATUS_OK`) the result holds no verdict and
+/// `spamfilter_last_error()` says why: the MTA decides (spamfilterN_optional) whether the message
+/// passes unfiltered or is deferred.
+///
+/// # Safety
+/// `handle` from `spamfilter_init`; `message` and `result` NULL or valid, with their
+/// `struct_size` set; every pointer inside `message` valid for its stated length.
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_filter(
+    handle: *const SpamfilterHandle,
+    message: *const SpamfilterMessage,
+    result: *mut SpamfilterResult,
+) -> SpamfilterStatus {
+    guard("spamfilter_filter", || {
+        if result.is_null() {
+            return argument_error("spamfilter_filter: result is NULL");
+        }
+        // SAFETY: non-NULL; the caller promises a writable struct of at least struct_size bytes.
+        let result = unsafe { &mut *result };
+        if result.struct_size < size_of::<SpamfilterResult>() {
+            return argument_error(&format!(
+                "spamfilter_filter: result struct_size is {}, expected at least {}",
+                result.struct_size,
+                size_of::<SpamfilterResult>()
+            ));
+        }
+        clear_result(result);
+        if handle.is_null() {
+            return argument_error("spamfilter_filter: handle is NULL");
+        }
+        if message.is_null() {
+            return argument_error("spamfilter_filter: message is NULL");
+        }
+        // SAFETY: non-NULL handle from spamfilter_init, not yet closed (caller's promise).
+        let handle = unsafe { &(*handle).inner };
+        // SAFETY: non-NULL; fields are read only within struct_size.
+        let msg = unsafe { &*message };
+        let (envelope, source) = match unsafe { envelope_of(msg) } {
+            Ok(v) => v,
+            Err(e) => return fail(e.kind, &e.message),
+        };
+        let filtered = match source {
+            Source::Buffer(bytes) => handle.filter(&envelope, Content::Buffer(bytes)),
+            Source::Callback(read, ctx) => {
+                let mut reader = CallbackReader { read, ctx };
+                handle.filter(&envelope, Content::Reader(&mut reader))
+            }
+        };
+        match filtered {
+            Ok(f) => {
+                result.kind = match f.verdict.kind {
+                    VerdictKind::None => SpamfilterKind::None,
+                    VerdictKind::Sieve => SpamfilterKind::Verdict,
+                    VerdictKind::Defer => SpamfilterKind::Defer,
+                };
+                if f.verdict.kind == VerdictKind::Sieve {
+                    let (ptr, len) = c_string(&f.verdict.script);
+                    result.verdict = ptr;
+                    result.verdict_len = len;
+                }
+                result.disposition = match f.outcome.disposition {
+                    Disposition::Continue => SpamfilterDisposition::Continue,
+                    Disposition::Accept => SpamfilterDisposition::Accept,
+                    Disposition::Reject => SpamfilterDisposition::Reject,
+                    Disposition::Tempfail => SpamfilterDisposition::Tempfail,
+                    Disposition::Discard => SpamfilterDisposition::Discard,
+                };
+                if let Some(reply) = f.verdict.reply.as_ref().or(f.outcome.reply.as_ref()) {
+                    result.reply = c_string(reply).0;
+                }
+                if let Some(q) = &f.outcome.quarantine {
+                    result.quarantine_reason = c_string(q).0;
+                }
+                result.rejected_recipients = f.outcome.rejected_recipients.len();
+                result.elapsed_ms = f.elapsed.as_millis() as u64;
+                SpamfilterStatus::Ok
+            }
+            Err(e) => fail(e.kind, &e.message),
+        }
+    })
+}
+
+fn clear_result(result: &mut SpamfilterResult) {
+    result.kind = SpamfilterKind::None;
+    result.verdict = std::ptr::null_mut();
+    result.verdict_len = 0;
+    result.disposition = SpamfilterDisposition::Continue;
+    result.reply = std::ptr::null_mut();
+    result.quarantine_reason = std::ptr::null_mut();
+    result.rejected_recipients = 0;
+    result.elapsed_ms = 0;
+}
+
+/// Bytes → a malloc-free C string owned by Rust (NUL bytes cannot occur: replaced by '?').
+fn c_string(bytes: &[u8]) -> (*mut c_char, usize) {
+    let clean: Vec<u8> = bytes
+        .iter()
+        .map(|&b| if b == 0 { b'?' } else { b })
+        .collect();
+    let len = clean.len();
+    let c = CString::new(clean).unwrap_or_default();
+    (c.into_raw(), len)
+}
+
+/// Releases what `result` owns and sets its pointers to NULL. Calling it again, or on a result
+/// that holds nothing, does nothing.
+///
+/// # Safety
+/// `result` NULL, or a result filled by `spamfilter_filter` (or zeroed).
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
+    let _ = guard("spamfilter_result_free", || {
+        if result.is_null() {
+            return SpamfilterStatus::Ok;
+        }
+        // SAFETY: non-NULL; the caller promises a result it got from spamfilter_filter.
+        let r = unsafe { &mut *result };
+        if r.struct_size < size_of::<SpamfilterResult>() {
+            return SpamfilterStatus::ErrArgument;
+        }
+        for p in [&mut r.verdict, &mut r.reply, &mut r.quarantine_reason] {
+            if !p.is_null() {
+                // SAFETY: every non-NULL pointer here came from CString::into_raw in c_string.
+                drop(unsafe { CString::from_raw(*p) });
+                *p = std::ptr::null_mut();
+            }
+        }
+        r.verdict_len = 0;
+        SpamfilterStatus::Ok
+    });
+}
+
+/// Releases a handle. NULL is allowed.
+///
+/// # Safety
+/// `handle` NULL or from `spamfilter_init`, not used again afterwards (and by no other thread).
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_close(handle: *mut SpamfilterHandle) {
+    let _ = guard("spamfilter_close", || {
+        if !handle.is_null() {
+            // SAFETY: from Box::into_raw in spamfilter_init, released once (caller's promise).
+            drop(unsafe { Box::from_raw(handle) });
+        }
+        SpamfilterStatus::Ok
+    });
+}
+
+/// The library's name and version, e.g. "milter-spamfilter 0.1.0". Static; never NULL.
+#[no_mangle]
+pub extern "C" fn spamfilter_version() -> *const c_char {
+    static VERSION: &str = concat!("milter-spamfilter ", env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}
+
+/// The reason for the last failure on this thread (empty string if none). The pointer stays
+/// valid until the next library call on this thread.
+#[no_mangle]
+pub extern "C" fn spamfilter_last_error() -> *const c_char {
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
+}
+
+/// A one-line description of a status code. Static; never NULL.
+#[no_mangle]
+pub extern "C" fn spamfilter_status_text(status: SpamfilterStatus) -> *const c_char {
+    let s: &'static CStr = match status {
+        SpamfilterStatus::Ok => c"success",
+        SpamfilterStatus::ErrArgument => c"invalid argument",
+        SpamfilterStatus::ErrConfig => c"bad option file",
+        SpamfilterStatus::ErrConnect => c"cannot connect to the Milter",
+        SpamfilterStatus::ErrTimeout => c"the Milter did not answer in time",
+        SpamfilterStatus::ErrProtocol => c"the Milter broke the protocol",
+        SpamfilterStatus::ErrIo => c"I/O error on the Milter connection",
+        SpamfilterStatus::ErrMessage => c"unusable message or envelope",
+        SpamfilterStatus::ErrSocks => c"the SOCKS proxy failed",
+        SpamfilterStatus::ErrInternal => c"internal error",
+    };
+    s.as_ptr()
+}
+
+enum Source<'a> {
+    Buffer(&'a [u8]),
+    Callback(
+        unsafe extern "C" fn(*mut c_void, *mut u8, usize) -> isize,
+        *mut c_void,
+    ),
+}
+
+/// True when `field` (at `offset`, `size` bytes) lies within the caller's `struct_size`.
+fn present(struct_size: usize, offset: usize, size: usize) -> bool {
+    offset + size <= struct_size
+}
+
+macro_rules! field {
+    ($msg:expr, $name:ident) => {
+        if present(
+            $msg.struct_size,
+            offset_of!(SpamfilterMessage, $name),
+            size_of_val(&$msg.$name),
+        ) {
+            Some(&$msg.$name)
+        } else {
+            None
+        }
+    };
+}
+
+/// # Safety
+/// Every pointer in `s` valid (or NULL).
+unsafe fn opt_bytes(s: *const c_char) -> Option<Vec<u8>> {
+    if s.is_null() {
+        None
+    } else {
+        // SAFETY: non-NULL, NUL-terminated (caller's promise).
+        Some(unsafe { CStr::from_ptr(s) }.to_bytes().to_vec())
+    }
+}
+
+/// # Safety
+/// `ptr` valid for `count` string pointers when non-NULL.
+unsafe fn string_list(what: &str, ptr: *const *const c_char, count: usize) -> Result<Vec<Vec<u8>>, Error> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(Error::message(format!("{what} is NULL but its count is {count}")));
+    }
+    if count > 1 << 20 {
+        return Err(Error::message(format!("{what}: count {count} is not plausible")));
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: within the caller's array.
+        let s = unsafe { *ptr.add(i) };
+        match unsafe { opt_bytes(s) } {
+            Some(b) => out.push(b),
+            None => return Err(Error::message(format!("{what}[{i}] is NULL"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the safe envelope from the C struct, reading only fields within `struct_size`.
+///
+/// # Safety
+/// Pointers inside `msg` valid as documented on `SpamfilterMessage`.
+unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>), Error> {
+    let minimum = offset_of!(SpamfilterMessage, recipient_count) + size_of::<usize>();
+    if msg.struct_size < minimum {
+        return Err(Error::new(
+            ErrorKind::Message,
+            format!(
+                "message struct_size is {}, expected at least {minimum} (sizeof(SpamfilterMessage) is {})",
+                msg.struct_size,
+                size_of::<SpamfilterMessage>()
+            ),
+        ));
+    }
+    let mut env = Envelope {
+        client_name: unsafe { opt_bytes(msg.client_name) },
+        ..Envelope::default()
+    };
+    if let Some(addr) = unsafe { opt_bytes(msg.client_addr) } {
+        let text = String::from_utf8_lossy(&addr);
+        let trimmed = text.trim();
+        let bare = trimmed
+            .strip_prefix("IPv6:")
+            .or_else(|| trimmed.strip_prefix("ipv6:"))
+            .unwrap_or(trimmed)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if !bare.is_empty() {
+            env.client_addr = Some(bare.parse().map_err(|_| {
+                Error::message(format!(
+                    "client_addr \"{}\" is not an IPv4 or IPv6 address",
+                    crate::error::escape(&addr)
+                ))
+            })?);
+        }
+    }
+    env.client_port = msg.client_port;
+    env.helo = unsafe { opt_bytes(msg.helo) };
+    env.sender = unsafe { opt_bytes(msg.sender) }.unwrap_or_default();
+    env.mail_args = unsafe { string_list("mail_args", msg.mail_args, msg.mail_argc) }?;
+    if msg.recipient_count > 0 {
+        if msg.recipients.is_null() {
+            return Err(Error::message(format!(
+                "recipients is NULL but recipient_count is {}",
+                msg.recipient_count
+            )));
+        }
+        if msg.recipient_count > 1 << 20 {
+            return Err(Error::message(format!(
+                "recipient_count {} is not plausible",
+                msg.recipient_count
+            )));
+        }
+        for i in 0..msg.recipient_count {
+            // SAFETY: within the caller's array.
+            let r = unsafe { &*msg.recipients.add(i) };
+            let address = unsafe { opt_bytes(r.address) }
+                .ok_or_else(|| Error::message(format!("recipients[{i}].address is NULL")))?;
+            let esmtp_args = unsafe {
+                string_list(&format!("recipients[{i}].esmtp_args"), r.esmtp_args, r.esmtp_argc)
+            }?;
+            env.recipients.push(Recipient {
+                address,
+                esmtp_args,
+            });
+        }
+    }
+    let mut push = |name: &[u8], v: Option<&*const c_char>| {
+        if let Some(v) = v.and_then(|p| unsafe { opt_bytes(*p) }) {
+            env.macros.push((name.to_vec(), v));
+        }
+    };
+    push(b"j", field!(msg, mta_hostname));
+    push(b"i", field!(msg, queue_id));
+    push(b"{auth_type}", field!(msg, auth_type));
+    push(b"{auth_authen}", field!(msg, auth_authen));
+    if let (Some(&ptr), Some(&count)) = (field!(msg, macros), field!(msg, macro_count)) {
+        if count > 0 {
+            if ptr.is_null() {
+                return Err(Error::message(format!("macros is NULL but macro_count is {count}")));
+            }
+            if count > 1 << 16 {
+                return Err(Error::message(format!("macro_count {count} is not plausible")));
+            }
+            for i in 0..count {
+                // SAFETY: within the caller's array.
+                let m = unsafe { &*ptr.add(i) };
+                let name = unsafe { opt_bytes(m.name) }
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| Error::message(format!("macros[{i}].name is NULL or empty")))?;
+                if let Some(value) = unsafe { opt_bytes(m.value) } {
+                    env.macros.push((name, value));
+                }
+            }
+        }
+    }
+    let read = field!(msg, read).copied().flatten();
+    let read_ctx = field!(msg, read_ctx).copied().unwrap_or(std::ptr::null_mut());
+    let source = match read {
+        Some(f) => Source::Callback(f, read_ctx),
+        None => {
+            let data = field!(msg, data).copied().unwrap_or(std::ptr::null());
+            let len = field!(msg, data_len).copied().unwrap_or(0);
+            if data.is_null() {
+                if len != 0 {
+                    return Err(Error::message(format!(
+                        "data is NULL but data_len is {len} (and no read callback is set)"
+                    )));
+                }
+                Source::Buffer(&[])
+            } else {
+                // SAFETY: the caller promises `len` readable bytes at `data`.
+                Source::Buffer(unsafe { std::slice::from_raw_parts(data, len) })
+            }
+        }
+    };
+    Ok((env, source))
+}
+
+struct CallbackReader {
+    read: unsafe extern "C" fn(*mut c_void, *mut u8, usize) -> isize,
+    ctx: *mut c_void,
+}
+
+impl Read for CallbackReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // SAFETY: the MTA's callback writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { (self.read)(self.ctx, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::other(format!(
+                "the MTA's read callback returned {n}"
+            )))
+        } else if n as usize > buf.len() {
+            Err(std::io::Error::other(format!(
+                "the MTA's read callback returned {n}, more than the {} bytes asked for",
+                buf.len()
+            )))
+        } else {
+            Ok(n as usize)
+        }
+    }
+}

@@ -1,1 +1,1252 @@
-//! One Milter conversation for one message (work in progress).
+//! One Milter conversation for one message, as Postfix's milter8.c runs it: negotiate, then one
+//! event per SMTP stage (its macros, the command unless the Milter asked not to get it, and the
+//! reply unless it asked not to answer), the header and body streamed from the MTA's message,
+//! the edits at end of message, QUIT. Packets that need no reply are held and written together
+//! with the next one that does, so a conversation costs the fewest round trips the negotiation
+//! allows. Any protocol error ends the conversation at once: replies may already be in flight.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::message::{bare_macro_name, Envelope};
+use crate::protocol::consts::*;
+use crate::error::escape;
+use crate::protocol::{self, ConnectAddr, Negotiation, Reply, MAX_DATA_LEN};
+use crate::verdict::{
+    Disposition, Edit, Header, Outcome, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
+};
+use log::{debug, log_enabled, trace, warn, Level};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The actions we offer: what a verdict can express (contract §5). CHGBODY, DELRCPT and CHGFROM
+/// are not offered because no verdict can carry them.
+pub const OFFERED_ACTIONS: u32 = SMFIF_ADDHDRS
+    | SMFIF_CHGHDRS
+    | SMFIF_QUARANTINE
+    | SMFIF_ADDRCPT
+    | SMFIF_ADDRCPT_PAR
+    | SMFIF_SETSYMLIST;
+
+/// The protocol bits we can honour, per offered version (as Postfix's table: 2, 3, 4, 6).
+pub fn offered_protocol(version: u32) -> u32 {
+    let v2 = SMFIP_NOCONNECT
+        | SMFIP_NOHELO
+        | SMFIP_NOMAIL
+        | SMFIP_NORCPT
+        | SMFIP_NOBODY
+        | SMFIP_NOHDRS
+        | SMFIP_NOEOH;
+    match version {
+        2 => v2,
+        3 => v2 | SMFIP_NR_HDR | SMFIP_NOUNKNOWN,
+        4 | 5 => v2 | SMFIP_NR_HDR | SMFIP_NOUNKNOWN | SMFIP_NODATA,
+        _ => {
+            v2 | SMFIP_NR_HDR
+                | SMFIP_NOUNKNOWN
+                | SMFIP_NODATA
+                | SMFIP_SKIP
+                | SMFIP_NR_CONN
+                | SMFIP_NR_HELO
+                | SMFIP_NR_MAIL
+                | SMFIP_NR_RCPT
+                | SMFIP_NR_DATA
+                | SMFIP_NR_UNKN
+                | SMFIP_NR_EOH
+                | SMFIP_NR_BODY
+                | SMFIP_HDR_LEADSPC
+        }
+    }
+}
+
+/// Macros sent at each stage when the Milter asks for no list of its own: sendmail's and Postfix's
+/// defaults together. A macro the MTA has no value for is left out.
+pub const DEFAULT_MACROS: [&[&[u8]]; 7] = [
+    // CONNECT
+    &[
+        b"j",
+        b"_",
+        b"{daemon_name}",
+        b"{daemon_addr}",
+        b"{if_name}",
+        b"{if_addr}",
+        b"{client_addr}",
+        b"{client_name}",
+        b"{client_port}",
+        b"{client_ptr}",
+        b"v",
+    ],
+    // HELO
+    &[
+        b"{tls_version}",
+        b"{cipher}",
+        b"{cipher_bits}",
+        b"{cert_subject}",
+        b"{cert_issuer}",
+    ],
+    // ENVFROM
+    &[
+        b"i",
+        b"{auth_type}",
+        b"{auth_authen}",
+        b"{auth_ssf}",
+        b"{auth_author}",
+        b"{mail_mailer}",
+        b"{mail_host}",
+        b"{mail_addr}",
+    ],
+    // ENVRCPT
+    &[b"i", b"{rcpt_mailer}", b"{rcpt_host}", b"{rcpt_addr}"],
+    // DATA
+    &[b"i"],
+    // EOM
+    &[b"i", b"{msg_id}"],
+    // EOH
+    &[b"i"],
+];
+
+/// Largest header section we read; past it the message is refused as malformed input.
+pub const MAX_HEADER_SECTION: usize = 4 << 20;
+
+/// Holding at most this many unsent bytes, the session writes them out even without a reply due
+/// (a long body under NR_BODY).
+const WRITE_HIGH_WATER: usize = 256 << 10;
+
+/// What a command's reply means for the conversation.
+enum Answer {
+    /// Go on (CONTINUE, or no reply expected).
+    Continue,
+    /// SKIP: send no more of this kind of event.
+    Skip,
+    /// A final decision.
+    Final(Disposition, Option<Vec<u8>>),
+}
+
+struct Conversation<'a, S: Read + Write + Timeouts> {
+    stream: &'a mut S,
+    peer: &'a str,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    timeout: Duration,
+    deadline: Instant,
+    /// Read/write timeout currently set on the socket (to save system calls).
+    socket_timeout: Option<Duration>,
+    neg: Negotiation,
+    macro_lists: [Vec<Vec<u8>>; 7],
+    /// Edits, quarantine at end of message.
+    edits: Vec<Edit>,
+    quarantine: Option<Vec<u8>>,
+    trace_packets: bool,
+}
+
+/// Stream timeouts, so that the session can bound every read and write.
+pub trait Timeouts {
+    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()>;
+    /// Bytes that can be read without blocking (0 if unknown).
+    fn pending(&mut self) -> usize {
+        0
+    }
+}
+
+impl Timeouts for std::net::TcpStream {
+    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+    fn pending(&mut self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        // SAFETY: a one-byte buffer we own; MSG_PEEK|MSG_DONTWAIT neither consumes nor blocks.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            n as usize
+        } else {
+            0
+        }
+    }
+}
+
+impl Timeouts for std::os::unix::net::UnixStream {
+    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+/// Runs the conversation for one message on a connected stream and returns what the Milter
+/// decided, with what it negotiated.
+pub fn run<S: Read + Write + Timeouts>(
+    config: &Config,
+    stream: &mut S,
+    peer: &str,
+    envelope: &Envelope,
+    content: &mut dyn Read,
+    deadline: Instant,
+) -> Result<(Outcome, Negotiation)> {
+    let mut c = Conversation {
+        stream,
+        peer,
+        out: Vec::with_capacity(8192),
+        rbuf: Vec::new(),
+        rpos: 0,
+        timeout: config.timeout,
+        deadline,
+        socket_timeout: None,
+        neg: Negotiation::default(),
+        macro_lists: Default::default(),
+        edits: Vec::new(),
+        quarantine: None,
+        trace_packets: log_enabled!(Level::Debug),
+    };
+    c.negotiate(config.milter_protocol)?;
+    let outcome = c.message(envelope, content)?;
+    // QUIT needs no reply; a failure to write it changes nothing for this message.
+    c.queue(SMFIC_QUIT, &[]);
+    let _ = c.flush();
+    Ok((outcome, c.neg))
+}
+
+impl<S: Read + Write + Timeouts> Conversation<'_, S> {
+    fn negotiate(&mut self, version: u32) -> Result<()> {
+        let offered = offered_protocol(version);
+        let start = self.out.len();
+        protocol::encode_optneg(&mut self.out, version, OFFERED_ACTIONS, offered);
+        self.trace_out(start);
+        self.flush()?;
+        let (cmd, data) = self.read_packet("OPTNEG")?;
+        if cmd != SMFIC_OPTNEG {
+            return Err(self.protocol_error(&format!(
+                "answered OPTNEG with {} ('{}') instead of OPTNEG",
+                reply_name(cmd),
+                escape(&[cmd])
+            )));
+        }
+        let neg = protocol::decode_optneg(&data)
+            .map_err(|e| self.protocol_error(&format!("bad OPTNEG reply: {e}")))?;
+        if neg.version < 2 || neg.version > version {
+            return Err(self.protocol_error(&format!(
+                "answered with protocol version {}, but version {version} was offered \
+                 (versions 2 to {version} are accepted)",
+                neg.version
+            )));
+        }
+        if neg.actions & !OFFERED_ACTIONS != 0 {
+            // rspamd asks for every action whatever was offered; what it then sends and we cannot
+            // express is ignored at end of message.
+            debug!(
+                "milter {}: asks for actions that were not offered: {}",
+                self.peer,
+                action_names(neg.actions & !OFFERED_ACTIONS)
+            );
+        }
+        let mut neg = neg;
+        if neg.protocol & !offered != 0 {
+            warn!(
+                "milter {}: asks for protocol steps that were not offered, ignored: {}",
+                self.peer,
+                protocol_names(neg.protocol & !offered)
+            );
+            neg.protocol &= offered;
+        }
+        // What an older version lacks is never sent.
+        if neg.version <= 2 {
+            neg.protocol |= SMFIP_NOUNKNOWN;
+        }
+        if neg.version <= 3 {
+            neg.protocol |= SMFIP_NODATA;
+        }
+        debug!(
+            "milter {}: negotiated version {}, actions {}, protocol {}",
+            self.peer,
+            neg.version,
+            action_names(neg.actions),
+            protocol_names(neg.protocol)
+        );
+        for (stage, list) in neg.macros.iter().enumerate() {
+            self.macro_lists[stage] = match list {
+                Some(names) => names.clone(),
+                None => DEFAULT_MACROS[stage].iter().map(|n| n.to_vec()).collect(),
+            };
+        }
+        self.neg = neg;
+        Ok(())
+    }
+
+    fn has(&self, bit: u32) -> bool {
+        self.neg.protocol & bit != 0
+    }
+
+    fn message(&mut self, env: &Envelope, content: &mut dyn Read) -> Result<Outcome> {
+        let mut values = MacroValues::new(env);
+
+        // CONNECT
+        let hostname = match (&env.client_name, env.client_addr) {
+            (Some(name), _) if !name.is_empty() => name.clone(),
+            (_, Some(addr)) => format!("[{addr}]").into_bytes(),
+            _ => b"localhost".to_vec(),
+        };
+        let addr = match env.client_addr {
+            None => ConnectAddr::Unknown,
+            Some(IpAddr::V4(a)) => ConnectAddr::Inet4 {
+                port: env.client_port,
+                addr: a,
+            },
+            Some(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => ConnectAddr::Inet4 {
+                    port: env.client_port,
+                    addr: v4,
+                },
+                None => ConnectAddr::Inet6 {
+                    port: env.client_port,
+                    addr: a,
+                },
+            },
+        };
+        self.macros(SMFIM_CONNECT, &values);
+        if !self.has(SMFIP_NOCONNECT) {
+            let start = self.out.len();
+            protocol::encode_connect(&mut self.out, &hostname, &addr);
+            self.trace_out(start);
+        }
+        let expect = !self.has(SMFIP_NOCONNECT) && !self.has(SMFIP_NR_CONN);
+        if let Answer::Final(d, reply) = self.answer(Stage::Connect, expect)? {
+            return Ok(self.connection_level(d, reply, Stage::Connect));
+        }
+
+        // HELO
+        if let Some(helo) = &env.helo {
+            self.macros(SMFIM_HELO, &values);
+            if !self.has(SMFIP_NOHELO) {
+                self.command_strings(SMFIC_HELO, &[helo]);
+            }
+            let expect = !self.has(SMFIP_NOHELO) && !self.has(SMFIP_NR_HELO);
+            if let Answer::Final(d, reply) = self.answer(Stage::Helo, expect)? {
+                return Ok(self.connection_level(d, reply, Stage::Helo));
+            }
+        }
+
+        // MAIL
+        self.macros(SMFIM_ENVFROM, &values);
+        if !self.has(SMFIP_NOMAIL) {
+            let from = angle(&env.sender);
+            let mut args: Vec<&[u8]> = vec![&from];
+            args.extend(env.mail_args.iter().map(|a| a.as_slice()));
+            self.command_strings(SMFIC_MAIL, &args);
+        }
+        let expect = !self.has(SMFIP_NOMAIL) && !self.has(SMFIP_NR_MAIL);
+        if let Answer::Final(d, reply) = self.answer(Stage::Mail, expect)? {
+            return Ok(self.final_outcome(d, reply, Stage::Mail, Vec::new()));
+        }
+
+        // RCPT, each: a reject or tempfail refuses that recipient only.
+        let mut rejected: Vec<RecipientReject> = Vec::new();
+        let mut skip_rcpt = false;
+        for rcpt in &env.recipients {
+            if skip_rcpt {
+                break;
+            }
+            values.set_rcpt(&rcpt.address);
+            self.macros(SMFIM_ENVRCPT, &values);
+            if !self.has(SMFIP_NORCPT) {
+                let to = angle(&rcpt.address);
+                let mut args: Vec<&[u8]> = vec![&to];
+                args.extend(rcpt.esmtp_args.iter().map(|a| a.as_slice()));
+                self.command_strings(SMFIC_RCPT, &args);
+            }
+            let expect = !self.has(SMFIP_NORCPT) && !self.has(SMFIP_NR_RCPT);
+            match self.answer(Stage::Rcpt, expect)? {
+                Answer::Continue => {}
+                Answer::Skip => skip_rcpt = true,
+                Answer::Final(Disposition::Reject, reply) => rejected.push(RecipientReject {
+                    address: rcpt.address.clone(),
+                    tempfail: false,
+                    reply: reply.unwrap_or_else(|| DEFAULT_REJECT.to_vec()),
+                }),
+                Answer::Final(Disposition::Tempfail, reply) => rejected.push(RecipientReject {
+                    address: rcpt.address.clone(),
+                    tempfail: true,
+                    reply: reply.unwrap_or_else(|| DEFAULT_TEMPFAIL.to_vec()),
+                }),
+                Answer::Final(d, reply) => {
+                    return Ok(self.final_outcome(d, reply, Stage::Rcpt, rejected));
+                }
+            }
+        }
+        if !env.recipients.is_empty() && rejected.len() == env.recipients.len() {
+            // Nobody is left to deliver to: the message is refused as the last recipient was,
+            // temporarily only if every refusal was temporary.
+            let all_temp = rejected.iter().all(|r| r.tempfail);
+            let last = rejected
+                .iter()
+                .rev()
+                .find(|r| r.tempfail == all_temp)
+                .map(|r| r.reply.clone());
+            let d = if all_temp {
+                Disposition::Tempfail
+            } else {
+                Disposition::Reject
+            };
+            self.queue(SMFIC_ABORT, &[]);
+            return Ok(self.final_outcome(d, last, Stage::Rcpt, rejected));
+        }
+
+        // DATA
+        self.macros(SMFIM_DATA, &values);
+        if !self.has(SMFIP_NODATA) {
+            self.queue(SMFIC_DATA, &[]);
+        }
+        let expect = !self.has(SMFIP_NODATA) && !self.has(SMFIP_NR_DATA);
+        if let Answer::Final(d, reply) = self.answer(Stage::Data, expect)? {
+            return Ok(self.final_outcome(d, reply, Stage::Data, rejected));
+        }
+
+        // Header fields, streamed from the message.
+        let mut reader = ContentReader::new(content);
+        let (headers, body_start) = reader.read_header_section()?;
+        let leadspc = self.has(SMFIP_HDR_LEADSPC);
+        if !self.has(SMFIP_NOHDRS) {
+            let expect = !self.has(SMFIP_NR_HDR);
+            for h in &headers {
+                let value: &[u8] = if !leadspc && h.value.first() == Some(&b' ') {
+                    &h.value[1..]
+                } else {
+                    &h.value
+                };
+                let start = self.out.len();
+                protocol::encode_header(&mut self.out, &h.name, value);
+                self.trace_out(start);
+                match self.answer(Stage::Header, expect)? {
+                    Answer::Continue => {}
+                    Answer::Skip => break,
+                    Answer::Final(d, reply) => {
+                        let mut o = self.final_outcome(d, reply, Stage::Header, rejected);
+                        o.headers = headers;
+                        return Ok(o);
+                    }
+                }
+            }
+        }
+
+        // EOH
+        self.macros(SMFIM_EOH, &values);
+        if !self.has(SMFIP_NOEOH) {
+            self.queue(SMFIC_EOH, &[]);
+        }
+        let expect = !self.has(SMFIP_NOEOH) && !self.has(SMFIP_NR_EOH);
+        if let Answer::Final(d, reply) = self.answer(Stage::Eoh, expect)? {
+            let mut o = self.final_outcome(d, reply, Stage::Eoh, rejected);
+            o.headers = headers;
+            return Ok(o);
+        }
+
+        // BODY, in chunks of at most 65535 bytes with CRLF line ends.
+        if !self.has(SMFIP_NOBODY) {
+            let expect = !self.has(SMFIP_NR_BODY);
+            let mut chunk: Vec<u8> = Vec::with_capacity(MAX_DATA_LEN);
+            let mut body = BodyCrlf::new(body_start);
+            loop {
+                chunk.clear();
+                let more = body.fill(&mut reader, &mut chunk, MAX_DATA_LEN)?;
+                if !chunk.is_empty() {
+                    let start = self.out.len();
+                    protocol::encode_packet(&mut self.out, SMFIC_BODY, &[&chunk]);
+                    self.trace_out(start);
+                    match self.answer(Stage::Body, expect)? {
+                        Answer::Continue => {}
+                        Answer::Skip => break,
+                        Answer::Final(d, reply) => {
+                            let mut o = self.final_outcome(d, reply, Stage::Body, rejected);
+                            o.headers = headers;
+                            return Ok(o);
+                        }
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+
+        // End of message: edits, then one disposition.
+        self.macros(SMFIM_EOM, &values);
+        self.queue(SMFIC_BODYEOB, &[]);
+        let (d, reply) = match self.answer(Stage::Eom, true)? {
+            Answer::Final(d, reply) => (d, reply),
+            Answer::Continue | Answer::Skip => (Disposition::Continue, None),
+        };
+        let unread = self.stream.pending() + (self.rbuf.len() - self.rpos);
+        if unread > 0 {
+            return Err(self.protocol_error(&format!(
+                "sent more after its final reply to BODYEOB ({unread} or more unexpected bytes)"
+            )));
+        }
+        let mut o = self.final_outcome(d, reply, Stage::Eom, rejected);
+        o.headers = headers;
+        o.edits = std::mem::take(&mut self.edits);
+        if o.quarantine.is_none() {
+            o.quarantine = self.quarantine.take();
+        }
+        o.leadspc = leadspc;
+        Ok(o)
+    }
+
+    /// A decision at CONNECT or HELO concerns the whole connection: accept ends filtering, and a
+    /// discard there means nothing (Postfix ignores it with a warning).
+    fn connection_level(
+        &mut self,
+        d: Disposition,
+        reply: Option<Vec<u8>>,
+        stage: Stage,
+    ) -> Outcome {
+        let d = if d == Disposition::Discard {
+            warn!(
+                "milter {}: DISCARD at {stage:?} is not meaningful and is ignored",
+                self.peer
+            );
+            Disposition::Accept
+        } else {
+            d
+        };
+        self.final_outcome(d, reply, stage, Vec::new())
+    }
+
+    fn final_outcome(
+        &mut self,
+        d: Disposition,
+        reply: Option<Vec<u8>>,
+        stage: Stage,
+        rejected: Vec<RecipientReject>,
+    ) -> Outcome {
+        let mut o = Outcome::new(d, stage);
+        o.reply = match d {
+            Disposition::Reject => Some(reply.unwrap_or_else(|| DEFAULT_REJECT.to_vec())),
+            Disposition::Tempfail => Some(reply.unwrap_or_else(|| DEFAULT_TEMPFAIL.to_vec())),
+            _ => None,
+        };
+        o.rejected_recipients = rejected;
+        o.quarantine = self.quarantine.take();
+        o.leadspc = self.has(SMFIP_HDR_LEADSPC);
+        o
+    }
+
+    /// Queues the macros of `stage`: the requested (or default) names that have a value.
+    fn macros(&mut self, stage: usize, values: &MacroValues<'_>) {
+        let names = &self.macro_lists[stage];
+        if names.is_empty() {
+            return;
+        }
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(v) = values.get(name) {
+                pairs.push((name.as_slice(), v));
+            }
+        }
+        if pairs.is_empty() {
+            return;
+        }
+        let start = self.out.len();
+        protocol::encode_macros(&mut self.out, STAGE_CMD[stage], &pairs);
+        self.trace_out(start);
+    }
+
+    fn command_strings(&mut self, cmd: u8, strings: &[&[u8]]) {
+        let start = self.out.len();
+        protocol::encode_strings(&mut self.out, cmd, strings);
+        self.trace_out(start);
+    }
+
+    fn queue(&mut self, cmd: u8, data: &[u8]) {
+        let start = self.out.len();
+        protocol::encode_packet(&mut self.out, cmd, &[data]);
+        self.trace_out(start);
+    }
+
+    /// After a stage's packets are queued: read its reply if one is due, else maybe write out.
+    fn answer(&mut self, stage: Stage, expect_reply: bool) -> Result<Answer> {
+        if !expect_reply {
+            if self.out.len() >= WRITE_HIGH_WATER {
+                self.flush()?;
+            }
+            return Ok(Answer::Continue);
+        }
+        self.flush()?;
+        let what = stage_command(stage);
+        loop {
+            let (cmd, data) = self.read_packet(what)?;
+            let reply = protocol::decode_reply(cmd, &data)
+                .map_err(|e| self.protocol_error(&format!("bad reply to {what}: {e}")))?;
+            match reply {
+                Reply::Continue => return Ok(Answer::Continue),
+                Reply::Accept => return Ok(Answer::Final(Disposition::Accept, None)),
+                Reply::Reject => return Ok(Answer::Final(Disposition::Reject, None)),
+                Reply::Tempfail => return Ok(Answer::Final(Disposition::Tempfail, None)),
+                Reply::Discard => return Ok(Answer::Final(Disposition::Discard, None)),
+                Reply::ReplyCode(text) => {
+                    let d = if text.first() == Some(&b'4') {
+                        Disposition::Tempfail
+                    } else {
+                        Disposition::Reject
+                    };
+                    return Ok(Answer::Final(d, Some(unescape_percent(&text))));
+                }
+                Reply::Shutdown => {
+                    return Ok(Answer::Final(
+                        Disposition::Tempfail,
+                        Some(b"421 4.7.0 Milter asked to shut down".to_vec()),
+                    ))
+                }
+                Reply::ConnFail => {
+                    return Err(self.protocol_error(&format!(
+                        "answered {what} with CONN_FAIL (the Milter reports a connection failure)"
+                    )))
+                }
+                Reply::Progress => continue,
+                Reply::Skip => {
+                    if !self.has(SMFIP_SKIP) {
+                        return Err(self.protocol_error(&format!(
+                            "answered {what} with SKIP, which was not negotiated"
+                        )));
+                    }
+                    if !matches!(stage, Stage::Rcpt | Stage::Header | Stage::Body) {
+                        return Err(self.protocol_error(&format!(
+                            "answered {what} with SKIP, which is allowed only for RCPT, HEADER \
+                             and BODY"
+                        )));
+                    }
+                    return Ok(Answer::Skip);
+                }
+                Reply::Quarantine(reason) => {
+                    self.quarantine = Some(reason);
+                    if stage != Stage::Eom {
+                        // As Postfix: a quarantine before end of message holds the message and
+                        // ends filtering.
+                        return Ok(Answer::Final(Disposition::Accept, None));
+                    }
+                }
+                Reply::OptNeg(_) => {
+                    return Err(self.protocol_error(&format!("answered {what} with OPTNEG")))
+                }
+                edit => {
+                    if stage != Stage::Eom {
+                        return Err(self.protocol_error(&format!(
+                            "sent {} in reply to {what}; modifications are allowed only at end \
+                             of message",
+                            reply_name(cmd)
+                        )));
+                    }
+                    self.edit(edit, cmd);
+                }
+            }
+        }
+    }
+
+    fn edit(&mut self, reply: Reply, cmd: u8) {
+        let (needs, edit) = match reply {
+            Reply::AddHeader { name, value } => (SMFIF_ADDHDRS, Edit::AddHeader { name, value }),
+            Reply::InsHeader { index, name, value } => {
+                (SMFIF_ADDHDRS, Edit::InsHeader { index, name, value })
+            }
+            Reply::ChgHeader { index, name, value } => {
+                (SMFIF_CHGHDRS, Edit::ChgHeader { index, name, value })
+            }
+            Reply::AddRcpt(rcpt) => (SMFIF_ADDRCPT, Edit::AddRcpt { rcpt, args: None }),
+            Reply::AddRcptPar { rcpt, args } => (SMFIF_ADDRCPT_PAR, Edit::AddRcpt { rcpt, args }),
+            _ => {
+                // CHGBODY, REPLBODY, DELRCPT, CHGFROM: no verdict can express them.
+                log::info!(
+                    "milter {}: {} cannot be expressed in a verdict and is ignored",
+                    self.peer,
+                    reply_name(cmd)
+                );
+                return;
+            }
+        };
+        if self.neg.actions & needs == 0 {
+            warn!(
+                "milter {}: sent {} without negotiating {}; applied anyway, as sendmail does",
+                self.peer,
+                reply_name(cmd),
+                action_names(needs)
+            );
+        }
+        self.edits.push(edit);
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.arm()?;
+        if log_enabled!(Level::Trace) {
+            trace!(
+                "milter {}: write {} octets\n{}",
+                self.peer,
+                self.out.len(),
+                protocol::trace::hexdump(&self.out)
+            );
+        }
+        let result = self.stream.write_all(&self.out);
+        self.out.clear();
+        result.map_err(|e| self.io_error("writing to", e))
+    }
+
+    /// Sets the socket timeout to min(TIMEOUT, time left before the message deadline).
+    fn arm(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(Error::timeout(format!(
+                "milter {}: the conversation took longer than MESSAGE_TIMEOUT",
+                self.peer
+            )));
+        }
+        let t = self.timeout.min(left);
+        // Reset only when needed: TIMEOUT stays set until the deadline comes closer than it.
+        let needed = match self.socket_timeout {
+            None => true,
+            Some(cur) => t < cur || (t > cur && cur < self.timeout),
+        };
+        if needed {
+            self.stream
+                .set_timeouts(t)
+                .map_err(|e| Error::io(format!("milter {}: setting timeout: {e}", self.peer)))?;
+            self.socket_timeout = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Reads one packet: (command, data). Memory grows only as the bytes actually arrive.
+    fn read_packet(&mut self, what: &str) -> Result<(u8, Vec<u8>)> {
+        self.fill(4, what)?;
+        let prefix = [
+            self.rbuf[self.rpos],
+            self.rbuf[self.rpos + 1],
+            self.rbuf[self.rpos + 2],
+            self.rbuf[self.rpos + 3],
+        ];
+        let len = match protocol::decode_len(prefix) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = self.fill(4 + 16, what);
+                let end = self.rbuf.len().min(self.rpos + 20);
+                let bytes = self.rbuf[self.rpos..end].to_vec();
+                debug!(
+                    "milter {}: bad packet\n{}",
+                    self.peer,
+                    protocol::trace::hexdump(&bytes)
+                );
+                return Err(self.protocol_error(&format!("bad reply to {what}: {e}")));
+            }
+        };
+        self.fill(4 + len, what)?;
+        let cmd = self.rbuf[self.rpos + 4];
+        let data = self.rbuf[self.rpos + 5..self.rpos + 4 + len].to_vec();
+        self.rpos += 4 + len;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+        if self.trace_packets {
+            debug!(
+                "milter {}: {}\n{}",
+                self.peer,
+                protocol::trace::describe(false, cmd, &data),
+                protocol::trace::hexdump(&data)
+            );
+        }
+        Ok((cmd, data))
+    }
+
+    /// Makes `n` unread bytes available in the read buffer.
+    fn fill(&mut self, n: usize, what: &str) -> Result<()> {
+        if self.rpos > 0 && self.rbuf.len() - self.rpos < n {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        while self.rbuf.len() - self.rpos < n {
+            self.arm()?;
+            let have = self.rbuf.len();
+            let want = (n - (have - self.rpos)).clamp(4096, 1 << 16);
+            self.rbuf.resize(have + want, 0);
+            let got = loop {
+                match self.stream.read(&mut self.rbuf[have..]) {
+                    Ok(got) => break Ok(got),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            match got {
+                Ok(0) => {
+                    self.rbuf.truncate(have);
+                    return Err(Error::io(format!(
+                        "milter {} closed the connection while {what} awaited its reply",
+                        self.peer
+                    )));
+                }
+                Ok(got) => {
+                    self.rbuf.truncate(have + got);
+                    if log_enabled!(Level::Trace) {
+                        trace!(
+                            "milter {}: read {got} octets\n{}",
+                            self.peer,
+                            protocol::trace::hexdump(&self.rbuf[have..])
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.rbuf.truncate(have);
+                    return Err(self.io_error(&format!("reading the reply to {what} from"), e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn trace_out(&self, start: usize) {
+        if self.trace_packets && self.out.len() >= start + 5 {
+            let cmd = self.out[start + 4];
+            let data = &self.out[start + 5..];
+            debug!(
+                "milter {}: {}\n{}",
+                self.peer,
+                protocol::trace::describe(true, cmd, data),
+                protocol::trace::hexdump(&data[..data.len().min(4096)])
+            );
+        }
+    }
+
+    fn protocol_error(&self, what: &str) -> Error {
+        Error::protocol(format!("milter {}: {what}", self.peer))
+    }
+
+    fn io_error(&self, doing: &str, e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || left < self.timeout {
+                    Error::timeout(format!(
+                        "milter {}: {doing} the Milter: the conversation took longer than \
+                         MESSAGE_TIMEOUT",
+                        self.peer
+                    ))
+                } else {
+                    Error::timeout(format!(
+                        "milter {}: {doing} the Milter timed out after {:.2} s (TIMEOUT)",
+                        self.peer,
+                        self.timeout.as_secs_f64()
+                    ))
+                }
+            }
+            _ => Error::io(format!("milter {}: {doing} the Milter: {e}", self.peer)),
+        }
+    }
+}
+
+/// The SMTP command word of a stage, for messages.
+fn stage_command(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Negotiate => "OPTNEG",
+        Stage::Connect => "CONNECT",
+        Stage::Helo => "HELO",
+        Stage::Mail => "MAIL",
+        Stage::Rcpt => "RCPT",
+        Stage::Data => "DATA",
+        Stage::Header => "HEADER",
+        Stage::Eoh => "EOH",
+        Stage::Body => "BODY",
+        Stage::Eom => "BODYEOB",
+    }
+}
+
+/// `addr` → `<addr>`.
+fn angle(addr: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(addr.len() + 2);
+    v.push(b'<');
+    v.extend_from_slice(addr);
+    v.push(b'>');
+    v
+}
+
+/// `%%` → `%`, as sendmail and Postfix turn a Milter's reply text into what the client sees.
+fn unescape_percent(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        out.push(text[i]);
+        if text[i] == b'%' && text.get(i + 1) == Some(&b'%') {
+            i += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Macro values for the current stage: the MTA's own, and those derived from the envelope.
+struct MacroValues<'e> {
+    env: &'e Envelope,
+    derived: Vec<(&'static [u8], Vec<u8>)>,
+    rcpt: Vec<(&'static [u8], Vec<u8>)>,
+}
+
+impl<'e> MacroValues<'e> {
+    fn new(env: &'e Envelope) -> MacroValues<'e> {
+        let mut derived: Vec<(&'static [u8], Vec<u8>)> = Vec::new();
+        if let Some(addr) = env.client_addr {
+            derived.push((b"client_addr", addr.to_string().into_bytes()));
+            derived.push((b"client_port", env.client_port.to_string().into_bytes()));
+        }
+        let name = env.client_name.clone().filter(|n| !n.is_empty());
+        if let Some(n) = &name {
+            derived.push((b"client_name", n.clone()));
+            derived.push((b"client_ptr", n.clone()));
+        } else if let Some(addr) = env.client_addr {
+            derived.push((b"client_name", format!("[{addr}]").into_bytes()));
+        }
+        // `_`: "name [addr]" as sendmail writes the client's identity.
+        match (&name, env.client_addr) {
+            (Some(n), Some(a)) => {
+                let mut v = n.clone();
+                v.extend_from_slice(format!(" [{a}]").as_bytes());
+                derived.push((b"_", v));
+            }
+            (None, Some(a)) => derived.push((b"_", format!("[{a}]").into_bytes())),
+            (Some(n), None) => derived.push((b"_", n.clone())),
+            (None, None) => {}
+        }
+        derived.push((b"mail_addr", env.sender.clone()));
+        if let Some(at) = env.sender.iter().rposition(|&b| b == b'@') {
+            derived.push((b"mail_host", env.sender[at + 1..].to_vec()));
+        }
+        derived.push((
+            b"mail_mailer",
+            if env.client_addr.is_some() {
+                b"smtp".to_vec()
+            } else {
+                b"local".to_vec()
+            },
+        ));
+        MacroValues {
+            env,
+            derived,
+            rcpt: Vec::new(),
+        }
+    }
+
+    fn set_rcpt(&mut self, address: &[u8]) {
+        self.rcpt.clear();
+        self.rcpt.push((b"rcpt_addr", address.to_vec()));
+        if let Some(at) = address.iter().rposition(|&b| b == b'@') {
+            self.rcpt.push((b"rcpt_host", address[at + 1..].to_vec()));
+            self.rcpt.push((b"rcpt_mailer", b"smtp".to_vec()));
+        } else {
+            self.rcpt.push((b"rcpt_mailer", b"local".to_vec()));
+        }
+    }
+
+    /// The MTA's value wins over a derived one; an empty MTA value counts as no value.
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        let bare = bare_macro_name(name);
+        if let Some(v) = self.env.macro_value(bare) {
+            return if v.is_empty() { None } else { Some(v) };
+        }
+        self.rcpt
+            .iter()
+            .chain(self.derived.iter())
+            .find(|(n, _)| *n == bare)
+            .map(|(_, v)| v.as_slice())
+            .filter(|v| !v.is_empty() || bare == b"mail_addr")
+    }
+}
+
+/// Reads the MTA's message: the header section line by line, then the body in blocks.
+struct ContentReader<'r> {
+    inner: &'r mut dyn Read,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl<'r> ContentReader<'r> {
+    fn new(inner: &'r mut dyn Read) -> ContentReader<'r> {
+        ContentReader {
+            inner,
+            buf: Vec::with_capacity(1 << 16),
+            pos: 0,
+            eof: false,
+        }
+    }
+
+    /// Reads more bytes into the buffer; false at end of input.
+    fn more(&mut self) -> Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let have = self.buf.len();
+        self.buf.resize(have + (1 << 16), 0);
+        let n = loop {
+            match self.inner.read(&mut self.buf[have..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(have);
+                    return Err(Error::message(format!("reading the message failed: {e}")));
+                }
+            }
+        };
+        self.buf.truncate(have + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n > 0)
+    }
+
+    /// The next line including its LF (the last line may lack one); None at end of input.
+    fn line(&mut self, consumed: &mut usize) -> Result<Option<Vec<u8>>> {
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.buf[self.pos + scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                let end = self.pos + scanned + i + 1;
+                let line = self.buf[self.pos..end].to_vec();
+                self.pos = end;
+                *consumed += line.len();
+                return Ok(Some(line));
+            }
+            scanned = self.buf.len() - self.pos;
+            if *consumed + scanned > MAX_HEADER_SECTION {
+                return Err(Error::message(format!(
+                    "the message's header section is larger than {MAX_HEADER_SECTION} bytes"
+                )));
+            }
+            if !self.more()? {
+                if self.pos == self.buf.len() {
+                    return Ok(None);
+                }
+                let line = self.buf[self.pos..].to_vec();
+                self.pos = self.buf.len();
+                *consumed += line.len();
+                return Ok(Some(line));
+            }
+        }
+    }
+
+    /// Parses the header section. Returns the fields and the bytes that already belong to the
+    /// body (a first line that is not a header field when no blank line separates them).
+    fn read_header_section(&mut self) -> Result<(Vec<Header>, Vec<u8>)> {
+        let mut headers: Vec<Header> = Vec::new();
+        let mut consumed = 0usize;
+        while let Some(line) = self.line(&mut consumed)? {
+            let content = strip_eol(&line);
+            if content.is_empty() {
+                return Ok((headers, Vec::new()));
+            }
+            if content[0] == b' ' || content[0] == b'\t' {
+                if let Some(last) = headers.last_mut() {
+                    last.value.push(b'\n');
+                    last.value.extend_from_slice(content);
+                    continue;
+                }
+                return Ok((headers, line));
+            }
+            match content.iter().position(|&b| b == b':') {
+                Some(colon) if colon > 0 && is_field_name(&content[..colon]) => {
+                    headers.push(Header {
+                        name: content[..colon].to_vec(),
+                        value: content[colon + 1..].to_vec(),
+                    });
+                }
+                _ => return Ok((headers, line)),
+            }
+        }
+        Ok((headers, Vec::new()))
+    }
+}
+
+fn strip_eol(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    if end > 0 && line[end - 1] == b'\n' {
+        end -= 1;
+        if end > 0 && line[end - 1] == b'\r' {
+            end -= 1;
+        }
+    }
+    &line[..end]
+}
+
+/// RFC 5322 field name: printable US-ASCII except colon (and no white space).
+fn is_field_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+}
+
+/// Turns the body into CRLF text: a LF not preceded by CR gets one.
+struct BodyCrlf {
+    pending: Vec<u8>,
+    pending_pos: usize,
+    last_cr: bool,
+}
+
+impl BodyCrlf {
+    fn new(start: Vec<u8>) -> BodyCrlf {
+        BodyCrlf {
+            pending: start,
+            pending_pos: 0,
+            last_cr: false,
+        }
+    }
+
+    /// Appends up to `max` converted bytes to `out`; false when the body is exhausted.
+    fn fill(&mut self, reader: &mut ContentReader<'_>, out: &mut Vec<u8>, max: usize) -> Result<bool> {
+        loop {
+            // First the bytes already taken from the header section, then the reader's buffer.
+            let (src, from_pending) = if self.pending_pos < self.pending.len() {
+                (&self.pending[self.pending_pos..], true)
+            } else {
+                if reader.pos == reader.buf.len() && !reader.more()? {
+                    return Ok(false);
+                }
+                (&reader.buf[reader.pos..], false)
+            };
+            let mut used = 0;
+            while used < src.len() && out.len() < max {
+                let room = max - out.len();
+                let rest = &src[used..];
+                match rest.iter().take(room).position(|&b| b == b'\n') {
+                    Some(i) => {
+                        // Copy up to the LF, then the line end.
+                        let prev_cr = if i > 0 { rest[i - 1] == b'\r' } else { self.last_cr };
+                        if prev_cr {
+                            if out.len() + i + 1 > max {
+                                break;
+                            }
+                            out.extend_from_slice(&rest[..=i]);
+                        } else {
+                            if out.len() + i + 2 > max {
+                                if i > 0 {
+                                    out.extend_from_slice(&rest[..i]);
+                                    self.last_cr = rest[i - 1] == b'\r';
+                                    used += i;
+                                }
+                                break;
+                            }
+                            out.extend_from_slice(&rest[..i]);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        self.last_cr = false;
+                        used += i + 1;
+                    }
+                    None => {
+                        let n = rest.len().min(room);
+                        out.extend_from_slice(&rest[..n]);
+                        self.last_cr = rest[n - 1] == b'\r';
+                        used += n;
+                    }
+                }
+            }
+            if from_pending {
+                self.pending_pos += used;
+            } else {
+                reader.pos += used;
+            }
+            if out.len() >= max || (used == 0 && !out.is_empty()) {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(input: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let mut src: &[u8] = input;
+        let mut reader = ContentReader::new(&mut src);
+        let mut body = BodyCrlf::new(Vec::new());
+        let mut chunks = Vec::new();
+        loop {
+            let mut chunk = Vec::new();
+            let more = body.fill(&mut reader, &mut chunk, max).unwrap();
+            if !chunk.is_empty() {
+                chunks.push(chunk);
+            }
+            if !more {
+                break;
+            }
+        }
+        chunks
+    }
+
+    #[test]
+    fn body_gets_crlf_line_ends_and_keeps_existing_ones() {
+        let chunks = body_of(b"a\nb\r\nc", 100);
+        assert_eq!(chunks.concat(), b"a\r\nb\r\nc");
+    }
+
+    #[test]
+    fn body_chunks_never_exceed_the_limit_nor_split_a_crlf_badly() {
+        let input: Vec<u8> = b"0123456\n".repeat(1000);
+        for max in [2usize, 3, 5, 7, 8, 9, 10, 64, 65535] {
+            let chunks = body_of(&input, max);
+            assert!(chunks.iter().all(|c| c.len() <= max), "max {max}");
+            assert_eq!(chunks.concat(), b"0123456\r\n".repeat(1000), "max {max}");
+        }
+    }
+
+    #[test]
+    fn body_cr_at_chunk_boundary_is_not_doubled() {
+        let input = b"abc\r\ndef\r\n".repeat(50);
+        for max in 2..20 {
+            assert_eq!(body_of(&input, max).concat(), input, "max {max}");
+        }
+    }
+
+    #[test]
+    fn header_section_parses_folds_and_finds_the_body() {
+        let msg = b"Subject: hi\r\n there\r\nX-A:b\n\nbody\n";
+        let mut src: &[u8] = msg;
+        let mut r = ContentReader::new(&mut src);
+        let (h, start) = r.read_header_section().unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].name, b"Subject");
+        assert_eq!(h[0].value, b" hi\n there");
+        assert_eq!(h[1].value, b"b");
+        assert!(start.is_empty());
+        let mut rest = Vec::new();
+        r.inner.read_to_end(&mut rest).unwrap();
+        assert_eq!([&r.buf[r.pos..], &rest[..]].concat(), b"body\n");
+    }
+
+    #[test]
+    fn a_line_that_is_no_header_starts_the_body() {
+        let msg = b"Subject: x\nthis is text\nmore\n";
+        let mut src: &[u8] = msg;
+        let mut r = ContentReader::new(&mut src);
+        let (h, start) = r.read_header_section().unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(start, b"this is text\n");
+        let mut body = BodyCrlf::new(start);
+        let mut out = Vec::new();
+        while body.fill(&mut r, &mut out, 1000).unwrap() {}
+        assert_eq!(out, b"this is text\r\nmore\r\n");
+    }
+
+    #[test]
+    fn percent_unescape() {
+        assert_eq!(unescape_percent(b"550 100%% sure"), b"550 100% sure");
+        assert_eq!(unescape_percent(b"%%%%"), b"%%");
+    }
+}
