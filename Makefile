@@ -51,3 +51,6 @@ clean:
 	rm -rf build
 
 FORCE:
+
+# Further targets (memcheck, bench, install, fuzz ...) live in mk/*.mk, one file per concern.
+-include mk/*.mk
