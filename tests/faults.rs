@@ -1,0 +1,882 @@
+//! The fault matrix: a hand-written Milter (the one place where a hand-written server is right)
+//! answers normally until one chosen stage and there misbehaves in one chosen way. Every case must
+//! end in a clear error (kind and message text checked) within its timeout bound, with the
+//! library's socket closed and no allocation anywhere near what a lying length claimed.
+//!
+//! Each test runs one fault at every stage, collects what went wrong and fails once with the
+//! whole list, so that a run shows the complete matrix.
+
+use milter_spamfilter::{
+    Config, Content, Envelope, Error, ErrorKind, Filtered, Handle, Recipient, VerdictKind,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// Allocation tracking: the largest single allocation made by the filtering thread while a
+// filter call runs. The session runs on the calling thread, so a thread-local view sees exactly
+// the library's allocations for that message, whatever other tests do meanwhile.
+
+struct Tracking;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // try_with: the allocator may run while thread-locals are being torn down.
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+    });
+}
+
+// SAFETY: every call is passed through to the system allocator unchanged.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Tracking = Tracking;
+
+/// No single allocation of a faulty conversation may come near the lengths the fault claims
+/// (1 MiB and 4 GiB); the library's own buffers are 64 KiB pieces.
+const ALLOCATION_LIMIT: usize = 512 << 10;
+
+// ---------------------------------------------------------------------------------------------
+// The wire, from the Milter's side.
+
+/// Where the fault happens: the command whose reply goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Optneg,
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Header,
+    Eoh,
+    Body,
+    Eom,
+}
+
+const STAGES: [At; 10] = [
+    At::Optneg,
+    At::Connect,
+    At::Helo,
+    At::Mail,
+    At::Rcpt,
+    At::Data,
+    At::Header,
+    At::Eoh,
+    At::Body,
+    At::Eom,
+];
+
+impl At {
+    fn of_command(cmd: u8) -> Option<At> {
+        Some(match cmd {
+            b'O' => At::Optneg,
+            b'C' => At::Connect,
+            b'H' => At::Helo,
+            b'M' => At::Mail,
+            b'R' => At::Rcpt,
+            b'T' => At::Data,
+            b'L' => At::Header,
+            b'N' => At::Eoh,
+            b'B' => At::Body,
+            b'E' => At::Eom,
+            _ => return None,
+        })
+    }
+
+    /// The command's name as the library's messages write it.
+    fn name(self) -> &'static str {
+        match self {
+            At::Optneg => "OPTNEG",
+            At::Connect => "CONNECT",
+            At::Helo => "HELO",
+            At::Mail => "MAIL",
+            At::Rcpt => "RCPT",
+            At::Data => "DATA",
+            At::Header => "HEADER",
+            At::Eoh => "EOH",
+            At::Body => "BODY",
+            At::Eom => "BODYEOB",
+        }
+    }
+}
+
+/// One packet: big-endian length of command + data, the command, the data.
+fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+/// The normal OPTNEG answer: version 6, ADDHDRS, every stage sent and answered (protocol 0), so
+/// that each stage of the matrix gets a reply point. SKIP is deliberately not negotiated.
+fn optneg_reply() -> Vec<u8> {
+    let mut d = Vec::new();
+    for v in [6u32, 0x01, 0] {
+        d.extend_from_slice(&v.to_be_bytes());
+    }
+    packet(b'O', &d)
+}
+
+fn read_packet(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > 1 << 20 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the library sent a packet of length {len}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((body[0], body[1..].to_vec()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The faults.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Close the connection instead of answering.
+    Close,
+    /// Never answer (but keep the connection open).
+    Silent,
+    /// A valid reply, one byte at a time, quickly: must work.
+    DripFast,
+    /// A valid reply, one byte at a time, each byte within TIMEOUT but the whole beyond
+    /// MESSAGE_TIMEOUT.
+    DripSlow,
+    /// A packet length of 0.
+    LenZero,
+    /// A packet length of 0xFFFFFFFF (and nothing after it).
+    LenHuge,
+    /// A packet length of 1 MiB (within the cap) but only a few bytes, then close.
+    LenTruncated,
+    /// A length shorter than the packet's fields.
+    ShortField,
+    /// A string without its NUL.
+    NoNul,
+    /// REPLYCODE with an embedded NUL.
+    ReplyNul,
+    /// REPLYCODE with a lone `%`.
+    LonePercent,
+    /// REPLYCODE whose enhanced-code class digit differs from the reply's.
+    WrongClass,
+    /// A multi-line REPLYCODE with a bare LF between the lines.
+    MultilineBareLf,
+    /// A multi-line REPLYCODE whose last line still says `-` and ends in CRLF.
+    MultilineUnfinished,
+    /// A multi-line REPLYCODE changing its code between lines.
+    MultilineCodeChange,
+    /// Two replies for one command, in one write.
+    TwoReplies,
+    /// ADDHEADER before end of message.
+    EarlyEdit,
+    /// SKIP without SMFIP_SKIP negotiated.
+    SkipNotNegotiated,
+    /// A reply code that does not exist.
+    UnknownCode,
+    /// 64 random bytes from the given seed.
+    Random(u64),
+}
+
+/// Milliseconds between bytes of a slow drip: each within TIMEOUT (0.5 s), together far beyond
+/// MESSAGE_TIMEOUT (1 s).
+const SLOW_DRIP_MS: u64 = 150;
+
+/// xorshift64*: reproducible random bytes without a dependency.
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+const DRIP_REPLY: &[u8] = b"550 5.7.1 dripped reply";
+
+impl Fault {
+    /// What the Milter sends instead of its normal reply (None: send nothing).
+    fn bytes(self, at: At) -> Option<Vec<u8>> {
+        let y = |text: &[u8]| Some(packet(b'y', text));
+        Some(match self {
+            Fault::Close | Fault::Silent => return None,
+            Fault::DripFast | Fault::DripSlow => {
+                if at == At::Optneg {
+                    optneg_reply()
+                } else {
+                    packet(b'y', &[DRIP_REPLY, b"\0"].concat())
+                }
+            }
+            Fault::LenZero => vec![0, 0, 0, 0],
+            Fault::LenHuge => vec![0xff, 0xff, 0xff, 0xff],
+            Fault::LenTruncated => {
+                let mut p = (1u32 << 20).to_be_bytes().to_vec();
+                p.push(if at == At::Optneg { b'O' } else { b'b' });
+                p.extend_from_slice(&[0u8; 16]);
+                p
+            }
+            Fault::ShortField => {
+                if at == At::Optneg {
+                    // Two of the three uint32.
+                    packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 1])
+                } else {
+                    // INSHEADER whose index field has two of its four bytes.
+                    packet(b'i', &[0, 0])
+                }
+            }
+            Fault::NoNul => {
+                if at == At::Optneg {
+                    // A macro list for stage 0 without its NUL.
+                    let mut d = Vec::new();
+                    for v in [6u32, 0x01, 0, 0] {
+                        d.extend_from_slice(&v.to_be_bytes());
+                    }
+                    d.extend_from_slice(b"j {client_addr}");
+                    packet(b'O', &d)
+                } else {
+                    packet(b'y', b"550 5.7.1 no terminator")
+                }
+            }
+            Fault::ReplyNul => return y(b"550 5.7.1 before\0after\0"),
+            Fault::LonePercent => return y(b"550 5.7.1 100% sure\0"),
+            Fault::WrongClass => return y(b"550 4.7.1 class differs\0"),
+            Fault::MultilineBareLf => return y(b"550-5.7.1 first\n550 5.7.1 last\0"),
+            Fault::MultilineUnfinished => return y(b"550-5.7.1 first\r\n550-5.7.1 second\r\n\0"),
+            Fault::MultilineCodeChange => return y(b"550-5.7.1 first\r\n554 5.7.1 last\0"),
+            Fault::TwoReplies => {
+                // A CONTINUE (or the OPTNEG) and then a REJECT the library never asked for.
+                let first = if at == At::Optneg {
+                    optneg_reply()
+                } else {
+                    packet(b'c', &[])
+                };
+                [first, packet(b'r', &[])].concat()
+            }
+            Fault::EarlyEdit => packet(b'h', b"X-Early\0edit\0"),
+            Fault::SkipNotNegotiated => packet(b's', &[]),
+            Fault::UnknownCode => packet(b'Z', &[]),
+            Fault::Random(seed) => random_bytes(seed, 64),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault Milter.
+
+/// What the fault Milter saw.
+#[derive(Debug)]
+struct Report {
+    /// The stage was reached and the fault delivered.
+    delivered: bool,
+    /// After the fault, the library closed its end (EOF or reset seen).
+    closed: bool,
+    /// Anything unexpected on the Milter's side.
+    trouble: Option<String>,
+}
+
+struct FaultMilter {
+    port: u16,
+    thread: Option<thread::JoinHandle<Report>>,
+}
+
+impl FaultMilter {
+    fn start(at: At, fault: Fault) -> FaultMilter {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener
+            .local_addr()
+            .expect("local address of the listener")
+            .port();
+        let thread = thread::spawn(move || serve(listener, at, fault));
+        FaultMilter {
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    fn report(mut self) -> Report {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => Report {
+                delivered: false,
+                closed: false,
+                trouble: Some("the fault Milter thread panicked".into()),
+            },
+        }
+    }
+}
+
+impl Drop for FaultMilter {
+    fn drop(&mut self) {
+        // The thread ends by itself (accept and reads are bounded); wait so that no server
+        // outlives its test.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(listener: TcpListener, at: At, fault: Fault) -> Report {
+    let mut report = Report {
+        delivered: false,
+        closed: false,
+        trouble: None,
+    };
+    // Accept within 10 s, so that a library that never connects cannot hang the test.
+    if listener.set_nonblocking(true).is_err() {
+        report.trouble = Some("cannot make the listener non-blocking".into());
+        return report;
+    }
+    let start = Instant::now();
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if start.elapsed() > Duration::from_secs(10) {
+                    report.trouble = Some("the library never connected".into());
+                    return report;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                report.trouble = Some(format!("accept: {e}"));
+                return report;
+            }
+        }
+    };
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut done = false;
+    loop {
+        let (cmd, _data) = match read_packet(&mut s) {
+            Ok(p) => p,
+            Err(e) => {
+                if !done {
+                    report.trouble = Some(format!("before the fault: {e}"));
+                }
+                report.closed = is_closed(&e);
+                return report;
+            }
+        };
+        let Some(stage) = At::of_command(cmd) else {
+            // MACRO, ABORT, QUIT: no reply.
+            continue;
+        };
+        if stage == at && !done {
+            done = true;
+            report.delivered = true;
+            let sent = deliver(&mut s, at, fault);
+            if fault == Fault::DripFast && sent.is_ok() {
+                // A slow but valid reply: the conversation goes on.
+                continue;
+            }
+            if fault == Fault::Close {
+                report.closed = true;
+                return report;
+            }
+            if fault == Fault::LenTruncated {
+                // The claimed megabyte never comes: the Milter hangs up after a few bytes.
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            report.closed = match sent {
+                Ok(()) => wait_closed(&mut s),
+                Err(e) => is_closed(&e),
+            };
+            return report;
+        }
+        let reply = if stage == At::Optneg {
+            optneg_reply()
+        } else {
+            packet(b'c', &[])
+        };
+        if let Err(e) = s.write_all(&reply) {
+            report.trouble = Some(format!("writing the reply to {}: {e}", stage.name()));
+            return report;
+        }
+    }
+}
+
+/// Sends the fault. Errors only from writes (the library may already have hung up).
+fn deliver(s: &mut TcpStream, at: At, fault: Fault) -> io::Result<()> {
+    let Some(bytes) = fault.bytes(at) else {
+        return Ok(());
+    };
+    match fault {
+        Fault::DripFast | Fault::DripSlow => {
+            let gap = Duration::from_millis(if fault == Fault::DripFast {
+                5
+            } else {
+                SLOW_DRIP_MS
+            });
+            for b in bytes {
+                s.write_all(&[b])?;
+                thread::sleep(gap);
+            }
+            Ok(())
+        }
+        // One write, so that both replies arrive together.
+        _ => s.write_all(&bytes),
+    }
+}
+
+/// Reads (and ignores) until the library closes: true on EOF or reset within 5 s.
+fn wait_closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return is_closed(&e),
+        }
+    }
+}
+
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side: the library's Rust API.
+
+fn envelope() -> Envelope {
+    Envelope {
+        client_name: Some(b"client.example".to_vec()),
+        client_addr: Some("192.0.2.1".parse().expect("literal address")),
+        client_port: 40000,
+        helo: Some(b"client.example".to_vec()),
+        sender: b"sender@example.org".to_vec(),
+        recipients: vec![Recipient::new(b"rcpt@example.net".to_vec())],
+        macros: vec![(b"i".to_vec(), b"FAULT1".to_vec())],
+        ..Envelope::default()
+    }
+}
+
+const MESSAGE: &[u8] = b"Subject: fault matrix\r\nFrom: sender@example.org\r\n\r\nbody line\r\n";
+
+/// TIMEOUT for faults that must be noticed from the bytes alone: long, so that an error that
+/// waited for it shows as too slow.
+const PATIENT_TIMEOUT: &str = "TIMEOUT=200\n";
+/// TIMEOUT (0.5 s) and MESSAGE_TIMEOUT (1 s) for the faults that are only noticed by the clock.
+const SHORT_TIMEOUTS: &str = "TIMEOUT=50\nMESSAGE_TIMEOUT=100\n";
+
+struct Run {
+    result: Result<Filtered, Error>,
+    elapsed: Duration,
+    largest_allocation: usize,
+}
+
+fn run_case(port: u16, timeouts: &str) -> Run {
+    let text = format!("HOST=127.0.0.1\nPORT={port}\n{timeouts}");
+    let config = match Config::parse("faults.opt", text.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("the test's option text was refused: {e}"),
+    };
+    let handle = Handle::new(config);
+    let env = envelope();
+    LARGEST.with(|l| l.set(0));
+    TRACKING.with(|t| t.set(true));
+    let start = Instant::now();
+    let result = handle.filter(&env, Content::Buffer(MESSAGE));
+    let elapsed = start.elapsed();
+    TRACKING.with(|t| t.set(false));
+    Run {
+        result,
+        elapsed,
+        largest_allocation: LARGEST.with(|l| l.get()),
+    }
+}
+
+/// What a case must end in.
+struct Expect {
+    kinds: &'static [ErrorKind],
+    /// Every one of these must be in the error message.
+    texts: Vec<String>,
+    /// The call must return within this.
+    within: Duration,
+    timeouts: &'static str,
+}
+
+fn expect(kind: &'static [ErrorKind], texts: &[&str], within_ms: u64, t: &'static str) -> Expect {
+    Expect {
+        kinds: kind,
+        texts: texts.iter().map(|s| s.to_string()).collect(),
+        within: Duration::from_millis(within_ms),
+        timeouts: t,
+    }
+}
+
+const PROTOCOL: &[ErrorKind] = &[ErrorKind::Protocol];
+
+/// An error that the bytes show at once must not wait for any timeout (TIMEOUT is 2 s here).
+const AT_ONCE_MS: u64 = 1000;
+
+fn expectation(fault: Fault, at: At) -> Expect {
+    let name = at.name();
+    let bad_reply = if at == At::Optneg {
+        "bad OPTNEG reply".to_string()
+    } else {
+        format!("bad reply to {name}")
+    };
+    // A REPLYCODE, SKIP or edit where OPTNEG is due is refused for being no OPTNEG at all.
+    let not_optneg = "answered OPTNEG with";
+    match fault {
+        Fault::Close => expect(
+            &[ErrorKind::Io],
+            &[&format!(
+                "closed the connection while {name} awaited its reply"
+            )],
+            AT_ONCE_MS,
+            PATIENT_TIMEOUT,
+        ),
+        Fault::Silent => expect(
+            &[ErrorKind::Timeout],
+            &[
+                &format!("reading the reply to {name}"),
+                "(TIMEOUT)",
+                "0.50 s",
+            ],
+            500 + 700,
+            SHORT_TIMEOUTS,
+        ),
+        Fault::DripFast => unreachable!("a fast drip succeeds"),
+        Fault::DripSlow => expect(
+            &[ErrorKind::Timeout],
+            &[&format!("reading the reply to {name}"), "MESSAGE_TIMEOUT"],
+            1000 + 700,
+            SHORT_TIMEOUTS,
+        ),
+        Fault::LenZero => expect(
+            PROTOCOL,
+            &[&format!("bad reply to {name}"), "length 0"],
+            AT_ONCE_MS,
+            PATIENT_TIMEOUT,
+        ),
+        Fault::LenHuge => expect(
+            PROTOCOL,
+            &[&format!("bad reply to {name}"), "4294967295"],
+            AT_ONCE_MS,
+            PATIENT_TIMEOUT,
+        ),
+        Fault::LenTruncated => expect(
+            &[ErrorKind::Io],
+            &[&format!(
+                "closed the connection while {name} awaited its reply"
+            )],
+            AT_ONCE_MS,
+            PATIENT_TIMEOUT,
+        ),
+        Fault::ShortField | Fault::NoNul => {
+            expect(PROTOCOL, &[&bad_reply], AT_ONCE_MS, PATIENT_TIMEOUT)
+        }
+        Fault::ReplyNul
+        | Fault::LonePercent
+        | Fault::WrongClass
+        | Fault::MultilineBareLf
+        | Fault::MultilineUnfinished
+        | Fault::MultilineCodeChange => {
+            let t = if at == At::Optneg {
+                not_optneg.to_string()
+            } else {
+                format!("bad reply to {name}")
+            };
+            expect(PROTOCOL, &[&t, "REPLYCODE"], AT_ONCE_MS, PATIENT_TIMEOUT)
+        }
+        Fault::TwoReplies => expect(PROTOCOL, &[name], AT_ONCE_MS, PATIENT_TIMEOUT),
+        Fault::EarlyEdit => {
+            let t = if at == At::Optneg {
+                not_optneg
+            } else {
+                "modifications are allowed only at end of message"
+            };
+            expect(PROTOCOL, &[t, name], AT_ONCE_MS, PATIENT_TIMEOUT)
+        }
+        Fault::SkipNotNegotiated => {
+            let t = if at == At::Optneg {
+                not_optneg
+            } else {
+                "SKIP, which was not negotiated"
+            };
+            expect(PROTOCOL, &[t, name], AT_ONCE_MS, PATIENT_TIMEOUT)
+        }
+        Fault::UnknownCode => {
+            let t = if at == At::Optneg {
+                not_optneg.to_string()
+            } else {
+                format!("bad reply to {name}")
+            };
+            expect(PROTOCOL, &[&t], AT_ONCE_MS, PATIENT_TIMEOUT)
+        }
+        // Random bytes are most often a bad length (found at once), but may also claim a
+        // plausible length and then stall until TIMEOUT.
+        Fault::Random(_) => expect(
+            &[ErrorKind::Protocol, ErrorKind::Timeout, ErrorKind::Io],
+            &[name],
+            2000 + 700,
+            PATIENT_TIMEOUT,
+        ),
+    }
+}
+
+/// Runs one fault at one stage; returns what was wrong (empty: all good).
+fn check_case(fault: Fault, at: At) -> Vec<String> {
+    let want = expectation(fault, at);
+    let milter = FaultMilter::start(at, fault);
+    let port = milter.port;
+    let run = run_case(port, want.timeouts);
+    let report = milter.report();
+    let case = format!("{fault:?} at {}", at.name());
+    let mut wrong = Vec::new();
+    match &run.result {
+        Ok(f) => wrong.push(format!(
+            "{case}: succeeded with {:?} at {:?} (reply {:?}); expected a {:?} error",
+            f.outcome.disposition,
+            f.outcome.stage,
+            f.outcome.reply.as_deref().map(String::from_utf8_lossy),
+            want.kinds
+        )),
+        Err(e) => {
+            if !want.kinds.contains(&e.kind) {
+                wrong.push(format!(
+                    "{case}: error kind {:?}, expected one of {:?}: {}",
+                    e.kind, want.kinds, e.message
+                ));
+            }
+            let peer = format!("127.0.0.1:{port}");
+            for t in want.texts.iter().chain(std::iter::once(&peer)) {
+                if !e.message.contains(t.as_str()) {
+                    wrong.push(format!(
+                        "{case}: the message lacks \"{t}\": \"{}\"",
+                        e.message
+                    ));
+                }
+            }
+        }
+    }
+    if run.elapsed > want.within {
+        wrong.push(format!(
+            "{case}: took {} ms, expected at most {} ms",
+            run.elapsed.as_millis(),
+            want.within.as_millis()
+        ));
+    }
+    if run.largest_allocation > ALLOCATION_LIMIT {
+        wrong.push(format!(
+            "{case}: allocated {} bytes at once, expected at most {ALLOCATION_LIMIT}",
+            run.largest_allocation
+        ));
+    }
+    if !report.delivered {
+        wrong.push(format!(
+            "{case}: the fault was never delivered ({})",
+            report.trouble.as_deref().unwrap_or("stage not reached")
+        ));
+    } else if !report.closed {
+        wrong.push(format!(
+            "{case}: the library did not close the connection after the fault"
+        ));
+    }
+    wrong
+}
+
+fn check_everywhere(fault: Fault) {
+    check_at(fault, &STAGES);
+}
+
+fn check_at(fault: Fault, stages: &[At]) {
+    let wrong: Vec<String> = stages
+        .iter()
+        .flat_map(|&at| check_case(fault, at))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} problem(s):\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn close_instead_of_a_reply() {
+    check_everywhere(Fault::Close);
+}
+
+#[test]
+fn never_answer() {
+    check_everywhere(Fault::Silent);
+}
+
+#[test]
+fn one_byte_at_a_time_slowly_hits_message_timeout() {
+    check_everywhere(Fault::DripSlow);
+}
+
+#[test]
+fn length_zero() {
+    check_everywhere(Fault::LenZero);
+}
+
+#[test]
+fn length_0xffffffff() {
+    check_everywhere(Fault::LenHuge);
+}
+
+#[test]
+fn length_1mib_with_few_bytes_allocates_little() {
+    check_everywhere(Fault::LenTruncated);
+}
+
+#[test]
+fn length_shorter_than_the_fields() {
+    check_everywhere(Fault::ShortField);
+}
+
+#[test]
+fn string_without_nul() {
+    check_everywhere(Fault::NoNul);
+}
+
+#[test]
+fn replycode_with_embedded_nul() {
+    check_everywhere(Fault::ReplyNul);
+}
+
+#[test]
+fn replycode_with_lone_percent() {
+    check_everywhere(Fault::LonePercent);
+}
+
+#[test]
+fn replycode_with_wrong_class_digit() {
+    check_everywhere(Fault::WrongClass);
+}
+
+#[test]
+fn replycode_broken_multiline() {
+    check_everywhere(Fault::MultilineBareLf);
+    check_everywhere(Fault::MultilineUnfinished);
+    check_everywhere(Fault::MultilineCodeChange);
+}
+
+#[test]
+fn two_replies_for_one_command() {
+    check_everywhere(Fault::TwoReplies);
+}
+
+#[test]
+fn edits_before_end_of_message() {
+    // At end of message an edit is legitimate.
+    check_at(Fault::EarlyEdit, &STAGES[..STAGES.len() - 1]);
+}
+
+#[test]
+fn skip_not_negotiated() {
+    check_everywhere(Fault::SkipNotNegotiated);
+}
+
+#[test]
+fn reply_code_that_does_not_exist() {
+    check_everywhere(Fault::UnknownCode);
+}
+
+#[test]
+fn random_bytes_at_every_stage() {
+    for seed in 1..=8 {
+        check_everywhere(Fault::Random(seed));
+    }
+}
+
+/// A valid reply dripped one byte at a time is still a valid reply: the library must assemble
+/// it and act on it.
+#[test]
+fn one_byte_at_a_time_quickly_still_works() {
+    let mut wrong = Vec::new();
+    for at in STAGES {
+        let milter = FaultMilter::start(at, Fault::DripFast);
+        let run = run_case(milter.port, PATIENT_TIMEOUT);
+        let report = milter.report();
+        let case = format!("DripFast at {}", at.name());
+        match run.result {
+            Err(e) => wrong.push(format!("{case}: failed: {e}")),
+            Ok(f) if at == At::Optneg => {
+                if f.verdict.kind != VerdictKind::None {
+                    wrong.push(format!("{case}: expected no verdict, got {:?}", f.verdict));
+                }
+            }
+            Ok(f) => {
+                if f.outcome.reply.as_deref() != Some(DRIP_REPLY) {
+                    wrong.push(format!(
+                        "{case}: reply {:?}, expected {:?}",
+                        f.outcome.reply.as_deref().map(String::from_utf8_lossy),
+                        String::from_utf8_lossy(DRIP_REPLY)
+                    ));
+                }
+                if f.verdict.kind != VerdictKind::Sieve
+                    || !f.verdict.script.windows(13).any(|w| w == b"dripped reply")
+                {
+                    wrong.push(format!(
+                        "{case}: expected a Sieve reject with the dripped text, got {:?}: {}",
+                        f.verdict.kind,
+                        String::from_utf8_lossy(&f.verdict.script)
+                    ));
+                }
+            }
+        }
+        if !report.closed {
+            wrong.push(format!("{case}: the connection was not closed at the end"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The allocation tracker itself must see a large allocation, or the limit checks above prove
+/// nothing.
+#[test]
+fn the_allocation_tracker_sees_allocations() {
+    LARGEST.with(|l| l.set(0));
+    TRACKING.with(|t| t.set(true));
+    let v: Vec<u8> = Vec::with_capacity(3 << 20);
+    TRACKING.with(|t| t.set(false));
+    drop(v);
+    assert!(LARGEST.with(|l| l.get()) >= 3 << 20);
+}
