@@ -880,3 +880,61 @@ fn the_allocation_tracker_sees_allocations() {
     drop(v);
     assert!(LARGEST.with(|l| l.get()) >= 3 << 20);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz corpus regressions: every committed input (fuzz/corpus/<target>/, and the crashers kept in
+// fuzz/regressions/<target>/) replayed through the same checks the fuzz targets run.
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs = 0;
+    let mut failed = Vec::new();
+    for dir in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let data = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            inputs += 1;
+            if std::panic::catch_unwind(|| check(&data)).is_err() {
+                failed.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        inputs > 0,
+        "no inputs for {target} under {}",
+        root.display()
+    );
+    assert!(
+        failed.is_empty(),
+        "{target}: {} of {inputs} inputs fail:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn fuzz_corpus_decode_reply() {
+    replay("decode_reply", checks::check_decode_reply);
+}
+
+#[test]
+fn fuzz_corpus_decode_optneg() {
+    replay("decode_optneg", checks::check_decode_optneg);
+}
+
+#[test]
+fn fuzz_corpus_config_parse() {
+    replay("config_parse", checks::check_config_parse);
+}
+
+#[test]
+fn fuzz_corpus_verdict_build() {
+    replay("verdict_build", checks::check_verdict_build);
+}

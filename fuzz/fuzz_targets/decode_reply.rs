@@ -1,0 +1,7 @@
+//! cargo-fuzz target: see check_decode_reply in ../checks.rs for what is checked.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check_decode_reply(data));
