@@ -497,7 +497,9 @@ const MESSAGE: &[u8] = b"Subject: fault matrix\r\nFrom: sender@example.org\r\n\r
 /// TIMEOUT for faults that must be noticed from the bytes alone: long, so that an error that
 /// waited for it shows as too slow.
 const PATIENT_TIMEOUT: &str = "TIMEOUT=200\n";
-/// TIMEOUT (0.5 s) and MESSAGE_TIMEOUT (1 s) for the faults that are only noticed by the clock.
+/// TIMEOUT 0.5 s for a Milter that never answers.
+const SHORT_TIMEOUT: &str = "TIMEOUT=50\n";
+/// TIMEOUT 0.5 s and MESSAGE_TIMEOUT 1 s for a Milter that trickles.
 const SHORT_TIMEOUTS: &str = "TIMEOUT=50\nMESSAGE_TIMEOUT=100\n";
 
 struct Run {
@@ -582,7 +584,7 @@ fn expectation(fault: Fault, at: At) -> Expect {
         Fault::DripFast => unreachable!("a fast drip succeeds"),
         Fault::DripSlow => expect(
             &[ErrorKind::Timeout],
-            &[&format!("reading the reply to {name}"), "MESSAGE_TIMEOUT"],
+            &["MESSAGE_TIMEOUT"],
             1000 + 700,
             SHORT_TIMEOUTS,
         ),
@@ -867,6 +869,27 @@ fn one_byte_at_a_time_quickly_still_works() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A Milter that stops answering while more than TIMEOUT is left of MESSAGE_TIMEOUT hits
+/// TIMEOUT, and the error must say so, even when less than TIMEOUT is left once it has expired.
+#[test]
+fn a_timeout_near_the_message_deadline_is_named_timeout() {
+    let milter = FaultMilter::start(At::Connect, Fault::Silent);
+    let run = run_case(milter.port, SHORT_TIMEOUTS);
+    let report = milter.report();
+    match run.result {
+        Ok(_) => panic!("a silent Milter gave a verdict"),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+            assert!(
+                e.message.contains("(TIMEOUT)") && !e.message.contains("MESSAGE_TIMEOUT"),
+                "TIMEOUT (0.5 s) expired with 0.5 s of MESSAGE_TIMEOUT (1 s) left, but the \
+                 error says: {e}"
+            );
+        }
+    }
+    assert!(report.closed, "the connection was not closed");
 }
 
 /// The allocation tracker itself must see a large allocation, or the limit checks above prove
