@@ -579,7 +579,7 @@ fn expectation(fault: Fault, at: At) -> Expect {
                 "0.50 s",
             ],
             500 + 700,
-            SHORT_TIMEOUTS,
+            SHORT_TIMEOUT,
         ),
         Fault::DripFast => unreachable!("a fast drip succeeds"),
         Fault::DripSlow => expect(
