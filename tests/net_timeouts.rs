@@ -354,8 +354,10 @@ fn several_addresses_in_resolver_order() {
 
     // Nothing listens on either: the error lists both, in the resolver's order.
     let port = proxies::free_port();
-    let _a = refusing(SocketAddr::new(first, port));
-    let _b = refusing(SocketAddr::new(second, port));
+    let _a = refusing(SocketAddr::new(first, port))
+        .unwrap_or_else(|e| panic!("binding {first} port {port}: {e}"));
+    let _b = refusing(SocketAddr::new(second, port))
+        .unwrap_or_else(|e| panic!("binding {second} port {port}: {e}"));
     let c = Config::with_host_port(MULTI, port);
     let e = net::connect(&c, far_deadline()).expect_err("both refuse");
     assert_eq!(e.kind, ErrorKind::Connect, "{e}");
@@ -369,10 +371,15 @@ fn several_addresses_in_resolver_order() {
     );
 
     // The first refuses, the second listens: connected to the second.
-    let listener = TcpListener::bind(SocketAddr::new(second, 0)).expect("binding");
+    // (A port free on one family may be taken on the other: try a few.)
+    let (listener, _refuse) = (0..5)
+        .find_map(|_| {
+            let listener = TcpListener::bind(SocketAddr::new(second, 0)).ok()?;
+            let port = listener.local_addr().ok()?.port();
+            Some((listener, refusing(SocketAddr::new(first, port)).ok()?))
+        })
+        .unwrap_or_else(|| panic!("no port free on both {first} and {second}"));
     let port = listener.local_addr().expect("address").port();
-    let _refuse = refusing(SocketAddr::new(first, port))
-        .unwrap_or_else(|e| panic!("binding {first} port {port}: {e}"));
     let c = Config::with_host_port(MULTI, port);
     let conn = net::connect(&c, far_deadline()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(conn.peer, SocketAddr::new(second, port).to_string());
