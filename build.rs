@@ -8,7 +8,9 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
-    let out = std::env::var("OUT_DIR").map(PathBuf::from).expect("OUT_DIR");
+    let out = std::env::var("OUT_DIR")
+        .map(PathBuf::from)
+        .expect("OUT_DIR");
     match cbindgen::Builder::new()
         .with_crate(&dir)
         .with_config(config)

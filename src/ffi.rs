@@ -226,13 +226,16 @@ pub unsafe extern "C" fn spamfilter_init(
         // SAFETY: checked non-NULL; the caller promises it is writable.
         unsafe { *handle_out = std::ptr::null_mut() };
         if option_file.is_null() {
-            return fail(ErrorKind::Config, "spamfilter_init: option file path is NULL");
+            return fail(
+                ErrorKind::Config,
+                "spamfilter_init: option file path is NULL",
+            );
         }
         // SAFETY: the caller promises a NUL-terminated string.
         let path = unsafe { CStr::from_ptr(option_file) };
-        let path = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
-            path.to_bytes(),
-        ));
+        let path = Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
+        );
         match Handle::open(path) {
             Ok(h) => {
                 let boxed = Box::new(SpamfilterHandle { inner: h });
@@ -468,15 +471,23 @@ unsafe fn opt_bytes(s: *const c_char) -> Option<Vec<u8>> {
 
 /// # Safety
 /// `ptr` valid for `count` string pointers when non-NULL.
-unsafe fn string_list(what: &str, ptr: *const *const c_char, count: usize) -> Result<Vec<Vec<u8>>, Error> {
+unsafe fn string_list(
+    what: &str,
+    ptr: *const *const c_char,
+    count: usize,
+) -> Result<Vec<Vec<u8>>, Error> {
     if count == 0 {
         return Ok(Vec::new());
     }
     if ptr.is_null() {
-        return Err(Error::message(format!("{what} is NULL but its count is {count}")));
+        return Err(Error::message(format!(
+            "{what} is NULL but its count is {count}"
+        )));
     }
     if count > 1 << 20 {
-        return Err(Error::message(format!("{what}: count {count} is not plausible")));
+        return Err(Error::message(format!(
+            "{what}: count {count} is not plausible"
+        )));
     }
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
@@ -551,7 +562,11 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
             let address = unsafe { opt_bytes(r.address) }
                 .ok_or_else(|| Error::message(format!("recipients[{i}].address is NULL")))?;
             let esmtp_args = unsafe {
-                string_list(&format!("recipients[{i}].esmtp_args"), r.esmtp_args, r.esmtp_argc)
+                string_list(
+                    &format!("recipients[{i}].esmtp_args"),
+                    r.esmtp_args,
+                    r.esmtp_argc,
+                )
             }?;
             env.recipients.push(Recipient {
                 address,
@@ -571,10 +586,14 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
     if let (Some(&ptr), Some(&count)) = (field!(msg, macros), field!(msg, macro_count)) {
         if count > 0 {
             if ptr.is_null() {
-                return Err(Error::message(format!("macros is NULL but macro_count is {count}")));
+                return Err(Error::message(format!(
+                    "macros is NULL but macro_count is {count}"
+                )));
             }
             if count > 1 << 16 {
-                return Err(Error::message(format!("macro_count {count} is not plausible")));
+                return Err(Error::message(format!(
+                    "macro_count {count} is not plausible"
+                )));
             }
             for i in 0..count {
                 // SAFETY: within the caller's array.
@@ -589,7 +608,9 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
         }
     }
     let read = field!(msg, read).copied().flatten();
-    let read_ctx = field!(msg, read_ctx).copied().unwrap_or(std::ptr::null_mut());
+    let read_ctx = field!(msg, read_ctx)
+        .copied()
+        .unwrap_or(std::ptr::null_mut());
     let source = match read {
         Some(f) => Source::Callback(f, read_ctx),
         None => {

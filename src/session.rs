@@ -6,10 +6,10 @@
 //! allows. Any protocol error ends the conversation at once: replies may already be in flight.
 
 use crate::config::Config;
+use crate::error::escape;
 use crate::error::{Error, Result};
 use crate::message::{bare_macro_name, Envelope};
 use crate::protocol::consts::*;
-use crate::error::escape;
 use crate::protocol::{self, ConnectAddr, Negotiation, Reply, MAX_DATA_LEN};
 use crate::verdict::{
     Disposition, Edit, Header, Outcome, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
@@ -138,6 +138,8 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
     edits: Vec<Edit>,
     quarantine: Option<Vec<u8>>,
     trace_packets: bool,
+    /// The command whose reply was read last, once one was.
+    replied_to: Option<&'static str>,
 }
 
 /// Stream timeouts, so that the session can bound every read and write.
@@ -205,6 +207,7 @@ pub fn run<S: Read + Write + Timeouts>(
         edits: Vec::new(),
         quarantine: None,
         trace_packets: log_enabled!(Level::Debug),
+        replied_to: None,
     };
     c.negotiate(config.milter_protocol)?;
     let outcome = c.message(envelope, content)?;
@@ -684,6 +687,23 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         if self.out.is_empty() {
             return Ok(());
         }
+        // Exactly one reply per command: bytes that wait unread now are a reply nobody asked
+        // for, and answering on would pair every later reply with the wrong command.
+        if let Some(what) = self.replied_to {
+            let unread = (self.rbuf.len() - self.rpos) + self.stream.pending();
+            if unread > 0 {
+                let end = self.rbuf.len().min(self.rpos + 64);
+                debug!(
+                    "milter {}: unexpected bytes\n{}",
+                    self.peer,
+                    protocol::trace::hexdump(&self.rbuf[self.rpos..end])
+                );
+                return Err(self.protocol_error(&format!(
+                    "sent more after its reply to {what} ({unread} or more unexpected bytes): \
+                     one command, one reply"
+                )));
+            }
+        }
         self.arm()?;
         if log_enabled!(Level::Trace) {
             trace!(
@@ -724,7 +744,8 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     }
 
     /// Reads one packet: (command, data). Memory grows only as the bytes actually arrive.
-    fn read_packet(&mut self, what: &str) -> Result<(u8, Vec<u8>)> {
+    fn read_packet(&mut self, what: &'static str) -> Result<(u8, Vec<u8>)> {
+        self.replied_to = Some(what);
         self.fill(4, what)?;
         let prefix = [
             self.rbuf[self.rpos],
@@ -735,8 +756,8 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         let len = match protocol::decode_len(prefix) {
             Ok(len) => len,
             Err(e) => {
-                let _ = self.fill(4 + 16, what);
-                let end = self.rbuf.len().min(self.rpos + 20);
+                // Only what has already arrived: waiting for more would only delay the error.
+                let end = self.rbuf.len().min(self.rpos + 64);
                 let bytes = self.rbuf[self.rpos..end].to_vec();
                 debug!(
                     "milter {}: bad packet\n{}",
@@ -830,8 +851,11 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     fn io_error(&self, doing: &str, e: io::Error) -> Error {
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                // The wait was bounded by the message deadline when that was nearer than
+                // TIMEOUT (the socket was armed with less than TIMEOUT).
                 let left = self.deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || left < self.timeout {
+                let by_deadline = self.socket_timeout.is_some_and(|t| t < self.timeout);
+                if left.is_zero() || by_deadline {
                     Error::timeout(format!(
                         "milter {}: {doing} the Milter: the conversation took longer than \
                          MESSAGE_TIMEOUT",
@@ -1109,7 +1133,12 @@ impl BodyCrlf {
     }
 
     /// Appends up to `max` converted bytes to `out`; false when the body is exhausted.
-    fn fill(&mut self, reader: &mut ContentReader<'_>, out: &mut Vec<u8>, max: usize) -> Result<bool> {
+    fn fill(
+        &mut self,
+        reader: &mut ContentReader<'_>,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<bool> {
         loop {
             // First the bytes already taken from the header section, then the reader's buffer.
             let (src, from_pending) = if self.pending_pos < self.pending.len() {
@@ -1127,7 +1156,11 @@ impl BodyCrlf {
                 match rest.iter().take(room).position(|&b| b == b'\n') {
                     Some(i) => {
                         // Copy up to the LF, then the line end.
-                        let prev_cr = if i > 0 { rest[i - 1] == b'\r' } else { self.last_cr };
+                        let prev_cr = if i > 0 {
+                            rest[i - 1] == b'\r'
+                        } else {
+                            self.last_cr
+                        };
                         if prev_cr {
                             if out.len() + i + 1 > max {
                                 break;
