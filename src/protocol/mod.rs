@@ -523,3 +523,278 @@ pub fn decode_len(prefix: [u8; 4]) -> Result<usize, DecodeError> {
     }
     Ok(len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn optneg_as_postfix_and_sendmail_send_it() {
+        let mut b = Vec::new();
+        encode_optneg(&mut b, 6, 0x1FF, 0x1FFFFF);
+        assert_eq!(b, hex("0000000D 4F 00000006 000001FF 001FFFFF"));
+    }
+
+    #[test]
+    fn connect_ipv4_matches_the_reference_bytes() {
+        let mut b = Vec::new();
+        encode_connect(
+            &mut b,
+            b"mail.example.org",
+            &ConnectAddr::Inet4 {
+                port: 40000,
+                addr: "192.0.2.1".parse().unwrap(),
+            },
+        );
+        assert_eq!(
+            b,
+            hex("0000001F 43 6d61696c2e6578616d706c652e6f726700 34 9c40 3139322e302e322e3100")
+        );
+    }
+
+    #[test]
+    fn connect_ipv6_and_unknown_family() {
+        let mut b = Vec::new();
+        encode_connect(
+            &mut b,
+            b"h",
+            &ConnectAddr::Inet6 {
+                port: 25,
+                addr: "2001:db8::1".parse().unwrap(),
+            },
+        );
+        assert_eq!(&b[4..], b"Ch\x006\x00\x192001:db8::1\x00");
+        let mut b = Vec::new();
+        encode_connect(&mut b, b"localhost", &ConnectAddr::Unknown);
+        // The packet ends after the family byte: no port, no address.
+        assert_eq!(b, [&[0, 0, 0, 12][..], b"Clocalhost\x00U"].concat());
+    }
+
+    #[test]
+    fn strings_each_get_a_nul_and_stay_within_the_limit() {
+        let mut b = Vec::new();
+        encode_strings(&mut b, SMFIC_MAIL, &[b"<a@b>", b"SIZE=10", b"BODY=8BITMIME"]);
+        assert_eq!(&b[4..], b"M<a@b>\x00SIZE=10\x00BODY=8BITMIME\x00");
+        assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, b.len() - 4);
+        let huge = vec![b'x'; 100_000];
+        let mut b = Vec::new();
+        encode_strings(&mut b, SMFIC_HELO, &[&huge]);
+        assert_eq!(b.len() - 5, MAX_DATA_LEN);
+        assert_eq!(*b.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn header_keeps_8bit_bytes_and_is_cut_to_fit() {
+        let mut b = Vec::new();
+        encode_header(&mut b, b"Subject", b"caf\xe9 \xa6");
+        assert_eq!(&b[4..], b"LSubject\x00caf\xe9 \xa6\x00");
+        let mut b = Vec::new();
+        encode_header(&mut b, b"X-Big", &vec![b'v'; 70_000]);
+        assert_eq!(b.len() - 5, MAX_DATA_LEN);
+    }
+
+    #[test]
+    fn macros_are_pairs_after_the_stage_and_oversize_ones_left_out() {
+        let mut b = Vec::new();
+        let big = vec![b'x'; 70_000];
+        let n = encode_macros(
+            &mut b,
+            SMFIC_CONNECT,
+            &[(b"j", b"mx"), (b"{big}", &big), (b"{client_addr}", b"192.0.2.1")],
+        );
+        assert_eq!(n, 2);
+        assert_eq!(&b[4..], b"DCj\x00mx\x00{client_addr}\x00192.0.2.1\x00");
+    }
+
+    #[test]
+    fn replies_without_data() {
+        assert_eq!(decode_reply(b'c', b""), Ok(Reply::Continue));
+        assert_eq!(decode_reply(b'a', b""), Ok(Reply::Accept));
+        assert_eq!(decode_reply(b'r', b""), Ok(Reply::Reject));
+        assert_eq!(decode_reply(b't', b""), Ok(Reply::Tempfail));
+        assert_eq!(decode_reply(b'd', b""), Ok(Reply::Discard));
+        assert_eq!(decode_reply(b'p', b""), Ok(Reply::Progress));
+        assert_eq!(decode_reply(b's', b""), Ok(Reply::Skip));
+        assert_eq!(decode_reply(b'4', b""), Ok(Reply::Shutdown));
+        let e = decode_reply(b'c', b"x").unwrap_err();
+        assert!(e.0.contains("CONTINUE carries no data, but 1 bytes"), "{e}");
+    }
+
+    #[test]
+    fn edits_are_decoded_field_by_field() {
+        assert_eq!(
+            decode_reply(b'h', b"X-A\x00 v\x00"),
+            Ok(Reply::AddHeader {
+                name: b"X-A".to_vec(),
+                value: b" v".to_vec()
+            })
+        );
+        assert_eq!(
+            decode_reply(b'm', b"\x00\x00\x00\x02Subject\x00\x00"),
+            Ok(Reply::ChgHeader {
+                index: 2,
+                name: b"Subject".to_vec(),
+                value: Vec::new()
+            })
+        );
+        assert_eq!(
+            decode_reply(b'i', b"\x00\x00\x00\x00DKIM-Signature\x00v=1\x00"),
+            Ok(Reply::InsHeader {
+                index: 0,
+                name: b"DKIM-Signature".to_vec(),
+                value: b"v=1".to_vec()
+            })
+        );
+        // The optional second string of ADDRCPT_PAR and CHGFROM: both forms.
+        assert_eq!(
+            decode_reply(b'2', b"<x@y>\x00"),
+            Ok(Reply::AddRcptPar {
+                rcpt: b"<x@y>".to_vec(),
+                args: None
+            })
+        );
+        assert_eq!(
+            decode_reply(b'e', b"<x@y>\x00SIZE=1\x00"),
+            Ok(Reply::ChgFrom {
+                from: b"<x@y>".to_vec(),
+                args: Some(b"SIZE=1".to_vec())
+            })
+        );
+        assert_eq!(
+            decode_reply(b'q', b"held\x00"),
+            Ok(Reply::Quarantine(b"held".to_vec()))
+        );
+    }
+
+    #[test]
+    fn malformed_edits_are_refused() {
+        // miltr's regression bytes: a CHGHEADER with a truncated index.
+        let e = decode_reply(b'm', &[0xff, 0xff, 0x07]).unwrap_err();
+        assert!(e.0.contains("index field needs 4 bytes, 3 remain"), "{e}");
+        let e = decode_reply(b'h', b"X-A\x00v").unwrap_err();
+        assert!(e.0.contains("value string has no terminating NUL"), "{e}");
+        let e = decode_reply(b'h', b"X-A\x00v\x00extra").unwrap_err();
+        assert!(e.0.contains("5 unexpected bytes"), "{e}");
+        let e = decode_reply(b'h', b"\x00v\x00").unwrap_err();
+        assert!(e.0.contains("header name is empty"), "{e}");
+        let e = decode_reply(b'Z', b"").unwrap_err();
+        assert!(e.0.contains("unknown reply code 'Z' (0x5a)"), "{e}");
+    }
+
+    #[test]
+    fn replycode_good_forms() {
+        for ok in [
+            &b"550 5.7.1 Blocked"[..],
+            b"451 4.7.1 Try later",
+            b"550 Blocked without an enhanced code",
+            b"554 5.7.1 100%% sure",
+            b"550-5.7.1 line one\r\n550-5.7.1 line two\r\n550 5.7.1 last",
+            b"550 5.7.1 caf\xe9",
+        ] {
+            assert_eq!(validate_replycode(ok), Ok(()), "{}", String::from_utf8_lossy(ok));
+            let mut data = ok.to_vec();
+            data.push(0);
+            assert_eq!(decode_reply(b'y', &data), Ok(Reply::ReplyCode(ok.to_vec())));
+        }
+    }
+
+    #[test]
+    fn replycode_bad_forms_name_the_fault() {
+        for (bad, why) in [
+            (&b""[..], "empty"),
+            (b"250 2.0.0 ok", "4xx or 5xx"),
+            (b"55", "4xx or 5xx"),
+            (b"550", "4xx or 5xx"),
+            (b"550x5.7.1 x", "no space or hyphen"),
+            (b"550 4.7.1 class", "class 4 differs"),
+            (b"550 5.7.1 100% sure", "lone '%'"),
+            (b"550 5.7.1 50%", "lone '%'"),
+            (b"550-5.7.1 a\n550 5.7.1 b", "bare CR or LF"),
+            (b"550-5.7.1 a\r\n550-5.7.1 b\r\n", "ends in CRLF"),
+            (b"550-5.7.1 a\r\n554 5.7.1 b", "has code 554 but line 1 has 550"),
+            (b"550 5.7.1 a\r\n550 5.7.1 b", "more lines follow"),
+            (b"550-5.7.1 only", "continues"),
+            (b"550 a\x00b", "embedded NUL"),
+        ] {
+            let e = validate_replycode(bad).unwrap_err();
+            assert!(e.0.contains("REPLYCODE"), "{e}");
+            assert!(e.0.contains(why), "{}: {e}", String::from_utf8_lossy(bad));
+        }
+        let e = decode_reply(b'y', b"550 5.7.1 a\x00b\x00").unwrap_err();
+        assert!(e.0.contains("embedded NUL"), "{e}");
+        let e = decode_reply(b'y', b"550 5.7.1 no nul").unwrap_err();
+        assert!(e.0.contains("no terminating NUL"), "{e}");
+    }
+
+    #[test]
+    fn optneg_with_and_without_macro_lists() {
+        let mut d = Vec::new();
+        for v in [6u32, 0x11, 0x42] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        let n = decode_optneg(&d).unwrap();
+        assert_eq!((n.version, n.actions, n.protocol), (6, 0x11, 0x42));
+        assert!(n.macros.iter().all(Option::is_none));
+        d.extend_from_slice(&0u32.to_be_bytes());
+        d.extend_from_slice(b"j {client_addr}\x00");
+        d.extend_from_slice(&5u32.to_be_bytes());
+        d.extend_from_slice(b"\x00");
+        d.extend_from_slice(&99u32.to_be_bytes());
+        d.extend_from_slice(b"{future}\x00");
+        let n = decode_optneg(&d).unwrap();
+        assert_eq!(
+            n.macros[0],
+            Some(vec![b"j".to_vec(), b"{client_addr}".to_vec()])
+        );
+        assert_eq!(n.macros[5], Some(Vec::new()));
+        assert_eq!(n.macros[1], None);
+        // Truncated: a stage without its list, a list without NUL, too short a body.
+        let e = decode_optneg(&d[..d.len() - 1]).unwrap_err();
+        assert!(e.0.contains("no terminating NUL"), "{e}");
+        let e = decode_optneg(&d[..14]).unwrap_err();
+        assert!(e.0.contains("macro stage field needs 4 bytes"), "{e}");
+        let e = decode_optneg(&d[..8]).unwrap_err();
+        assert!(e.0.contains("8 bytes, fewer than the 12"), "{e}");
+    }
+
+    #[test]
+    fn length_prefix_bounds() {
+        assert!(decode_len([0, 0, 0, 0]).unwrap_err().0.contains("length 0"));
+        assert!(decode_len([0xff; 4]).unwrap_err().0.contains("4294967295"));
+        assert_eq!(decode_len([0, 0, 0, 1]), Ok(1));
+        assert_eq!(decode_len((MAX_REPLY_LEN as u32).to_be_bytes()), Ok(MAX_REPLY_LEN));
+        assert!(decode_len((MAX_REPLY_LEN as u32 + 1).to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn trace_reads_like_the_protocol_and_survives_garbage() {
+        assert_eq!(
+            trace::describe(true, SMFIC_HEADER, b"Subject\x00hi\x00"),
+            "> HEADER name=\"Subject\" value=\"hi\" (11 bytes)"
+        );
+        let d = trace::describe(false, SMFIR_CHGHEADER, b"\x00\x00\x00\x01Subject\x00\x00");
+        assert_eq!(d, "< CHGHEADER index=1 name=\"Subject\" value=\"\" (13 bytes)");
+        let mut o = Vec::new();
+        encode_optneg(&mut o, 6, 0x11, 0x42);
+        let d = trace::describe(true, SMFIC_OPTNEG, &o[5..]);
+        assert!(d.contains("actions=0x11 (ADDHDRS CHGHDRS) protocol=0x42 (NOHELO NOEOH)"), "{d}");
+        for cmd in 0..=255u8 {
+            for data in [&b""[..], b"\x00", b"\xff\xff\xff", b"a\x00b", b"\x00\x00\x00\x05x"] {
+                let _ = trace::describe(true, cmd, data);
+                let _ = trace::describe(false, cmd, data);
+            }
+        }
+        assert_eq!(
+            trace::hexdump(b"ABC\x00"),
+            "  000000  41 42 43 00                                       ABC."
+        );
+    }
+}
