@@ -259,6 +259,8 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             );
             neg.protocol &= offered;
         }
+        // Steps and replies an older version does not define are neither honoured nor expected.
+        neg.protocol &= offered_protocol(neg.version);
         // What an older version lacks is never sent.
         if neg.version <= 2 {
             neg.protocol |= SMFIP_NOUNKNOWN;

@@ -207,6 +207,9 @@ enum Fault {
     UnknownCode,
     /// 64 random bytes from the given seed.
     Random(u64),
+    /// PROGRESS every SLOW_DRIP_MS, for ever: each within TIMEOUT, together beyond
+    /// MESSAGE_TIMEOUT.
+    ProgressForever,
 }
 
 /// Milliseconds between bytes of a slow drip: each within TIMEOUT (0.5 s), together far beyond
@@ -234,6 +237,7 @@ impl Fault {
         let y = |text: &[u8]| Some(packet(b'y', text));
         Some(match self {
             Fault::Close | Fault::Silent => return None,
+            Fault::ProgressForever => packet(b'p', &[]),
             Fault::DripFast | Fault::DripSlow => {
                 if at == At::Optneg {
                     optneg_reply()
@@ -448,6 +452,15 @@ fn deliver(s: &mut TcpStream, at: At, fault: Fault) -> io::Result<()> {
             }
             Ok(())
         }
+        Fault::ProgressForever => {
+            // Until the library hangs up (or 10 s, so that a broken library cannot hang the test).
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                s.write_all(&bytes)?;
+                thread::sleep(Duration::from_millis(SLOW_DRIP_MS));
+            }
+            Ok(())
+        }
         // One write, so that both replies arrive together.
         _ => s.write_all(&bytes),
     }
@@ -582,7 +595,7 @@ fn expectation(fault: Fault, at: At) -> Expect {
             SHORT_TIMEOUT,
         ),
         Fault::DripFast => unreachable!("a fast drip succeeds"),
-        Fault::DripSlow => expect(
+        Fault::DripSlow | Fault::ProgressForever => expect(
             &[ErrorKind::Timeout],
             &["MESSAGE_TIMEOUT"],
             1000 + 700,
@@ -751,6 +764,13 @@ fn never_answer() {
 #[test]
 fn one_byte_at_a_time_slowly_hits_message_timeout() {
     check_everywhere(Fault::DripSlow);
+}
+
+/// PROGRESS extends the wait for a reply, but never beyond MESSAGE_TIMEOUT. (At OPTNEG a
+/// PROGRESS is no OPTNEG reply at all: that is a protocol error, covered by the others.)
+#[test]
+fn progress_for_ever_hits_message_timeout() {
+    check_at(Fault::ProgressForever, &STAGES[1..]);
 }
 
 #[test]
