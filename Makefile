@@ -35,9 +35,11 @@ $(DEMO): FORCE
 run: all $(DEMO)
 	@sh scripts/run-demo.sh $(LIB) $(LOADER) $(DEMO)
 
-## test: the whole suite: Rust unit and integration tests against real Milters, and the C tests.
+## test: the whole suite: Rust unit and integration tests against real Milters, the C tests
+## (c_tests/, driven by tests/abi_abuse.rs), and the C programs under valgrind (make memcheck).
 test: all
 	$(CARGO) test --release --all-targets
+	$(MAKE) --no-print-directory memcheck
 
 fmt:
 	$(CARGO) fmt --all
