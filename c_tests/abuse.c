@@ -26,6 +26,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,8 +376,9 @@ static void argument_cases(struct api *api, SpamfilterHandle *h)
     expect_status(api, "filter: everything NULL", api->filter(NULL, NULL, NULL),
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "NULL");
 
+    /* The first version of the result ended with elapsed_ms: one byte less is too small. */
     msg_init(&x, numbered);
-    x.res.struct_size = sizeof x.res - 1;
+    x.res.struct_size = offsetof(SpamfilterResult, elapsed_ms) + sizeof x.res.elapsed_ms - 1;
     expect_status(api, "filter: result struct_size too small", api->filter(h, &x.m, &x.res),
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "struct_size");
     x.res.struct_size = 0;
@@ -456,6 +458,42 @@ static void argument_cases(struct api *api, SpamfilterHandle *h)
     api->result_free(&x.res);
     report(x.res.verdict == NULL && x.res.reply == NULL && x.res.quarantine_reason == NULL,
            "result_free twice leaves NULL pointers", "a pointer is left");
+
+    /* The transcript, asked for, with a full result: there, naming the packets; freed. */
+    msg_init(&x, "Subject: load 8\r\n\r\nbody\r\n");
+    x.m.flags = SPAMFILTER_FLAG_TRANSCRIPT;
+    st = api->filter(h, &x.m, &x.res);
+    expect_verdict(api, "filter: with a transcript", st, &x.res, 8);
+    report(x.res.transcript != NULL && strstr(x.res.transcript, "> OPTNEG") != NULL &&
+               strstr(x.res.transcript, "< ADDHEADER") != NULL,
+           "transcript names the packets", "transcript: %s",
+           x.res.transcript ? x.res.transcript : "(null)");
+    api->result_free(&x.res);
+    report(x.res.transcript == NULL, "result_free releases the transcript", "left");
+
+    /* The same with a first-version result, which has no transcript field: the library must
+     * not write past struct_size (the canary after it stays). */
+    {
+        struct {
+            SpamfilterResult r;
+            unsigned char canary[64];
+        } old;
+        memset(&old, 0xA5, sizeof old);
+        memset(&old.r, 0, sizeof old.r);
+        old.r.struct_size = offsetof(SpamfilterResult, elapsed_ms) + sizeof old.r.elapsed_ms;
+        memset((char *)&old.r + old.r.struct_size, 0xA5, sizeof old.r - old.r.struct_size);
+        msg_init(&x, "Subject: load 12\r\n\r\nbody\r\n");
+        x.m.flags = SPAMFILTER_FLAG_TRANSCRIPT;
+        st = api->filter(h, &x.m, &old.r);
+        expect_verdict(api, "filter: first-version result", st, &old.r, 12);
+        int intact = 1;
+        for (size_t i = old.r.struct_size; i < sizeof old.r; i++)
+            intact &= ((unsigned char *)&old.r)[i] == 0xA5;
+        for (size_t i = 0; i < sizeof old.canary; i++)
+            intact &= old.canary[i] == 0xA5;
+        report(intact, "first-version result: nothing written past struct_size", "overwritten");
+        api->result_free(&old.r);
+    }
     api->result_free(NULL);
     report(1, "result_free(NULL)", "");
 }

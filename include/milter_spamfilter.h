@@ -17,6 +17,193 @@
 #include <sys/types.h>
 
 /**
+ * The largest option file accepted. A real one is a few hundred bytes; the cap keeps a wrong
+ * path (a log file, a disk image) from being read into memory whole.
+ */
+#define MAX_FILE_BYTES (1024 * 1024)
+
+/**
+ * The longest timeout, in hundredths of a second: one day.
+ */
+#define MAX_TIMEOUT 8640000
+
+/**
+ * `SpamfilterMessage::flags`: fill `SpamfilterResult::transcript` (for tools, not for the MTA).
+ */
+#define SPAMFILTER_FLAG_TRANSCRIPT 1
+
+/**
+ * Largest reply packet (command byte + data) we accept from a Milter. Replies are built by
+ * libmilter in pieces of at most 65535 data bytes; 1 MiB leaves room for MDS-negotiating
+ * Milters and still caps what a lying length can make us read.
+ */
+#define MAX_REPLY_LEN (1 << 20)
+
+/**
+ * Largest data part of a packet we send (libmilter's `MILTER_MAX_DATA_SIZE`).
+ */
+#define MAX_DATA_LEN 65535
+
+#define SMFIC_ABORT 65
+
+#define SMFIC_BODY 66
+
+#define SMFIC_CONNECT 67
+
+#define SMFIC_MACRO 68
+
+#define SMFIC_BODYEOB 69
+
+#define SMFIC_HELO 72
+
+#define SMFIC_QUIT_NC 75
+
+#define SMFIC_HEADER 76
+
+#define SMFIC_MAIL 77
+
+#define SMFIC_EOH 78
+
+#define SMFIC_OPTNEG 79
+
+#define SMFIC_QUIT 81
+
+#define SMFIC_RCPT 82
+
+#define SMFIC_DATA 84
+
+#define SMFIC_UNKNOWN 85
+
+#define SMFIR_ADDRCPT 43
+
+#define SMFIR_DELRCPT 45
+
+#define SMFIR_ADDRCPT_PAR 50
+
+#define SMFIR_SHUTDOWN 52
+
+#define SMFIR_ACCEPT 97
+
+#define SMFIR_REPLBODY 98
+
+#define SMFIR_CONTINUE 99
+
+#define SMFIR_DISCARD 100
+
+#define SMFIR_CHGFROM 101
+
+#define SMFIR_CONN_FAIL 102
+
+#define SMFIR_ADDHEADER 104
+
+#define SMFIR_INSHEADER 105
+
+#define SMFIR_SETSYMLIST 108
+
+#define SMFIR_CHGHEADER 109
+
+#define SMFIR_PROGRESS 112
+
+#define SMFIR_QUARANTINE 113
+
+#define SMFIR_REJECT 114
+
+#define SMFIR_SKIP 115
+
+#define SMFIR_TEMPFAIL 116
+
+#define SMFIR_REPLYCODE 121
+
+#define SMFIF_ADDHDRS 1
+
+#define SMFIF_CHGBODY 2
+
+#define SMFIF_ADDRCPT 4
+
+#define SMFIF_DELRCPT 8
+
+#define SMFIF_CHGHDRS 16
+
+#define SMFIF_QUARANTINE 32
+
+#define SMFIF_CHGFROM 64
+
+#define SMFIF_ADDRCPT_PAR 128
+
+#define SMFIF_SETSYMLIST 256
+
+#define SMFIP_NOCONNECT 1
+
+#define SMFIP_NOHELO 2
+
+#define SMFIP_NOMAIL 4
+
+#define SMFIP_NORCPT 8
+
+#define SMFIP_NOBODY 16
+
+#define SMFIP_NOHDRS 32
+
+#define SMFIP_NOEOH 64
+
+#define SMFIP_NR_HDR 128
+
+#define SMFIP_NOUNKNOWN 256
+
+#define SMFIP_NODATA 512
+
+#define SMFIP_SKIP 1024
+
+#define SMFIP_RCPT_REJ 2048
+
+#define SMFIP_NR_CONN 4096
+
+#define SMFIP_NR_HELO 8192
+
+#define SMFIP_NR_MAIL 16384
+
+#define SMFIP_NR_RCPT 32768
+
+#define SMFIP_NR_DATA 65536
+
+#define SMFIP_NR_UNKN 131072
+
+#define SMFIP_NR_EOH 262144
+
+#define SMFIP_NR_BODY 524288
+
+#define SMFIP_HDR_LEADSPC 1048576
+
+#define SMFIP_MDS_256K 268435456
+
+#define SMFIP_MDS_1M 536870912
+
+#define SMFIM_CONNECT 0
+
+#define SMFIM_HELO 1
+
+#define SMFIM_ENVFROM 2
+
+#define SMFIM_ENVRCPT 3
+
+#define SMFIM_DATA 4
+
+#define SMFIM_EOM 5
+
+#define SMFIM_EOH 6
+
+/**
+ * The actions we offer: what a verdict can express (contract §5). CHGBODY, DELRCPT and CHGFROM
+ * are not offered because no verdict can carry them.
+ */
+#define OFFERED_ACTIONS (((((SMFIF_ADDHDRS | SMFIF_CHGHDRS) | SMFIF_QUARANTINE) | SMFIF_ADDRCPT) | SMFIF_ADDRCPT_PAR) | SMFIF_SETSYMLIST)
+
+/**
+ * Largest header section we read; past it the message is refused as malformed input.
+ */
+#define MAX_HEADER_SECTION (4 << 20)
+
+/**
  * Status of every call. Stable numbers; `spamfilter_status_text` describes each.
  */
 typedef enum SpamfilterStatus {
@@ -208,6 +395,10 @@ typedef struct SpamfilterMessage {
    */
   SpamfilterReadFn read;
   void *read_ctx;
+  /**
+   * `SPAMFILTER_FLAG_*` bits (0 for an MTA).
+   */
+  uint32_t flags;
 } SpamfilterMessage;
 
 /**
@@ -248,7 +439,18 @@ typedef struct SpamfilterResult {
    * Milliseconds the Milter conversation took.
    */
   uint64_t elapsed_ms;
+  /**
+   * With `SPAMFILTER_FLAG_TRANSCRIPT` in the message's `flags`: the whole conversation, one
+   * line per event (how the Milter was reached, what was negotiated, every packet each way),
+   * also when the call failed; else NULL. Present only when `struct_size` covers it.
+   */
+  char *transcript;
 } SpamfilterResult;
+
+/**
+ * The command a macro stage belongs to.
+ */
+#define STAGE_CMD { SMFIC_CONNECT, SMFIC_HELO, SMFIC_MAIL, SMFIC_RCPT, SMFIC_DATA, SMFIC_BODYEOB, SMFIC_EOH, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -296,6 +498,26 @@ void spamfilter_result_free(struct SpamfilterResult *result);
  * `handle` NULL or from `spamfilter_init`, not used again afterwards (and by no other thread).
  */
 void spamfilter_close(struct SpamfilterHandle *handle);
+
+/**
+ * The options of `handle` as understood, for tools: one `NAME=value` line per option in the
+ * order of the documentation, each followed by where it was set (`# milter.opt:3`) or
+ * `# default`, the password shown as `********`; then one `warning: ...` line per warning
+ * (unknown options, options set twice). Release it with `spamfilter_string_free`. NULL when
+ * `handle` is NULL.
+ *
+ * # Safety
+ * `handle` NULL or from `spamfilter_init`.
+ */
+char *spamfilter_describe(const struct SpamfilterHandle *handle);
+
+/**
+ * Releases a string returned by `spamfilter_describe`. NULL is allowed.
+ *
+ * # Safety
+ * `s` NULL or from `spamfilter_describe`, released once.
+ */
+void spamfilter_string_free(char *s);
 
 /**
  * The library's name and version, e.g. "milter-spamfilter 0.1.0". Static; never NULL.

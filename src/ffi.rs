@@ -40,6 +40,13 @@ pub enum SpamfilterStatus {
     ErrInternal = 9,
 }
 
+/// `SpamfilterMessage::flags`: fill `SpamfilterResult::transcript` (for tools, not for the MTA).
+pub const SPAMFILTER_FLAG_TRANSCRIPT: u32 = 1;
+
+/// The smallest `SpamfilterResult::struct_size` accepted: the fields up to `elapsed_ms`
+/// (the first version of the struct). Fields past `struct_size` are neither written nor read.
+const RESULT_MIN_SIZE: usize = offset_of!(SpamfilterResult, elapsed_ms) + size_of::<u64>();
+
 /// What the MTA should do with the message.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +138,8 @@ pub struct SpamfilterMessage {
     /// Or: a read callback and its context, so that the message is never held whole.
     pub read: SpamfilterReadFn,
     pub read_ctx: *mut c_void,
+    /// `SPAMFILTER_FLAG_*` bits (0 for an MTA).
+    pub flags: u32,
 }
 
 /// The result of `spamfilter_filter`. Set `struct_size` to `sizeof(SpamfilterResult)` before
@@ -154,6 +163,10 @@ pub struct SpamfilterResult {
     pub rejected_recipients: usize,
     /// Milliseconds the Milter conversation took.
     pub elapsed_ms: u64,
+    /// With `SPAMFILTER_FLAG_TRANSCRIPT` in the message's `flags`: the whole conversation, one
+    /// line per event (how the Milter was reached, what was negotiated, every packet each way),
+    /// also when the call failed; else NULL. Present only when `struct_size` covers it.
+    pub transcript: *mut c_char,
 }
 
 /// The opaque handle returned by `spamfilter_init`.
@@ -269,13 +282,13 @@ pub unsafe extern "C" fn spamfilter_filter(
         }
         // SAFETY: non-NULL; the caller promises a writable struct of at least struct_size bytes.
         let result = unsafe { &mut *result };
-        if result.struct_size < size_of::<SpamfilterResult>() {
+        if result.struct_size < RESULT_MIN_SIZE {
             return argument_error(&format!(
                 "spamfilter_filter: result struct_size is {}, expected at least {}",
-                result.struct_size,
-                size_of::<SpamfilterResult>()
+                result.struct_size, RESULT_MIN_SIZE
             ));
         }
+        let has_transcript = result_has_transcript(result);
         clear_result(result);
         if handle.is_null() {
             return argument_error("spamfilter_filter: handle is NULL");
@@ -291,13 +304,28 @@ pub unsafe extern "C" fn spamfilter_filter(
             Ok(v) => v,
             Err(e) => return fail(e.kind, &e.message),
         };
-        let filtered = match source {
-            Source::Buffer(bytes) => handle.filter(&envelope, Content::Buffer(bytes)),
-            Source::Callback(read, ctx) => {
-                let mut reader = CallbackReader { read, ctx };
-                handle.filter(&envelope, Content::Reader(&mut reader))
+        let want_transcript =
+            has_transcript && message_flags(msg) & SPAMFILTER_FLAG_TRANSCRIPT != 0;
+        let run = |content: Content<'_>| {
+            if want_transcript {
+                let (r, t) = handle.filter_traced(&envelope, content);
+                let mut text = t.join("\n");
+                text.push('\n');
+                (r, Some(text))
+            } else {
+                (handle.filter(&envelope, content), None)
             }
         };
+        let (filtered, transcript) = match source {
+            Source::Buffer(bytes) => run(Content::Buffer(bytes)),
+            Source::Callback(read, ctx) => {
+                let mut reader = CallbackReader { read, ctx };
+                run(Content::Reader(&mut reader))
+            }
+        };
+        if let Some(t) = transcript {
+            result.transcript = c_string(t.as_bytes()).0;
+        }
         match filtered {
             Ok(f) => {
                 result.kind = match f.verdict.kind {
@@ -341,6 +369,17 @@ fn clear_result(result: &mut SpamfilterResult) {
     result.quarantine_reason = std::ptr::null_mut();
     result.rejected_recipients = 0;
     result.elapsed_ms = 0;
+    if result_has_transcript(result) {
+        result.transcript = std::ptr::null_mut();
+    }
+}
+
+fn result_has_transcript(result: &SpamfilterResult) -> bool {
+    present(
+        result.struct_size,
+        offset_of!(SpamfilterResult, transcript),
+        size_of::<*mut c_char>(),
+    )
 }
 
 /// Bytes → a malloc-free C string owned by Rust (NUL bytes cannot occur: replaced by '?').
@@ -367,10 +406,15 @@ pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
         }
         // SAFETY: non-NULL; the caller promises a result it got from spamfilter_filter.
         let r = unsafe { &mut *result };
-        if r.struct_size < size_of::<SpamfilterResult>() {
+        if r.struct_size < RESULT_MIN_SIZE {
             return SpamfilterStatus::ErrArgument;
         }
-        for p in [&mut r.verdict, &mut r.reply, &mut r.quarantine_reason] {
+        let has_transcript = result_has_transcript(r);
+        let mut owned = vec![&mut r.verdict, &mut r.reply, &mut r.quarantine_reason];
+        if has_transcript {
+            owned.push(&mut r.transcript);
+        }
+        for p in owned {
             if !p.is_null() {
                 // SAFETY: every non-NULL pointer here came from CString::into_raw in c_string.
                 drop(unsafe { CString::from_raw(*p) });
@@ -392,6 +436,56 @@ pub unsafe extern "C" fn spamfilter_close(handle: *mut SpamfilterHandle) {
         if !handle.is_null() {
             // SAFETY: from Box::into_raw in spamfilter_init, released once (caller's promise).
             drop(unsafe { Box::from_raw(handle) });
+        }
+        SpamfilterStatus::Ok
+    });
+}
+
+/// The options of `handle` as understood, for tools: one `NAME=value` line per option in the
+/// order of the documentation, each followed by where it was set (`# milter.opt:3`) or
+/// `# default`, the password shown as `********`; then one `warning: ...` line per warning
+/// (unknown options, options set twice). Release it with `spamfilter_string_free`. NULL when
+/// `handle` is NULL.
+///
+/// # Safety
+/// `handle` NULL or from `spamfilter_init`.
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_describe(handle: *const SpamfilterHandle) -> *mut c_char {
+    let mut out: *mut c_char = std::ptr::null_mut();
+    let _ = guard("spamfilter_describe", || {
+        if handle.is_null() {
+            return argument_error("spamfilter_describe: handle is NULL");
+        }
+        // SAFETY: non-NULL handle from spamfilter_init (caller's promise).
+        let config = unsafe { (*handle).inner.config() };
+        let mut text = String::new();
+        for s in &config.sources {
+            let setting = format!("{}={}", s.name, s.value);
+            let from = match s.line {
+                Some(line) => format!("{}:{line}", config.path),
+                None => "default".to_string(),
+            };
+            text.push_str(&format!("{setting:<40} # {from}\n"));
+        }
+        for w in &config.warnings {
+            text.push_str(&format!("warning: {w}\n"));
+        }
+        out = c_string(text.as_bytes()).0;
+        SpamfilterStatus::Ok
+    });
+    out
+}
+
+/// Releases a string returned by `spamfilter_describe`. NULL is allowed.
+///
+/// # Safety
+/// `s` NULL or from `spamfilter_describe`, released once.
+#[no_mangle]
+pub unsafe extern "C" fn spamfilter_string_free(s: *mut c_char) {
+    let _ = guard("spamfilter_string_free", || {
+        if !s.is_null() {
+            // SAFETY: from CString::into_raw in c_string (caller's promise).
+            drop(unsafe { CString::from_raw(s) });
         }
         SpamfilterStatus::Ok
     });
@@ -499,6 +593,11 @@ unsafe fn string_list(
         }
     }
     Ok(out)
+}
+
+/// The message's flags, 0 when its `struct_size` does not cover them.
+fn message_flags(msg: &SpamfilterMessage) -> u32 {
+    field!(msg, flags).copied().unwrap_or(0)
 }
 
 /// Builds the safe envelope from the C struct, reading only fields within `struct_size`.

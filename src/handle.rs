@@ -68,10 +68,86 @@ impl Handle {
 
     /// Runs one complete Milter conversation for one message and builds the verdict.
     pub fn filter(&self, envelope: &Envelope, content: Content<'_>) -> Result<Filtered> {
-        self.log.run(|| self.filter_logged(envelope, content))
+        self.log.run(|| self.filter_logged(envelope, content, None))
     }
 
-    fn filter_logged(&self, envelope: &Envelope, content: Content<'_>) -> Result<Filtered> {
+    /// As `filter`, and also returns a transcript of the conversation, one line per event: how
+    /// the Milter was reached, what was negotiated, every packet each way (the check tool's
+    /// output). The transcript is there whether the conversation succeeded or not.
+    pub fn filter_traced(
+        &self,
+        envelope: &Envelope,
+        content: Content<'_>,
+    ) -> (Result<Filtered>, Vec<String>) {
+        let mut transcript = Vec::new();
+        let result = self
+            .log
+            .run(|| self.filter_logged(envelope, content, Some(&mut transcript)));
+        (result, transcript)
+    }
+
+    /// Where an option's value comes from, for hints: `PORT at milter.opt:3` or
+    /// `PORT (default)`.
+    pub fn where_set(&self, name: &str) -> String {
+        match self.config.sources.iter().find(|s| s.name == name) {
+            Some(s) => match s.line {
+                Some(line) => format!("{name} at {}:{line}", self.config.path),
+                None => format!("{name} (not set in {}, default)", self.config.path),
+            },
+            None => name.to_string(),
+        }
+    }
+
+    /// What an administrator can do about an error, appended to its message.
+    fn hint(&self, e: &crate::Error) -> Option<String> {
+        use crate::ErrorKind;
+        let socks = !self.config.socks_host.is_empty();
+        Some(match e.kind {
+            ErrorKind::Connect if socks && e.message.contains("SOCKS proxy") => format!(
+                "is the SOCKS proxy running? see {} and {}",
+                self.where_set("SOCKS_HOST"),
+                self.where_set("SOCKS_PORT")
+            ),
+            ErrorKind::Connect => format!(
+                "is the Milter running and listening there? see {} and {}",
+                self.where_set("HOST"),
+                self.where_set("PORT")
+            ),
+            ErrorKind::Socks => format!(
+                "check the proxy's rules and credentials: see {}, {} and {}",
+                self.where_set("SOCKS_HOST"),
+                self.where_set("SOCKS_USERNAME"),
+                self.where_set("SOCKS_PASSWORD")
+            ),
+            ErrorKind::Timeout => {
+                // The limit the message names (its own words), so the hint never contradicts it.
+                let which = ["MESSAGE_TIMEOUT", "CONNECT_TIMEOUT"]
+                    .into_iter()
+                    .find(|n| e.message.contains(n))
+                    .unwrap_or("TIMEOUT");
+                format!(
+                    "is the Milter overloaded or stuck? see {}",
+                    self.where_set(which)
+                )
+            }
+            ErrorKind::Protocol => format!(
+                "the Milter's reply was not valid Milter protocol; {} shows the packets",
+                if self.config.debug >= 2 {
+                    "the DEBUG=2 log".to_string()
+                } else {
+                    format!("DEBUG=2 (now {})", self.where_set("DEBUG"))
+                }
+            ),
+            _ => return None,
+        })
+    }
+
+    fn filter_logged(
+        &self,
+        envelope: &Envelope,
+        content: Content<'_>,
+        mut transcript: Option<&mut Vec<String>>,
+    ) -> Result<Filtered> {
         let start = Instant::now();
         let deadline = start + self.config.message_timeout;
         let id = envelope
@@ -79,6 +155,21 @@ impl Handle {
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "-".to_string());
         let result = crate::net::connect(&self.config, deadline).and_then(|conn| {
+            if let Some(t) = transcript.as_deref_mut() {
+                t.push(format!(
+                    "connected to {}{} in {} ms",
+                    conn.peer,
+                    if self.config.socks_host.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " through SOCKS proxy {}:{}",
+                            self.config.socks_host, self.config.socks_port
+                        )
+                    },
+                    start.elapsed().as_millis()
+                ));
+            }
             let mut stream = conn.stream;
             let mut reader: Box<dyn std::io::Read + '_> = match content {
                 Content::Buffer(bytes) => Box::new(bytes),
@@ -91,6 +182,7 @@ impl Handle {
                 envelope,
                 &mut *reader,
                 deadline,
+                transcript,
             )
             .map(|(outcome, negotiation)| (outcome, negotiation, conn.peer))
         });
@@ -111,7 +203,10 @@ impl Handle {
                     elapsed,
                 })
             }
-            Err(e) => {
+            Err(mut e) => {
+                if let Some(h) = self.hint(&e) {
+                    e.message = format!("{}: {h}", e.message);
+                }
                 log::error!(
                     "message {id}: milter {}:{}: failed after {} ms: {e}",
                     self.config.host,

@@ -124,6 +124,8 @@ enum Answer {
 
 struct Conversation<'a, S: Read + Write + Timeouts> {
     stream: &'a mut S,
+    /// Every packet, described (the check tool's transcript), when asked for.
+    transcript: Option<&'a mut Vec<String>>,
     peer: &'a str,
     out: Vec<u8>,
     rbuf: Vec<u8>,
@@ -192,9 +194,11 @@ pub fn run<S: Read + Write + Timeouts>(
     envelope: &Envelope,
     content: &mut dyn Read,
     deadline: Instant,
+    transcript: Option<&mut Vec<String>>,
 ) -> Result<(Outcome, Negotiation)> {
     let mut c = Conversation {
         stream,
+        transcript,
         peer,
         out: Vec::with_capacity(8192),
         rbuf: Vec::new(),
@@ -280,6 +284,35 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 Some(names) => names.clone(),
                 None => DEFAULT_MACROS[stage].iter().map(|n| n.to_vec()).collect(),
             };
+        }
+        if let Some(t) = self.transcript.as_deref_mut() {
+            t.push(format!(
+                "negotiated: version {}, actions {}, protocol {}",
+                neg.version,
+                action_names(neg.actions),
+                protocol_names(neg.protocol)
+            ));
+            const STAGE_NAMES: [&str; 7] =
+                ["connect", "helo", "mail", "rcpt", "data", "eom", "eoh"];
+            // In the order of the conversation (EOH comes before EOM).
+            for stage in [0, 1, 2, 3, 4, 6, 5] {
+                let names: Vec<String> =
+                    self.macro_lists[stage].iter().map(|n| escape(n)).collect();
+                t.push(format!(
+                    "macros at {}: {} ({})",
+                    STAGE_NAMES[stage],
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(" ")
+                    },
+                    if neg.macros[stage].is_some() {
+                        "asked for by the Milter"
+                    } else {
+                        "default"
+                    }
+                ));
+            }
         }
         self.neg = neg;
         Ok(())
@@ -785,6 +818,9 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 protocol::trace::hexdump(&data)
             );
         }
+        if let Some(t) = self.transcript.as_deref_mut() {
+            t.push(protocol::trace::describe(false, cmd, &data));
+        }
         Ok((cmd, data))
     }
 
@@ -833,7 +869,16 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         Ok(())
     }
 
-    fn trace_out(&self, start: usize) {
+    fn trace_out(&mut self, start: usize) {
+        if let Some(t) = self.transcript.as_deref_mut() {
+            if self.out.len() >= start + 5 {
+                t.push(protocol::trace::describe(
+                    true,
+                    self.out[start + 4],
+                    &self.out[start + 5..],
+                ));
+            }
+        }
         if self.trace_packets && self.out.len() >= start + 5 {
             let cmd = self.out[start + 4];
             let data = &self.out[start + 5..];

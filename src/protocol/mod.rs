@@ -164,7 +164,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
             SMFIC_CONNECT,
             &[
                 host,
-                b"\04",
+                b"\x004",
                 &port.to_be_bytes(),
                 addr.to_string().as_bytes(),
                 b"\0",
@@ -175,7 +175,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
             SMFIC_CONNECT,
             &[
                 host,
-                b"\06",
+                b"\x006",
                 &port.to_be_bytes(),
                 addr.to_string().as_bytes(),
                 b"\0",
@@ -581,9 +581,16 @@ mod tests {
     #[test]
     fn strings_each_get_a_nul_and_stay_within_the_limit() {
         let mut b = Vec::new();
-        encode_strings(&mut b, SMFIC_MAIL, &[b"<a@b>", b"SIZE=10", b"BODY=8BITMIME"]);
+        encode_strings(
+            &mut b,
+            SMFIC_MAIL,
+            &[b"<a@b>", b"SIZE=10", b"BODY=8BITMIME"],
+        );
         assert_eq!(&b[4..], b"M<a@b>\x00SIZE=10\x00BODY=8BITMIME\x00");
-        assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, b.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            b.len() - 4
+        );
         let huge = vec![b'x'; 100_000];
         let mut b = Vec::new();
         encode_strings(&mut b, SMFIC_HELO, &[&huge]);
@@ -608,7 +615,11 @@ mod tests {
         let n = encode_macros(
             &mut b,
             SMFIC_CONNECT,
-            &[(b"j", b"mx"), (b"{big}", &big), (b"{client_addr}", b"192.0.2.1")],
+            &[
+                (b"j", b"mx"),
+                (b"{big}", &big),
+                (b"{client_addr}", b"192.0.2.1"),
+            ],
         );
         assert_eq!(n, 2);
         assert_eq!(&b[4..], b"DCj\x00mx\x00{client_addr}\x00192.0.2.1\x00");
@@ -699,7 +710,12 @@ mod tests {
             b"550-5.7.1 line one\r\n550-5.7.1 line two\r\n550 5.7.1 last",
             b"550 5.7.1 caf\xe9",
         ] {
-            assert_eq!(validate_replycode(ok), Ok(()), "{}", String::from_utf8_lossy(ok));
+            assert_eq!(
+                validate_replycode(ok),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
             let mut data = ok.to_vec();
             data.push(0);
             assert_eq!(decode_reply(b'y', &data), Ok(Reply::ReplyCode(ok.to_vec())));
@@ -719,7 +735,10 @@ mod tests {
             (b"550 5.7.1 50%", "lone '%'"),
             (b"550-5.7.1 a\n550 5.7.1 b", "bare CR or LF"),
             (b"550-5.7.1 a\r\n550-5.7.1 b\r\n", "ends in CRLF"),
-            (b"550-5.7.1 a\r\n554 5.7.1 b", "has code 554 but line 1 has 550"),
+            (
+                b"550-5.7.1 a\r\n554 5.7.1 b",
+                "has code 554 but line 1 has 550",
+            ),
             (b"550 5.7.1 a\r\n550 5.7.1 b", "more lines follow"),
             (b"550-5.7.1 only", "continues"),
             (b"550 a\x00b", "embedded NUL"),
@@ -770,7 +789,10 @@ mod tests {
         assert!(decode_len([0, 0, 0, 0]).unwrap_err().0.contains("length 0"));
         assert!(decode_len([0xff; 4]).unwrap_err().0.contains("4294967295"));
         assert_eq!(decode_len([0, 0, 0, 1]), Ok(1));
-        assert_eq!(decode_len((MAX_REPLY_LEN as u32).to_be_bytes()), Ok(MAX_REPLY_LEN));
+        assert_eq!(
+            decode_len((MAX_REPLY_LEN as u32).to_be_bytes()),
+            Ok(MAX_REPLY_LEN)
+        );
         assert!(decode_len((MAX_REPLY_LEN as u32 + 1).to_be_bytes()).is_err());
     }
 
@@ -781,13 +803,25 @@ mod tests {
             "> HEADER name=\"Subject\" value=\"hi\" (11 bytes)"
         );
         let d = trace::describe(false, SMFIR_CHGHEADER, b"\x00\x00\x00\x01Subject\x00\x00");
-        assert_eq!(d, "< CHGHEADER index=1 name=\"Subject\" value=\"\" (13 bytes)");
+        assert_eq!(
+            d,
+            "< CHGHEADER index=1 name=\"Subject\" value=\"\" (13 bytes)"
+        );
         let mut o = Vec::new();
         encode_optneg(&mut o, 6, 0x11, 0x42);
         let d = trace::describe(true, SMFIC_OPTNEG, &o[5..]);
-        assert!(d.contains("actions=0x11 (ADDHDRS CHGHDRS) protocol=0x42 (NOHELO NOEOH)"), "{d}");
+        assert!(
+            d.contains("actions=0x11 (ADDHDRS CHGHDRS) protocol=0x42 (NOHELO NOEOH)"),
+            "{d}"
+        );
         for cmd in 0..=255u8 {
-            for data in [&b""[..], b"\x00", b"\xff\xff\xff", b"a\x00b", b"\x00\x00\x00\x05x"] {
+            for data in [
+                &b""[..],
+                b"\x00",
+                b"\xff\xff\xff",
+                b"a\x00b",
+                b"\x00\x00\x00\x05x",
+            ] {
                 let _ = trace::describe(true, cmd, data);
                 let _ = trace::describe(false, cmd, data);
             }
