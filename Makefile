@@ -9,11 +9,12 @@ DESTDIR ?=
 
 LIB     := target/release/libmilter_spamfilter.so
 LOADER  := build/spamfilter-load
+CHECK   := build/spamfilter-check
 DEMO    := target/release/examples/demo_milter
 
 .PHONY: all run test header lib demo bench memcheck fmt lint clean FORCE
 
-all: $(LIB) $(LOADER)
+all: $(LIB) $(LOADER) $(CHECK)
 
 # Cargo decides what is stale; make only asks.
 $(LIB): FORCE
@@ -23,9 +24,17 @@ $(LIB): FORCE
 header:
 	MILTER_SPAMFILTER_WRITE_HEADER=1 $(CARGO) build --release --lib
 
-$(LOADER): c_tests/loader.c include/milter_spamfilter.h
+MTA_C   := c_tests/mta.c c_tests/mta.h include/milter_spamfilter.h
+
+$(LOADER): c_tests/loader.c $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -o $@ c_tests/loader.c -ldl
+	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/loader.c c_tests/mta.c -ldl
+
+# The check tool: in the build tree it defaults to the library built here; `make install`
+# builds its own copy pointing at the installed library.
+$(CHECK): c_tests/check.c $(MTA_C)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Ic_tests -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ c_tests/check.c c_tests/mta.c -ldl
 
 $(DEMO): FORCE
 	$(CARGO) build --release --example demo_milter

@@ -154,19 +154,26 @@ impl Handle {
             .macro_value(b"i")
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "-".to_string());
+        if let Some(t) = transcript.as_deref_mut() {
+            t.push(format!(
+                "connecting to Milter {}:{}{}",
+                self.config.host,
+                self.config.port,
+                if self.config.socks_host.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " through SOCKS proxy {}:{}",
+                        self.config.socks_host, self.config.socks_port
+                    )
+                }
+            ));
+        }
         let result = crate::net::connect(&self.config, deadline).and_then(|conn| {
             if let Some(t) = transcript.as_deref_mut() {
                 t.push(format!(
-                    "connected to {}{} in {} ms",
+                    "connected to {} in {} ms",
                     conn.peer,
-                    if self.config.socks_host.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " through SOCKS proxy {}:{}",
-                            self.config.socks_host, self.config.socks_port
-                        )
-                    },
                     start.elapsed().as_millis()
                 ));
             }

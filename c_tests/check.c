@@ -1,0 +1,232 @@
+/*
+ * spamfilter-check: checks an option file against a live Milter, the way the MTA would use it.
+ * Built on the same loader as the tests (mta.c: dlopen/dlsym, never linked at build time).
+ *
+ *   spamfilter-check [options] OPTION_FILE [MESSAGE_FILE]
+ *
+ * Prints the options as understood (with defaults, and warnings for unknown names), how the
+ * Milter was reached, what was negotiated (version, actions, protocol steps, macros by stage),
+ * every packet of the conversation each way, the result (verdict, reply) and the time taken.
+ * Without MESSAGE_FILE a built-in sample message is filtered.
+ *
+ * Exit code, for scripts and monitoring:
+ *   0  the Milter answered, with no verdict (the message would be delivered as it is)
+ *   1  the Milter answered with a verdict or a deferral
+ *   2  failure: bad option file, Milter unreachable, timeout, protocol error ...
+ *   3  usage error, or the library cannot be loaded
+ */
+#define _GNU_SOURCE
+#include "mta.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef SPAMFILTER_LIBRARY
+#define SPAMFILTER_LIBRARY "/usr/local/lib/libmilter_spamfilter.so"
+#endif
+
+static const char *const PROG = "spamfilter-check";
+
+static const char SAMPLE[] =
+    "Received: from client.example.org (client.example.org [192.0.2.10])\r\n"
+    "\tby mx.example.net; Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+    "From: Alice Example <alice@example.org>\r\n"
+    "To: Bob Example <bob@example.net>\r\n"
+    "Subject: spamfilter-check sample message\r\n"
+    "Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+    "Message-ID: <spamfilter-check@example.org>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=us-ascii\r\n"
+    "\r\n"
+    "This is the built-in sample message of spamfilter-check.\r\n"
+    "It should pass any Milter unchanged, or get its usual headers.\r\n";
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: spamfilter-check [options] OPTION_FILE [MESSAGE_FILE]\n"
+            "Checks OPTION_FILE against its live Milter: options as understood, connection,\n"
+            "negotiation, every packet, the verdict and the time taken.\n"
+            "  --library PATH      the plug-in library (default: $SPAMFILTER_LIBRARY, else\n"
+            "                      " SPAMFILTER_LIBRARY ")\n"
+            "  --stream            pass the message through the read callback, as big\n"
+            "                      messages are\n"
+            "  --options-only      print the options as understood and stop (no connection)\n"
+            "envelope of the message (defaults: a local submission to postmaster@localhost):\n");
+    sf_envelope_usage(out);
+    fprintf(out,
+            "exit code: 0 no verdict, 1 verdict or deferral, 2 failure, 3 usage or loading\n");
+}
+
+static void indented(const char *text)
+{
+    const char *p = text;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        printf("    %.*s\n", (int)n, p);
+        p += n + (nl ? 1 : 0);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static struct sf_envelope env;
+    const char *library = getenv("SPAMFILTER_LIBRARY");
+    int stream = 0, options_only = 0;
+    int i;
+
+    if (library == NULL || *library == '\0')
+        library = SPAMFILTER_LIBRARY;
+    sf_envelope_init(&env);
+    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(opt, "--stream") == 0) {
+            stream = 1;
+            continue;
+        }
+        if (strcmp(opt, "--options-only") == 0) {
+            options_only = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "%s: %s needs a value\n", PROG, opt);
+            usage(stderr);
+            return 3;
+        }
+        const char *val = argv[++i];
+        int taken = sf_envelope_option(PROG, &env, opt, val);
+        if (taken < 0)
+            return 3;
+        if (taken)
+            continue;
+        if (strcmp(opt, "--library") == 0) {
+            library = val;
+        } else {
+            fprintf(stderr, "%s: unknown option %s\n", PROG, opt);
+            usage(stderr);
+            return 3;
+        }
+    }
+    if (argc - i < 1 || argc - i > 2) {
+        usage(stderr);
+        return 3;
+    }
+    const char *option_file = argv[i], *message_file = argc - i == 2 ? argv[i + 1] : NULL;
+
+    struct sf_api api;
+    if (sf_load(PROG, library, &api) != 0) {
+        fprintf(stderr, "%s: give the library's path with --library PATH\n", PROG);
+        sf_envelope_free(&env);
+        return 3;
+    }
+    printf("library: %s (%s)\n", api.version(), library);
+
+    SpamfilterHandle *handle = NULL;
+    SpamfilterStatus st = api.init(option_file, &handle);
+    if (st != SPAMFILTER_STATUS_OK) {
+        printf("options: %s\n", option_file);
+        printf("FAIL (%s): %s\n", sf_status_name(st), api.last_error());
+        printf("The MTA cannot load this option file: fix the line named above.\n");
+        sf_envelope_free(&env);
+        return 2;
+    }
+    printf("options: %s, as understood:\n", option_file);
+    if (api.describe != NULL && api.string_free != NULL) {
+        char *d = api.describe(handle);
+        if (d != NULL) {
+            indented(d);
+            api.string_free(d);
+        }
+    } else {
+        printf("    (this library version cannot describe its options)\n");
+    }
+    if (options_only) {
+        printf("PASS: the option file loads\n");
+        api.close(handle);
+        sf_envelope_free(&env);
+        return 0;
+    }
+
+    const unsigned char *data;
+    unsigned char *file_data = NULL;
+    size_t data_len;
+    if (message_file != NULL) {
+        file_data = sf_read_file(PROG, message_file, &data_len);
+        if (file_data == NULL) {
+            api.close(handle);
+            sf_envelope_free(&env);
+            return 3;
+        }
+        data = file_data;
+        printf("message: %s (%zu bytes)\n", message_file, data_len);
+    } else {
+        data = (const unsigned char *)SAMPLE;
+        data_len = sizeof SAMPLE - 1;
+        printf("message: the built-in sample (%zu bytes)\n", data_len);
+    }
+
+    sf_envelope_finish(&env);
+    SpamfilterMessage *msg = &env.msg;
+    msg->flags = SPAMFILTER_FLAG_TRANSCRIPT;
+    struct sf_stream ctx = {data, data_len, 0};
+    if (stream) {
+        msg->read = sf_stream_read;
+        msg->read_ctx = &ctx;
+    } else {
+        msg->data = data;
+        msg->data_len = data_len;
+    }
+    SpamfilterResult res;
+    memset(&res, 0, sizeof res);
+    res.struct_size = sizeof res;
+    st = api.filter(handle, msg, &res);
+    if (res.transcript != NULL) {
+        printf("conversation:\n");
+        indented(res.transcript);
+    }
+    int rc;
+    if (st != SPAMFILTER_STATUS_OK) {
+        printf("FAIL (%s): %s\n", sf_status_name(st), api.last_error());
+        printf("The MTA would pass such a message unfiltered with spamfilterN_optional=1, or "
+               "defer it with 0.\n");
+        rc = 2;
+    } else {
+        printf("result: %s, disposition %s, %zu recipient(s) refused at RCPT\n",
+               sf_kind_name(res.kind), sf_disposition_name(res.disposition),
+               res.rejected_recipients);
+        if (res.reply != NULL)
+            printf("reply: %s\n", res.reply);
+        if (res.quarantine_reason != NULL)
+            printf("quarantine: %s\n", res.quarantine_reason);
+        if (res.kind == SPAMFILTER_KIND_VERDICT && res.verdict != NULL) {
+            printf("verdict:\n");
+            indented(res.verdict);
+        }
+        printf("time: %llu ms\n", (unsigned long long)res.elapsed_ms);
+        switch (res.kind) {
+        case SPAMFILTER_KIND_NONE:
+            printf("PASS: the Milter answered; no verdict (the message is delivered as it is)\n");
+            rc = 0;
+            break;
+        case SPAMFILTER_KIND_DEFER:
+            printf("PASS: the Milter answered; the message would be deferred\n");
+            rc = 1;
+            break;
+        default:
+            printf("PASS: the Milter answered; the MTA would run the verdict above\n");
+            rc = 1;
+            break;
+        }
+    }
+    api.result_free(&res);
+    api.close(handle);
+    sf_envelope_free(&env);
+    free(file_data);
+    return rc;
+}
