@@ -150,7 +150,9 @@ fn install() {
     });
 }
 
-/// Sends each line to syslog(3) with facility LOG_MAIL, as Milters themselves log.
+/// Sends each line to syslog(3) with facility LOG_MAIL, as Milters themselves log. No openlog(3):
+/// that would change the ident and options of the MTA's own syslog lines, since the process has
+/// only one; the facility goes with each message and the line names the library itself.
 #[derive(Default)]
 struct SyslogWriter {
     line: Vec<u8>,
@@ -164,21 +166,12 @@ impl Write for SyslogWriter {
             line.pop();
             line.retain(|&b| b != 0);
             line.push(0);
-            static IDENT: &[u8] = b"milter-spamfilter\0";
-            static OPEN: Once = Once::new();
-            // SAFETY: IDENT is a static NUL-terminated string; the format is "%s" with a
-            // NUL-terminated argument.
+            // SAFETY: the format is a static NUL-terminated "%s" string and the one argument is
+            // NUL-terminated (NULs inside were removed above).
             unsafe {
-                OPEN.call_once(|| {
-                    libc::openlog(
-                        IDENT.as_ptr().cast(),
-                        libc::LOG_PID | libc::LOG_NDELAY,
-                        libc::LOG_MAIL,
-                    )
-                });
                 libc::syslog(
-                    libc::LOG_INFO,
-                    c"%s".as_ptr(),
+                    libc::LOG_MAIL | libc::LOG_INFO,
+                    c"milter-spamfilter: %s".as_ptr(),
                     line.as_ptr() as *const libc::c_char,
                 );
             }
