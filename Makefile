@@ -31,7 +31,7 @@ $(LOADER): c_tests/loader.c $(MTA_C)
 	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/loader.c c_tests/mta.c -ldl
 
 # The check tool: in the build tree it defaults to the library built here; `make install`
-# builds its own copy pointing at the installed library.
+# builds its own copy pointing at the installed library (always anew: PREFIX may have changed).
 $(CHECK): c_tests/check.c $(MTA_C)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Ic_tests -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ c_tests/check.c c_tests/mta.c -ldl

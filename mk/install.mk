@@ -14,11 +14,11 @@ MAN_PAGES  := docs/man/spamfilter-check.1 docs/man/milter_spamfilter.3 docs/man/
 
 .PHONY: install uninstall
 
-build/install/spamfilter-check: c_tests/check.c $(MTA_C)
+build/install/spamfilter-check: c_tests/check.c $(MTA_C) FORCE
 	@mkdir -p build/install
 	$(CC) $(CFLAGS) -Ic_tests -DSPAMFILTER_LIBRARY='"$(LIBDIR)/libmilter_spamfilter.so"' -o $@ c_tests/check.c c_tests/mta.c -ldl
 
-build/install/milter-spamfilter.pc: Cargo.toml mk/install.mk
+build/install/milter-spamfilter.pc: Cargo.toml mk/install.mk FORCE
 	@mkdir -p build/install
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
 		'Name: milter-spamfilter' \

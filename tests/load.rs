@@ -8,72 +8,17 @@
 
 use milter_spamfilter::verdict::{Disposition, Edit};
 use milter_spamfilter::{Config, Content, Envelope, Handle, Recipient, VerdictKind};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod support {
+    pub mod load_milter;
+}
+use support::load_milter::LoadMilter;
 
 const THREADS: usize = 64;
 const DEFAULT_MESSAGES: usize = 20_000;
-
-/// The load Milter on a free loopback port, killed on drop.
-struct LoadMilter {
-    child: Child,
-    port: u16,
-}
-
-impl LoadMilter {
-    fn start() -> LoadMilter {
-        let probe = Command::new("/usr/bin/python3")
-            .args(["-c", "import Milter"])
-            .output();
-        match probe {
-            Ok(o) if o.status.success() => {}
-            _ => panic!(
-                "/usr/bin/python3 cannot import Milter: install the Debian package python3-milter"
-            ),
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/milters/load_milter.py");
-        let child = Command::new("/usr/bin/python3")
-            .arg(&script)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
-        let mut m = LoadMilter { child, port };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = m.child.try_wait() {
-                panic!("{} exited at start: {status}", script.display());
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{} did not listen on 127.0.0.1:{port} within 20 s",
-                script.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-}
-
-impl Drop for LoadMilter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
