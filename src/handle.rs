@@ -5,11 +5,13 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::logging::LogSink;
 use crate::message::{Content, Envelope};
+use crate::net::Connection;
 use crate::protocol::Negotiation;
 use crate::session;
 use crate::verdict::{self, Outcome, Verdict, VerdictKind, VerdictOptions};
+use std::net::TcpStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The result of filtering one message.
@@ -28,11 +30,46 @@ pub struct Filtered {
 }
 
 /// An opened option file. Safe to share between threads: every call to `filter` runs its own
-/// Milter conversation.
+/// Milter conversation, on its own connection (a kept one is used by one message at a time).
 pub struct Handle {
     config: Config,
     verdict_options: VerdictOptions,
     log: Arc<LogSink>,
+    /// Idle connections kept for the next message (CONNECTION_REUSE), newest last.
+    pool: Mutex<Vec<Pooled>>,
+}
+
+/// A connection kept open after a message that ended cleanly at end of message.
+struct Pooled {
+    stream: TcpStream,
+    peer: String,
+    negotiation: Negotiation,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let pool = std::mem::take(self.pool.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for mut p in pool {
+            session::quit(&mut p.stream);
+        }
+    }
+}
+
+/// True when a kept connection is still open with nothing unread: the Milter neither closed it
+/// nor sent anything since (either makes it unusable).
+fn alive(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    // SAFETY: a one-byte buffer we own; MSG_PEEK|MSG_DONTWAIT neither consumes nor blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 impl Handle {
@@ -58,6 +95,49 @@ impl Handle {
             config,
             verdict_options,
             log,
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection for the next message: an idle one kept from an earlier message (with what
+    /// was negotiated on it), or a new one.
+    fn connection(&self, deadline: Instant) -> Result<(Connection, Option<Negotiation>)> {
+        while let Some(p) = self.take_pooled() {
+            if alive(&p.stream) {
+                return Ok((
+                    Connection {
+                        stream: p.stream,
+                        peer: p.peer,
+                    },
+                    Some(p.negotiation),
+                ));
+            }
+            log::debug!(
+                "milter {}: the kept connection was closed; not reused",
+                p.peer
+            );
+        }
+        crate::net::connect(&self.config, deadline).map(|c| (c, None))
+    }
+
+    fn take_pooled(&self) -> Option<Pooled> {
+        if self.config.connection_reuse == 0 {
+            return None;
+        }
+        // A poisoned lock only means another thread panicked while holding it; the Vec is fine.
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.pop()
+    }
+
+    /// Keeps a connection whose conversation ended cleanly at end of message, or closes it
+    /// (with QUIT) when CONNECTION_REUSE connections are already kept.
+    fn give_back(&self, mut p: Pooled) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.config.connection_reuse as usize {
+            pool.push(p);
+        } else {
+            drop(pool);
+            session::quit(&mut p.stream);
         }
     }
 
@@ -169,20 +249,24 @@ impl Handle {
                 }
             ));
         }
-        let result = crate::net::connect(&self.config, deadline).and_then(|conn| {
+        let keep = self.config.connection_reuse > 0;
+        let result = self.connection(deadline).and_then(|(conn, reused)| {
             if let Some(t) = transcript.as_deref_mut() {
-                t.push(format!(
-                    "connected to {} in {} ms",
-                    conn.peer,
-                    start.elapsed().as_millis()
-                ));
+                match &reused {
+                    Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
+                    None => t.push(format!(
+                        "connected to {} in {} ms",
+                        conn.peer,
+                        start.elapsed().as_millis()
+                    )),
+                }
             }
             let mut stream = conn.stream;
             let mut reader: Box<dyn std::io::Read + '_> = match content {
                 Content::Buffer(bytes) => Box::new(bytes),
                 Content::Reader(r) => Box::new(r),
             };
-            session::run(
+            let ended = session::run(
                 &self.config,
                 &mut stream,
                 &conn.peer,
@@ -190,8 +274,17 @@ impl Handle {
                 &mut *reader,
                 deadline,
                 transcript,
-            )
-            .map(|(outcome, negotiation)| (outcome, negotiation, conn.peer))
+                reused.as_ref(),
+                keep,
+            )?;
+            if ended.reusable {
+                self.give_back(Pooled {
+                    stream,
+                    peer: conn.peer.clone(),
+                    negotiation: ended.negotiation.clone(),
+                });
+            }
+            Ok((ended.outcome, ended.negotiation, conn.peer))
         });
         let elapsed = start.elapsed();
         match result {

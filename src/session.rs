@@ -185,8 +185,26 @@ impl Timeouts for std::os::unix::net::UnixStream {
     }
 }
 
+/// How a conversation ended, beside what the Milter decided.
+#[derive(Debug)]
+pub struct Ended {
+    pub outcome: Outcome,
+    /// What was negotiated (effective values), to be handed back with a reused connection.
+    pub negotiation: Negotiation,
+    /// The connection was left open for the next message (no QUIT sent): the message went all
+    /// the way to end of message without an error and ended with CONTINUE there, and the
+    /// Milter speaks version 6 and takes CONNECT, so that QUIT_NC and a new CONNECT can follow.
+    /// Otherwise QUIT was sent.
+    pub reusable: bool,
+}
+
 /// Runs the conversation for one message on a connected stream and returns what the Milter
 /// decided, with what it negotiated.
+///
+/// `reused`: the stream was kept open after an earlier message and this is what was negotiated
+/// on it then: QUIT_NC starts this message, with no new negotiation. `keep`: leave the stream
+/// open at the end when it can be reused, instead of sending QUIT.
+#[allow(clippy::too_many_arguments)]
 pub fn run<S: Read + Write + Timeouts>(
     config: &Config,
     stream: &mut S,
@@ -195,7 +213,9 @@ pub fn run<S: Read + Write + Timeouts>(
     content: &mut dyn Read,
     deadline: Instant,
     transcript: Option<&mut Vec<String>>,
-) -> Result<(Outcome, Negotiation)> {
+    reused: Option<&Negotiation>,
+    keep: bool,
+) -> Result<Ended> {
     let mut c = Conversation {
         stream,
         transcript,
@@ -213,12 +233,47 @@ pub fn run<S: Read + Write + Timeouts>(
         trace_packets: log_enabled!(Level::Debug),
         replied_to: None,
     };
-    c.negotiate(config.milter_protocol)?;
+    match reused {
+        Some(neg) => {
+            // The Milter waits in its end-of-message state: QUIT_NC closes that connection's
+            // context and the next command is CONNECT. Neither needs a reply of its own, so
+            // both go in the first write of this message.
+            c.apply(neg.clone());
+            c.queue(SMFIC_QUIT_NC, &[]);
+        }
+        None => c.negotiate(config.milter_protocol)?,
+    }
     let outcome = c.message(envelope, content)?;
-    // QUIT needs no reply; a failure to write it changes nothing for this message.
-    c.queue(SMFIC_QUIT, &[]);
-    let _ = c.flush();
-    Ok((outcome, c.neg))
+    // QUIT_NC is legal only in libmilter's end-of-message state, which a CONTINUE at end of
+    // message leaves it in; any other final reply (accept, reject, tempfail, discard) drops it
+    // back to its HELO state, where QUIT_NC and the next CONNECT would be ignored, unanswered.
+    // A Milter that asked for no CONNECT sets up its per-connection state at negotiation, and
+    // QUIT_NC has it tear that down (pymilter, and libmilter filters that allocate in
+    // xxfi_negotiate, then fail on the next message): such a connection is never reused.
+    let reusable = keep
+        && outcome.stage == Stage::Eom
+        && outcome.disposition == Disposition::Continue
+        && c.neg.version >= 6
+        && !c.has(SMFIP_NOCONNECT);
+    if !reusable {
+        // QUIT needs no reply; a failure to write it changes nothing for this message.
+        c.queue(SMFIC_QUIT, &[]);
+        let _ = c.flush();
+    }
+    Ok(Ended {
+        outcome,
+        negotiation: c.neg,
+        reusable,
+    })
+}
+
+/// Sends QUIT on a connection kept for reuse that is now being closed. Best effort: the
+/// connection is closed right after, whatever happens.
+pub fn quit(stream: &mut std::net::TcpStream) {
+    let mut packet = Vec::with_capacity(5);
+    protocol::encode_packet(&mut packet, SMFIC_QUIT, &[]);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(&packet);
 }
 
 impl<S: Read + Write + Timeouts> Conversation<'_, S> {
@@ -279,6 +334,12 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             action_names(neg.actions),
             protocol_names(neg.protocol)
         );
+        self.apply(neg);
+        Ok(())
+    }
+
+    /// Takes the negotiated values: what to send and expect, and the macros per stage.
+    fn apply(&mut self, neg: Negotiation) {
         for (stage, list) in neg.macros.iter().enumerate() {
             self.macro_lists[stage] = match list {
                 Some(names) => names.clone(),
@@ -315,7 +376,6 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             }
         }
         self.neg = neg;
-        Ok(())
     }
 
     fn has(&self, bit: u32) -> bool {

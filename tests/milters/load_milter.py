@@ -11,7 +11,9 @@ ITS verdict and not a neighbour's: the Subject ends in a number N, and at end of
 
 A message without a numbered Subject gets a plain continue with no edits.
 
-usage: load_milter.py PORT     (listens on 127.0.0.1:PORT; stops on SIGTERM)
+usage: load_milter.py PORT [--with-connect]
+    Listens on 127.0.0.1:PORT; stops on SIGTERM. With --with-connect it also takes CONNECT
+    (pymilter otherwise negotiates NOCONNECT), as a Milter must for connection reuse.
 """
 
 import re
@@ -62,16 +64,27 @@ class LoadMilter(Milter.Base):
         return Milter.DISCARD
 
 
+class ConnectingLoadMilter(LoadMilter):
+    """The same verdicts, with a connect callback, so that CONNECT is negotiated."""
+
+    def connect(self, hostname, family, hostaddr):
+        self.client = hostname
+        return Milter.CONTINUE
+
+
 def main():
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.stderr.write("usage: load_milter.py PORT\n")
+    args = sys.argv[1:]
+    with_connect = "--with-connect" in args
+    args = [a for a in args if a != "--with-connect"]
+    if len(args) != 1 or not args[0].isdigit():
+        sys.stderr.write("usage: load_milter.py PORT [--with-connect]\n")
         return 2
-    Milter.factory = LoadMilter
+    Milter.factory = ConnectingLoadMilter if with_connect else LoadMilter
     Milter.set_flags(Milter.ADDHDRS)
     # 64 client threads connect at once: libmilter's default backlog would drop SYNs and cost
     # each dropped client a one-second retransmission.
     milter.setbacklog(512)
-    Milter.runmilter("load", "inet:%s@127.0.0.1" % sys.argv[1], timeout=120)
+    Milter.runmilter("load", "inet:%s@127.0.0.1" % args[0], timeout=120)
     return 0
 
 

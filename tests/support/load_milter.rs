@@ -15,6 +15,17 @@ pub struct LoadMilter {
 
 impl LoadMilter {
     pub fn start() -> LoadMilter {
+        LoadMilter::start_with(free_port(), &[])
+    }
+
+    /// One that also takes CONNECT (pymilter negotiates NOCONNECT otherwise), on a given port
+    /// (0: a free one).
+    pub fn with_connect(port: u16) -> LoadMilter {
+        let port = if port == 0 { free_port() } else { port };
+        LoadMilter::start_with(port, &["--with-connect"])
+    }
+
+    fn start_with(port: u16, args: &[&str]) -> LoadMilter {
         let probe = Command::new("/usr/bin/python3")
             .args(["-c", "import Milter"])
             .output();
@@ -24,14 +35,11 @@ impl LoadMilter {
                 "/usr/bin/python3 cannot import Milter: install the Debian package python3-milter"
             ),
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/milters/load_milter.py");
         let child = Command::new("/usr/bin/python3")
             .arg(&script)
             .arg(port.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -55,6 +63,13 @@ impl LoadMilter {
         }
         m
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl Drop for LoadMilter {
