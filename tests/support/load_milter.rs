@@ -2,6 +2,8 @@
 //! loopback port, for the tests that need a real Milter with a verdict per message: the verdict
 //! follows the Subject's number (see the script).
 
+#![allow(dead_code)] // Each test file uses a different part.
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
