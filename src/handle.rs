@@ -262,16 +262,12 @@ impl Handle {
                 }
             }
             let mut stream = conn.stream;
-            let mut reader: Box<dyn std::io::Read + '_> = match content {
-                Content::Buffer(bytes) => Box::new(bytes),
-                Content::Reader(r) => Box::new(r),
-            };
             let ended = session::run(
                 &self.config,
                 &mut stream,
                 &conn.peer,
                 envelope,
-                &mut *reader,
+                content,
                 deadline,
                 transcript,
                 reused.as_ref(),
