@@ -1352,35 +1352,45 @@ impl BodyCrlf {
             };
             let room = max - out.len();
             let window = &src[..src.len().min(room)];
-            let (used, full) = match find_lf(window) {
+            // The run up to the first bare LF (one without its CR) is copied as it is: for CRLF
+            // text that is the whole window in one copy.
+            let mut scan = 0;
+            let bare = loop {
+                match find_lf(&window[scan..]) {
+                    None => break None,
+                    Some(j) => {
+                        let i = scan + j;
+                        let cr_before = if i > 0 {
+                            window[i - 1] == b'\r'
+                        } else {
+                            self.last_cr
+                        };
+                        if !cr_before {
+                            break Some(i);
+                        }
+                        scan = i + 1;
+                    }
+                }
+            };
+            let (used, full) = match bare {
                 None => {
                     out.extend_from_slice(window);
                     self.last_cr = window.last() == Some(&b'\r');
                     (window.len(), false)
                 }
+                Some(i) if i + 2 <= room => {
+                    out.extend_from_slice(&window[..i]);
+                    out.extend_from_slice(b"\r\n");
+                    self.last_cr = false;
+                    (i + 1, false)
+                }
                 Some(i) => {
-                    let cr_before = if i > 0 {
-                        window[i - 1] == b'\r'
-                    } else {
-                        self.last_cr
-                    };
-                    if cr_before {
-                        out.extend_from_slice(&window[..=i]);
+                    // The CRLF does not fit: end this chunk before the LF.
+                    out.extend_from_slice(&window[..i]);
+                    if i > 0 {
                         self.last_cr = false;
-                        (i + 1, false)
-                    } else if i + 2 <= room {
-                        out.extend_from_slice(&window[..i]);
-                        out.extend_from_slice(b"\r\n");
-                        self.last_cr = false;
-                        (i + 1, false)
-                    } else {
-                        // The CRLF does not fit: end this chunk before the LF.
-                        out.extend_from_slice(&window[..i]);
-                        if i > 0 {
-                            self.last_cr = false;
-                        }
-                        (i, true)
                     }
+                    (i, true)
                 }
             };
             if from_pending {
