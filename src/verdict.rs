@@ -1,6 +1,7 @@
 //! What the Milter decided, turned into what the MTA acts on: no verdict, a deferral with its
 //! SMTP reply, or a Sieve scriptlet (RFC 5228 with editheader, ereject, envelope, copy,
 //! encoded-character, fileinto as needed) that the MTA runs through `spamfilterN_string_action`.
+//! docs/verdicts.md has the mapping and its rules; tests/sieve.rs proves them with Pigeonhole.
 
 use crate::config::SieveDialect;
 
@@ -155,8 +156,9 @@ pub const QUARANTINE_HEADER: &str = "X-Milter-Quarantine";
 /// - tempfail (or a recipient refused temporarily: Sieve cannot defer one recipient, so the
 ///   message is deferred whole and the Milter sees it again) → `Defer` with the reply;
 /// - reject → `ereject` with the reply text exactly; discard → `discard`;
-/// - otherwise the recipients refused at RCPT (each guarded by `envelope :is "to"`), the header
-///   edits, quarantine and added recipients; nothing at all → no verdict.
+/// - otherwise the recipients refused at RCPT (each `ereject` guarded by `envelope :is "to"` and
+///   followed by `stop`), the header edits, added recipients and quarantine; nothing at all → no
+///   verdict.
 pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
     let reply = |r: Option<&[u8]>, default: &[u8]| -> Vec<u8> {
         without_nul(r.filter(|r| !r.is_empty()).unwrap_or(default))
@@ -195,17 +197,32 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
     for e in &outcome.edits {
         if let Edit::AddRcpt { rcpt, .. } = e {
             let addr = strip_angle(rcpt);
-            if !addr.is_empty() {
+            let again = actions
+                .iter()
+                .any(|a| matches!(a, Action::Redirect(r) if r == addr));
+            if again {
+                // The same recipient twice is one recipient, as in sendmail.
+                continue;
+            }
+            if is_addr_spec(addr) {
                 actions.push(Action::Redirect(addr.to_vec()));
+            } else {
+                // A Sieve engine refuses the whole script when one redirect address is not an
+                // address; the other decisions are worth more than this one recipient.
+                log::warn!(
+                    "ADDRCPT \"{}\" left out: not an address that redirect accepts",
+                    crate::error::escape(rcpt)
+                );
             }
         }
     }
     if let Some(reason) = &outcome.quarantine {
+        let reason = header_value(reason, false, options.dialect == SieveDialect::Rfc5293);
         if !reason.is_empty() {
             actions.push(Action::AddHeader {
                 last: false,
                 name: QUARANTINE_HEADER.as_bytes().to_vec(),
-                value: reason.clone(),
+                value: reason,
             });
         }
         actions.push(Action::Fileinto(
@@ -225,6 +242,8 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
 /// One Sieve action, with its strings still as raw bytes.
 #[derive(Debug)]
 enum Action {
+    /// `addheader`; `last` is false for the top of the header (RFC 5293 default). In the legacy
+    /// dialect `addheader "Name: value"` (the actions then come in final header order).
     AddHeader {
         last: bool,
         name: Vec<u8>,
@@ -233,7 +252,7 @@ enum Action {
     DeleteHeader {
         index: Option<usize>,
         name: Vec<u8>,
-        value: Option<Vec<u8>>,
+        value: Option<ValueMatch>,
     },
     Ereject(Vec<u8>),
     RejectRecipient {
@@ -243,6 +262,15 @@ enum Action {
     Discard,
     Fileinto(Vec<u8>),
     Redirect(Vec<u8>),
+}
+
+/// How `deleteheader` names the value of the field it deletes (compared with `i;octet`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ValueMatch {
+    /// `:is`: the value as every engine sees it.
+    Is(Vec<u8>),
+    /// `:matches`: a pattern, already escaped, with `*` where engines differ.
+    Matches(Vec<u8>),
 }
 
 fn without_nul(b: &[u8]) -> Vec<u8> {
@@ -264,48 +292,364 @@ pub fn is_field_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
 }
 
-/// A header value as Sieve compares it: unfolded, leading and trailing white space removed.
-fn comparable(value: &[u8]) -> Vec<u8> {
-    let unfolded: Vec<u8> = value
-        .iter()
-        .copied()
-        .filter(|&b| b != b'\r' && b != b'\n')
-        .collect();
-    unfolded.trim_ascii().to_vec()
+/// Fields that Sieve must not delete (RFC 5293 §6: `Received`; `Auto-Submitted` is refused by
+/// Pigeonhole too, it guards against mail loops). A change of one of the message's own fields of
+/// these names cannot be expressed and is left out.
+const UNDELETABLE: [&[u8]; 2] = [b"Received", b"Auto-Submitted"];
+
+fn is_undeletable(name: &[u8]) -> bool {
+    UNDELETABLE.iter().any(|u| u.eq_ignore_ascii_case(name))
 }
 
-/// An edit's value as the verdict writes it: the leading space that the Milter supplies itself
-/// under HDR_LEADSPC dropped (Sieve writes `Name: value`), and every line break a fold (a break
-/// not followed by white space gets one, so the field cannot end early).
-fn edit_value(value: &[u8], leadspc: bool) -> Vec<u8> {
+/// An RFC 5322 addr-spec in ASCII (dot-atom or quoted local part, dot-atom or literal domain):
+/// what `redirect` accepts. Engines check a literal address when the script is compiled.
+pub fn is_addr_spec(a: &[u8]) -> bool {
+    fn atext(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+    }
+    fn dot_atom(s: &[u8]) -> bool {
+        !s.is_empty()
+            && s.split(|&b| b == b'.')
+                .all(|p| !p.is_empty() && p.iter().all(|&b| atext(b)))
+    }
+    let Some(at) = a.iter().rposition(|&b| b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&a[..at], &a[at + 1..]);
+    let local_ok = if local.len() >= 2 && local[0] == b'"' && local[local.len() - 1] == b'"' {
+        let inner = &local[1..local.len() - 1];
+        let mut i = 0;
+        let mut ok = true;
+        while i < inner.len() {
+            match inner[i] {
+                b'\\' if i + 1 < inner.len() && matches!(inner[i + 1], 32..=126) => i += 2,
+                b'\\' | b'"' => {
+                    ok = false;
+                    break;
+                }
+                32..=126 => i += 1,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        ok
+    } else {
+        dot_atom(local)
+    };
+    let domain_ok = if domain.first() == Some(&b'[') && domain.last() == Some(&b']') {
+        domain.len() > 2
+            && domain[1..domain.len() - 1]
+                .iter()
+                .all(|&b| matches!(b, 33..=90 | 94..=126))
+    } else {
+        dot_atom(domain)
+    };
+    local_ok && domain_ok
+}
+
+fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn is_break(b: u8) -> bool {
+    b == b'\r' || b == b'\n'
+}
+
+/// A value as the verdict writes it into `addheader`: a field body that Sieve engines accept
+/// (RFC 5322 `unstructured`), as close to the Milter's bytes as that allows.
+/// - Under HDR_LEADSPC the Milter's own leading space goes: Sieve writes `Name: value`.
+/// - RFC 5293 dialect: RFC 2047 encoded-words are decoded (`decode_encoded_words`).
+/// - NUL goes; any other control character but TAB becomes a space (engines refuse them).
+/// - A run of white space holding line breaks is one fold: the white space before the first
+///   break, CRLF, then the white space after the last break, or one space when there is none,
+///   so that a break can neither end the field nor leave an empty line. At the very end such a
+///   run is dropped.
+/// - White space at the end goes.
+/// - RFC 5293 dialect: a value the engine must encode (bytes beyond ASCII, or `=?`) is written
+///   unfolded, the engine folds it.
+///
+/// Bytes that are not UTF-8 stay; `quote` writes them with encoded-character.
+///
+/// With `text` (RFC 5293 dialect) encoded-words are decoded first (`decode_encoded_words`).
+fn header_value(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
     let value = if leadspc && value.first() == Some(&b' ') {
         &value[1..]
     } else {
         value
     };
-    let mut out = Vec::with_capacity(value.len());
+    let decoded;
+    let value = if text {
+        decoded = decode_encoded_words(value);
+        &decoded[..]
+    } else {
+        value
+    };
+    let clean: Vec<u8> = value
+        .iter()
+        .filter(|&&b| b != 0)
+        .map(|&b| match b {
+            b'\t' | b'\r' | b'\n' => b,
+            0x01..=0x1f | 0x7f => b' ',
+            _ => b,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() + 8);
     let mut i = 0;
-    while i < value.len() {
-        match value[i] {
-            b'\r' if value.get(i + 1) == Some(&b'\n') => i += 1,
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                if !matches!(value.get(i + 1), Some(b' ') | Some(b'\t')) {
-                    out.push(b' ');
-                }
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+    while i < clean.len() {
+        if !is_wsp(clean[i]) && !is_break(clean[i]) {
+            out.push(clean[i]);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < clean.len() && (is_wsp(clean[i]) || is_break(clean[i])) {
+            i += 1;
+        }
+        let run = &clean[start..i];
+        let (Some(first), Some(last)) = (
+            run.iter().position(|&b| is_break(b)),
+            run.iter().rposition(|&b| is_break(b)),
+        ) else {
+            out.extend_from_slice(run);
+            continue;
+        };
+        if i == clean.len() {
+            break;
+        }
+        out.extend_from_slice(&run[..first]);
+        out.extend_from_slice(b"\r\n");
+        match &run[last + 1..] {
+            [] => out.push(b' '),
+            after => out.extend_from_slice(after),
         }
     }
-    // A value that ends in a fold would leave an empty last line.
-    while out.last().is_some_and(|b| b.is_ascii_whitespace()) {
+    // White space at the end means nothing to a reader, and Pigeonhole 0.5 ends the field in
+    // the middle of the next one when it folds inside such a run.
+    while out.last().is_some_and(|&b| is_wsp(b)) {
         out.pop();
     }
+    if text && (out.iter().any(|&b| b >= 0x80) || out.windows(2).any(|w| w == b"=?")) {
+        // The engine encodes this value (RFC 2047); Pigeonhole encodes each folded line on its
+        // own, and the white space of a fold between two encoded-words is lost to readers
+        // ("café\r\n café" reads "cafécafé"). Unfolded, it is encoded whole and folded by the
+        // engine.
+        out = unfold(&out);
+    }
     out
+}
+
+/// A folded value unfolded (RFC 5322 §2.2.3): each CRLF goes, the white space after it stays.
+fn unfold(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// RFC 2047 encoded-words decoded to UTF-8 where the charset is UTF-8, US-ASCII or ISO-8859-1,
+/// and the white space between two decoded ones dropped (RFC 2047 §6.2). An RFC 5293 engine
+/// takes the value of `addheader` as text and encodes it itself where needed (RFC 5293 §4), and
+/// one that protects a literal `=?` (Pigeonhole encodes it) would otherwise show the Milter's
+/// encoded-word as text: a Subject tagged by spamass-milter would read
+/// `[SPAM] =?utf-8?q?caf=C3=A9?=`. Encoded-words in other charsets, or malformed, stay.
+fn decode_encoded_words(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    // The length of `out` right after the last decoded word, while only white space follows.
+    let mut after_word: Option<usize> = None;
+    let mut i = 0;
+    while i < v.len() {
+        if v[i..].starts_with(b"=?") {
+            if let Some((text, len)) = encoded_word(&v[i..]) {
+                if let Some(at) = after_word {
+                    out.truncate(at);
+                }
+                out.extend_from_slice(&text);
+                after_word = Some(out.len());
+                i += len;
+                continue;
+            }
+        }
+        if !is_wsp(v[i]) && !is_break(v[i]) {
+            after_word = None;
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The encoded-word at the start of `s` (`=?charset[*lang]?B|Q?text?=`), decoded to UTF-8, and
+/// its length; None when it is not one or its charset is not known here.
+fn encoded_word(s: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let rest = s.strip_prefix(b"=?")?;
+    let q = rest.iter().position(|&b| b == b'?')?;
+    let charset = rest[..q].split(|&b| b == b'*').next()?;
+    let encoding = *rest.get(q + 1)?;
+    if rest.get(q + 2) != Some(&b'?') {
+        return None;
+    }
+    let start = q + 3;
+    let len = rest[start..].windows(2).position(|w| w == b"?=")?;
+    let text = &rest[start..start + len];
+    if text.iter().any(|&b| b <= b' ' || b >= 0x7f || b == b'?') {
+        return None;
+    }
+    let bytes = match encoding.to_ascii_uppercase() {
+        b'B' => base64_decode(text)?,
+        b'Q' => q_decode(text)?,
+        _ => return None,
+    };
+    let known = |name: &[&str]| {
+        name.iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(charset))
+    };
+    let utf8 = if known(&["utf-8", "us-ascii"]) {
+        bytes
+    } else if known(&["iso-8859-1", "latin1"]) {
+        bytes
+            .iter()
+            .map(|&b| char::from(b))
+            .collect::<String>()
+            .into_bytes()
+    } else {
+        return None;
+    };
+    Some((utf8, 2 + start + len + 2))
+}
+
+fn q_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'_' => out.push(b' '),
+            b'=' => {
+                let hex = std::str::from_utf8(text.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    let body = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    for &c in body {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// How `deleteheader` names an original field's value. Engines compare a value unfolded, with
+/// RFC 2047 encoded-words decoded and the white space at both ends removed (RFC 5228 §5.7,
+/// RFC 5293 §5). One line of UTF-8 text without encoded-words or control characters is the same
+/// in every engine: `:is` with it. Elsewhere engines differ (a fold unfolds to a space, a TAB or
+/// both; a byte that is not UTF-8 becomes U+FFFD or a Latin-1 letter; an encoded-word in an
+/// unknown charset stays or goes), so those parts become `*` of a `:matches` pattern and only the
+/// rest is compared.
+fn original_match(value: &[u8]) -> ValueMatch {
+    let start = value
+        .iter()
+        .position(|&b| !is_wsp(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !is_wsp(b))
+        .map_or(start, |e| e + 1);
+    let v = &value[start..end];
+    let mut wild = vec![false; v.len()];
+    // Encoded-words: everything from the first `=?` to the end of the last `?=` after the last
+    // `=?` (or to the end), with the white space around: decoders drop the white space between
+    // encoded-words, and Dovecot's also that before a malformed `=?` after one.
+    if let Some(first) = v.windows(2).position(|w| w == b"=?") {
+        let last_open = v.windows(2).rposition(|w| w == b"=?").unwrap_or(first);
+        let mut end = v[last_open + 2..]
+            .windows(2)
+            .position(|w| w == b"?=")
+            .map_or(v.len(), |e| last_open + 2 + e + 2);
+        while end < v.len() && (is_wsp(v[end]) || is_break(v[end])) {
+            end += 1;
+        }
+        let mut start = first;
+        while start > 0 && (is_wsp(v[start - 1]) || is_break(v[start - 1])) {
+            start -= 1;
+        }
+        wild[start..end].fill(true);
+    }
+    // Folds: a run of white space holding a line break.
+    let mut i = 0;
+    while i < v.len() {
+        if is_wsp(v[i]) || is_break(v[i]) {
+            let s = i;
+            while i < v.len() && (is_wsp(v[i]) || is_break(v[i])) {
+                i += 1;
+            }
+            if v[s..i].iter().any(|&b| is_break(b)) {
+                wild[s..i].fill(true);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    // Bytes that are not UTF-8, and control characters but TAB.
+    let mut at = 0;
+    for chunk in v.utf8_chunks() {
+        for (j, &b) in chunk.valid().as_bytes().iter().enumerate() {
+            if (b < 0x20 && b != b'\t') || b == 0x7f {
+                wild[at + j] = true;
+            }
+        }
+        at += chunk.valid().len();
+        wild[at..at + chunk.invalid().len()].fill(true);
+        at += chunk.invalid().len();
+    }
+    if !wild.contains(&true) {
+        return ValueMatch::Is(v.to_vec());
+    }
+    let mut pattern = Vec::with_capacity(v.len());
+    for (i, &b) in v.iter().enumerate() {
+        if wild[i] {
+            if i == 0 || !wild[i - 1] {
+                pattern.push(b'*');
+            }
+        } else {
+            if matches!(b, b'*' | b'?' | b'\\') {
+                pattern.push(b'\\');
+            }
+            pattern.push(b);
+        }
+    }
+    ValueMatch::Matches(pattern)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,9 +663,12 @@ enum Origin {
 #[derive(Debug)]
 struct Field {
     name: Vec<u8>,
+    /// The value as `addheader` writes it (`header_value`); for an unchanged original, unused.
     value: Vec<u8>,
     origin: Origin,
+    /// Removed by CHGHEADER with an empty value (still counted by later indexes, as sendmail).
     deleted: bool,
+    /// An original field that CHGHEADER changed or removed.
     changed: bool,
 }
 
@@ -329,10 +676,16 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// Replays the header edits on a model of the header, with sendmail's semantics (CHGHEADER's
-/// index is 1-based among fields of that name, 0 counts as 1, a deleted field still counts, a
-/// change of a field that is not there adds it; INSHEADER's index is 0-based among all fields),
-/// then writes the difference between the original and the result as editheader actions.
+/// Replays the header edits on a model of the header with sendmail's semantics, then writes the
+/// difference between the original and the result as editheader actions.
+///
+/// Sendmail's semantics: CHGHEADER's index is 1-based among the fields of that name, 0 counts as
+/// 1, a field removed earlier still counts, a change of a field that is not there adds it at the
+/// end, and an empty value removes; INSHEADER's index is 0-based among all fields.
+///
+/// Sieve adds only at the top or at the end: INSHEADER before the last field goes to the top
+/// (where INSHEADER 0, the usual case, puts it: DKIM-Signature, ARC sets), at or past the end it
+/// goes to the end; a changed field is removed and added again at the end.
 fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec<Action>) {
     let mut fields: Vec<Field> = outcome
         .headers
@@ -340,14 +693,14 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
         .enumerate()
         .map(|(i, h)| Field {
             name: h.name.clone(),
-            value: h.value.clone(),
+            value: Vec::new(),
             origin: Origin::Original(i),
             deleted: false,
             changed: false,
         })
         .collect();
     for e in &outcome.edits {
-        let (name, value) = match e {
+        let (name, raw) = match e {
             Edit::AddHeader { name, value }
             | Edit::InsHeader { name, value, .. }
             | Edit::ChgHeader { name, value, .. } => (name, value),
@@ -360,137 +713,168 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
             );
             continue;
         }
-        let value = edit_value(value, outcome.leadspc);
+        let value = header_value(
+            raw,
+            outcome.leadspc,
+            options.dialect == SieveDialect::Rfc5293,
+        );
+        let added = |top: bool, value: Vec<u8>| Field {
+            name: name.clone(),
+            value,
+            origin: Origin::Added { top },
+            deleted: false,
+            changed: false,
+        };
         match e {
-            Edit::AddHeader { .. } => fields.push(Field {
-                name: name.clone(),
-                value,
-                origin: Origin::Added { top: false },
-                deleted: false,
-                changed: false,
-            }),
+            Edit::AddHeader { .. } => fields.push(added(false, value)),
             Edit::InsHeader { index, .. } => {
-                let pos = (*index as usize).min(fields.len());
-                // Sieve adds at the top or at the end only: an insert anywhere before the last
-                // field goes to the top, where INSHEADER 0 (the usual case: DKIM-Signature,
-                // ARC sets) puts it.
+                let pos = usize::try_from(*index)
+                    .unwrap_or(usize::MAX)
+                    .min(fields.len());
                 let top = pos < fields.len();
-                fields.insert(
-                    pos,
-                    Field {
-                        name: name.clone(),
-                        value,
-                        origin: Origin::Added { top },
-                        deleted: false,
-                        changed: false,
-                    },
-                );
+                fields.insert(pos, added(top, value));
             }
             Edit::ChgHeader { index, .. } => {
-                let want = (*index).max(1) as usize;
-                match fields
+                let want = usize::try_from((*index).max(1)).unwrap_or(usize::MAX);
+                let target = fields
                     .iter_mut()
                     .filter(|f| same_name(&f.name, name))
-                    .nth(want - 1)
-                {
+                    .nth(want - 1);
+                match target {
+                    Some(f) if matches!(f.origin, Origin::Original(_)) && is_undeletable(name) => {
+                        log::warn!(
+                            "CHGHEADER of \"{}\" left out: Sieve may not delete that field",
+                            crate::error::escape(name)
+                        );
+                    }
                     Some(f) => {
-                        f.deleted = value.is_empty();
+                        f.deleted = raw.is_empty();
                         f.value = value;
                         f.changed = true;
                     }
-                    None if !value.is_empty() => fields.push(Field {
-                        name: name.clone(),
-                        value,
-                        origin: Origin::Added { top: false },
-                        deleted: false,
-                        changed: false,
-                    }),
+                    None if !raw.is_empty() => fields.push(added(false, value)),
                     None => {}
                 }
             }
             Edit::AddRcpt { .. } => {}
         }
     }
+    delete_actions(outcome, options, &fields, actions);
 
-    // Deletions first, against the header as it came, last field first so that a position
-    // (`:index`) still means what it meant in the original.
-    let originals = &outcome.headers;
-    for f in fields.iter().rev() {
-        let Origin::Original(i) = f.origin else {
-            continue;
-        };
-        if !f.changed {
-            continue;
-        }
-        let h = &originals[i];
-        let occurrence = originals[..=i]
-            .iter()
-            .filter(|o| same_name(&o.name, &h.name))
-            .count();
-        if !is_field_name(&h.name) {
-            continue;
-        }
-        if options.context_edits {
-            let wanted = comparable(&h.value);
-            // Another field of that name and value that stays: the value alone would delete it
-            // too, so the position narrows it down.
-            let ambiguous = fields.iter().any(|g| match g.origin {
-                Origin::Original(j) => {
-                    j != i
-                        && !g.changed
-                        && same_name(&originals[j].name, &h.name)
-                        && comparable(&originals[j].value) == wanted
-                }
-                Origin::Added { .. } => false,
-            });
-            actions.push(Action::DeleteHeader {
-                index: ambiguous.then_some(occurrence),
-                name: h.name.clone(),
-                value: Some(wanted),
-            });
-        } else {
-            actions.push(Action::DeleteHeader {
-                index: Some(occurrence),
-                name: h.name.clone(),
-                value: None,
-            });
-        }
-    }
-    // Fields added at the top: the last one first, so that they end up in the Milter's order.
-    for f in fields.iter().rev() {
-        if f.origin == (Origin::Added { top: true }) && !f.deleted {
-            actions.push(Action::AddHeader {
-                last: false,
-                name: f.name.clone(),
-                value: f.value.clone(),
-            });
-        }
-    }
-    // Changed fields and fields added at the end, in order.
-    for f in &fields {
-        let add = match f.origin {
+    let top: Vec<&Field> = fields
+        .iter()
+        .filter(|f| f.origin == (Origin::Added { top: true }) && !f.deleted)
+        .collect();
+    let end: Vec<&Field> = fields
+        .iter()
+        .filter(|f| match f.origin {
             Origin::Original(_) => f.changed && !f.deleted,
             Origin::Added { top } => !top && !f.deleted,
-        };
-        if add {
-            actions.push(Action::AddHeader {
-                last: true,
-                name: f.name.clone(),
-                value: f.value.clone(),
-            });
-        }
+        })
+        .collect();
+    let add = |f: &Field, last: bool| Action::AddHeader {
+        last,
+        name: f.name.clone(),
+        value: f.value.clone(),
+    };
+    if options.dialect == SieveDialect::Legacy {
+        // The one-argument addheader has no position: everything in final order.
+        actions.extend(top.iter().chain(end.iter()).map(|f| add(f, true)));
+    } else if outcome.headers.is_empty() {
+        // On an empty header the top and the end are one place; Pigeonhole 0.5.19 (Debian 12)
+        // aborts on `addheader :last` there, so everything goes to the top, the last first.
+        actions.extend(top.iter().chain(end.iter()).rev().map(|f| add(f, false)));
+    } else {
+        // Each addheader at the top goes above the last one: the last first.
+        actions.extend(top.iter().rev().map(|f| add(f, false)));
+        actions.extend(end.iter().map(|f| add(f, true)));
     }
 }
+
+/// The deletions, before any addition and against the header as it came, last field first, so
+/// that an earlier field's position is still its original one. With CONTEXT_EDITS a field is
+/// named by its value alone when that value can delete no field that stays; otherwise, and
+/// without CONTEXT_EDITS, by its position (`:index`) among the fields of its name at that point.
+fn delete_actions(
+    outcome: &Outcome,
+    options: &VerdictOptions,
+    fields: &[Field],
+    actions: &mut Vec<Action>,
+) {
+    let originals = &outcome.headers;
+    let mut doomed = vec![false; originals.len()];
+    for f in fields {
+        if let Origin::Original(i) = f.origin {
+            doomed[i] = f.changed;
+        }
+    }
+    let mut present = vec![true; originals.len()];
+    for i in (0..originals.len()).rev() {
+        if !doomed[i] || !present[i] {
+            continue;
+        }
+        let name = &originals[i].name;
+        let same: Vec<usize> = (0..originals.len())
+            .filter(|&j| present[j] && same_name(&originals[j].name, name))
+            .collect();
+        let position = same.iter().position(|&j| j == i).map_or(1, |p| p + 1);
+        present[i] = false;
+        if !options.context_edits {
+            actions.push(Action::DeleteHeader {
+                index: Some(position),
+                name: name.clone(),
+                value: None,
+            });
+            continue;
+        }
+        let wanted = original_match(&originals[i].value);
+        let mut index = Some(position);
+        if let ValueMatch::Is(v) = &wanted {
+            // Alone, the value deletes every field of that name and value: fine when each of
+            // them goes anyway, not when one of them stays or might match (a pattern).
+            let others: Vec<(usize, ValueMatch)> = same
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| (j, original_match(&originals[j].value)))
+                .collect();
+            let alone = others.iter().all(|(j, m)| match m {
+                ValueMatch::Is(w) => w != v || doomed[*j],
+                ValueMatch::Matches(_) => false,
+            });
+            if alone {
+                index = None;
+                for (j, m) in &others {
+                    if *m == wanted {
+                        present[*j] = false;
+                    }
+                }
+            }
+        }
+        actions.push(Action::DeleteHeader {
+            index,
+            name: name.clone(),
+            value: Some(wanted),
+        });
+    }
+}
+
+/// The line end of the scriptlet: RFC 5228 §8.1 has CRLF, and a line break inside a quoted
+/// string (a folded value) may only be CRLF.
+const EOL: &str = "\r\n";
 
 /// Writes the actions as one Sieve scriptlet with exactly the `require` it needs.
 fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) -> Verdict {
     let legacy = options.dialect == SieveDialect::Legacy;
     // encoded-character is needed when any string holds bytes that are not UTF-8 text.
-    let needs_encoding = |b: &[u8]| std::str::from_utf8(b).is_err() || b.contains(&0);
+    let needs_encoding = |b: &[u8]| std::str::from_utf8(b).is_err();
     let encode = actions.iter().any(|a| match a {
         Action::AddHeader { name, value, .. } => needs_encoding(name) || needs_encoding(value),
         Action::DeleteHeader { name, value, .. } => {
-            needs_encoding(name) || value.as_deref().is_some_and(needs_encoding)
+            needs_encoding(name)
+                || match value {
+                    Some(ValueMatch::Is(v) | ValueMatch::Matches(v)) => needs_encoding(v),
+                    None => false,
+                }
         }
         Action::Ereject(t) | Action::Fileinto(t) | Action::Redirect(t) => needs_encoding(t),
         Action::RejectRecipient { address, reply } => {
@@ -514,11 +898,11 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
                     let mut line = name.clone();
                     line.extend_from_slice(b": ");
                     line.extend_from_slice(value);
-                    body.push_str(&format!("addheader {};\n", q(&line)));
+                    body.push_str(&format!("addheader {};{EOL}", q(&line)));
                 } else {
                     need("editheader");
                     body.push_str(&format!(
-                        "addheader {}{} {};\n",
+                        "addheader {}{} {};{EOL}",
                         if *last { ":last " } else { "" },
                         q(name),
                         q(value)
@@ -531,38 +915,46 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
                 if let Some(i) = index {
                     s.push_str(&format!(":index {i} "));
                 }
-                if value.is_some() {
-                    s.push_str(":is ");
+                // i;octet: the default comparator ignores ASCII case, which would delete a
+                // field whose value differs only in case.
+                match value {
+                    Some(ValueMatch::Is(_)) => s.push_str(":comparator \"i;octet\" :is "),
+                    Some(ValueMatch::Matches(_)) => s.push_str(":comparator \"i;octet\" :matches "),
+                    None => {}
                 }
                 s.push_str(&q(name));
-                if let Some(v) = value {
+                if let Some(ValueMatch::Is(v) | ValueMatch::Matches(v)) = value {
                     s.push(' ');
                     s.push_str(&q(v));
                 }
-                s.push_str(";\n");
+                s.push(';');
+                s.push_str(EOL);
                 body.push_str(&s);
             }
             Action::Ereject(text) => {
                 need("ereject");
-                body.push_str(&format!("ereject {};\n", q(text)));
+                body.push_str(&format!("ereject {};{EOL}", q(text)));
             }
             Action::RejectRecipient { address, reply } => {
                 need("envelope");
                 need("ereject");
+                // stop: for this recipient nothing else may happen. An action that delivers
+                // (fileinto, redirect) after ereject is an error that ends in the implicit keep,
+                // which would deliver the message to the recipient the Milter refused.
                 body.push_str(&format!(
-                    "if envelope :is \"to\" {} {{\n  ereject {};\n}}\n",
+                    "if envelope :is \"to\" {} {{{EOL}  ereject {};{EOL}  stop;{EOL}}}{EOL}",
                     q(address),
                     q(reply)
                 ));
             }
-            Action::Discard => body.push_str("discard;\n"),
+            Action::Discard => body.push_str(&format!("discard;{EOL}")),
             Action::Fileinto(folder) => {
                 need("fileinto");
-                body.push_str(&format!("fileinto {};\n", q(folder)));
+                body.push_str(&format!("fileinto {};{EOL}", q(folder)));
             }
             Action::Redirect(addr) => {
                 need("copy");
-                body.push_str(&format!("redirect :copy {};\n", q(addr)));
+                body.push_str(&format!("redirect :copy {};{EOL}", q(addr)));
             }
         }
     }
@@ -572,7 +964,7 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
     let mut script = String::new();
     if !require.is_empty() {
         // A fixed order, so that equal outcomes give equal verdicts.
-        const ORDER: [&str; 8] = [
+        const ORDER: [&str; 7] = [
             "addheader",
             "editheader",
             "envelope",
@@ -580,11 +972,10 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
             "fileinto",
             "copy",
             "encoded-character",
-            "",
         ];
         require.sort_by_key(|r| ORDER.iter().position(|o| o == r));
         let list: Vec<String> = require.iter().map(|r| format!("\"{r}\"")).collect();
-        script.push_str(&format!("require [{}];\n", list.join(", ")));
+        script.push_str(&format!("require [{}];{EOL}", list.join(", ")));
     }
     script.push_str(&body);
     Verdict {
@@ -594,11 +985,28 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
     }
 }
 
-/// A Sieve quoted string (RFC 5228 §2.4.2): `"` and `\` escaped; with `encode` (the script
-/// requires encoded-character) bytes that are not UTF-8 text, and NUL, written as `${hex:..}`,
-/// and a literal `${` written so that it is not read as an encoding.
+/// A Sieve quoted string (RFC 5228 §2.4.2): `"` and `\` escaped, every line break CRLF (the only
+/// one a quoted string may hold), NUL left out. With `encode` (the script requires
+/// encoded-character) bytes that are not UTF-8 text are written as `${hex:..}`, and so is `$`,
+/// so that a literal `${` is not read as an encoding; without it they become U+FFFD (callers
+/// check first, so that does not happen).
 pub fn quote(bytes: &[u8], encode: bool) -> String {
-    let mut s = String::with_capacity(bytes.len() + 2);
+    let mut text: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => {}
+            b'\r' | b'\n' => {
+                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                text.extend_from_slice(b"\r\n");
+            }
+            b => text.push(b),
+        }
+        i += 1;
+    }
+    let mut s = String::with_capacity(text.len() + 2);
     s.push('"');
     let mut hex: Vec<u8> = Vec::new();
     let flush_hex = |s: &mut String, hex: &mut Vec<u8>| {
@@ -608,18 +1016,14 @@ pub fn quote(bytes: &[u8], encode: bool) -> String {
             hex.clear();
         }
     };
-    for chunk in bytes.utf8_chunks() {
+    for chunk in text.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
-                '\0' if encode => hex.push(0),
-                '\0' => {}
+                '$' if encode => hex.push(b'$'),
                 '"' | '\\' => {
                     flush_hex(&mut s, &mut hex);
                     s.push('\\');
                     s.push(c);
-                }
-                '$' if encode => {
-                    hex.push(b'$');
                 }
                 _ => {
                     flush_hex(&mut s, &mut hex);
@@ -629,14 +1033,930 @@ pub fn quote(bytes: &[u8], encode: bool) -> String {
         }
         if encode {
             hex.extend_from_slice(chunk.invalid());
-        } else {
-            // Unreachable when the caller checked; never emit invalid UTF-8 all the same.
-            for _ in chunk.invalid() {
-                s.push('\u{FFFD}');
-            }
+        } else if !chunk.invalid().is_empty() {
+            flush_hex(&mut s, &mut hex);
+            s.push('\u{FFFD}');
         }
     }
     flush_hex(&mut s, &mut hex);
     s.push('"');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> VerdictOptions {
+        VerdictOptions {
+            context_edits: true,
+            dialect: SieveDialect::Rfc5293,
+            quarantine_folder: "Quarantine".to_string(),
+        }
+    }
+
+    fn by_position() -> VerdictOptions {
+        VerdictOptions {
+            context_edits: false,
+            ..options()
+        }
+    }
+
+    fn legacy() -> VerdictOptions {
+        VerdictOptions {
+            dialect: SieveDialect::Legacy,
+            ..options()
+        }
+    }
+
+    fn h(name: &str, value: &[u8]) -> Header {
+        Header {
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn add(name: &str, value: &[u8]) -> Edit {
+        Edit::AddHeader {
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn ins(index: u32, name: &str, value: &[u8]) -> Edit {
+        Edit::InsHeader {
+            index,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn chg(index: u32, name: &str, value: &[u8]) -> Edit {
+        Edit::ChgHeader {
+            index,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// An accepted message with these original fields and edits.
+    fn edited(headers: Vec<Header>, edits: Vec<Edit>) -> Outcome {
+        Outcome {
+            headers,
+            edits,
+            ..Outcome::new(Disposition::Continue, Stage::Eom)
+        }
+    }
+
+    /// The verdict's script, which must be a Sieve verdict; written with LF for readability of
+    /// the expectations (and checked to have CRLF everywhere).
+    fn script(o: &Outcome, opts: &VerdictOptions) -> String {
+        let v = build(o, opts);
+        assert_eq!(v.kind, VerdictKind::Sieve, "{v:?}");
+        let s = String::from_utf8(v.script).expect("UTF-8");
+        assert!(s.ends_with("\r\n"), "{s:?}");
+        assert!(
+            !s.replace("\r\n", "").contains(['\r', '\n']),
+            "a bare line break in {s:?}"
+        );
+        s.replace("\r\n", "\n")
+    }
+
+    fn three_headers() -> Vec<Header> {
+        vec![
+            h("From", b" a@example.com"),
+            h("Subject", b" hello"),
+            h("To", b" b@example.com"),
+        ]
+    }
+
+    // Dispositions.
+
+    #[test]
+    fn continue_or_accept_without_edits_is_no_verdict() {
+        for d in [Disposition::Continue, Disposition::Accept] {
+            let mut o = Outcome::new(d, Stage::Eom);
+            o.headers = three_headers();
+            let v = build(&o, &options());
+            assert_eq!(v.kind, VerdictKind::None);
+            assert!(v.script.is_empty());
+            assert_eq!(v.reply, None);
+        }
+    }
+
+    #[test]
+    fn tempfail_is_a_deferral_with_the_reply() {
+        let mut o = Outcome::new(Disposition::Tempfail, Stage::Eom);
+        let v = build(&o, &options());
+        assert_eq!(v.kind, VerdictKind::Defer);
+        assert!(v.script.is_empty());
+        assert_eq!(v.reply.as_deref(), Some(DEFAULT_TEMPFAIL));
+        o.reply = Some(b"452 4.3.1 Insufficient system storage".to_vec());
+        o.edits.push(add("X-Spam", b"yes"));
+        let v = build(&o, &options());
+        assert_eq!(v.kind, VerdictKind::Defer);
+        assert!(v.script.is_empty());
+        assert_eq!(
+            v.reply.as_deref(),
+            Some(&b"452 4.3.1 Insufficient system storage"[..])
+        );
+    }
+
+    #[test]
+    fn reject_is_ereject_with_the_reply_text() {
+        let mut o = Outcome::new(Disposition::Reject, Stage::Eom);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"ereject\"];\nereject \"550 5.7.1 Command rejected\";\n"
+        );
+        o.reply = Some(b"554 5.7.1 Gtube pattern".to_vec());
+        o.edits.push(add("X-Spam", b"yes"));
+        o.quarantine = Some(b"held".to_vec());
+        let v = build(&o, &options());
+        assert_eq!(v.reply.as_deref(), Some(&b"554 5.7.1 Gtube pattern"[..]));
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"ereject\"];\nereject \"554 5.7.1 Gtube pattern\";\n"
+        );
+    }
+
+    #[test]
+    fn reject_at_an_early_stage_is_the_same_ereject() {
+        let mut o = Outcome::new(Disposition::Reject, Stage::Connect);
+        o.reply = Some(b"550 5.7.1 Go away \"now\"".to_vec());
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"ereject\"];\nereject \"550 5.7.1 Go away \\\"now\\\"\";\n"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_reply_keeps_its_crlf() {
+        let mut o = Outcome::new(Disposition::Reject, Stage::Eom);
+        o.reply = Some(b"550-5.7.1 first\r\n550 5.7.1 second".to_vec());
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"ereject\"];\nereject \"550-5.7.1 first\n550 5.7.1 second\";\n"
+        );
+    }
+
+    #[test]
+    fn discard_is_discard() {
+        let mut o = Outcome::new(Disposition::Discard, Stage::Eom);
+        o.edits.push(add("X-Spam", b"yes"));
+        assert_eq!(script(&o, &options()), "discard;\n");
+    }
+
+    // Recipients refused at RCPT.
+
+    #[test]
+    fn a_recipient_refused_at_rcpt_is_rejected_for_that_recipient_only() {
+        let mut o = edited(three_headers(), Vec::new());
+        o.rejected_recipients.push(RecipientReject {
+            address: b"bad@example.org".to_vec(),
+            tempfail: false,
+            reply: b"550 5.1.1 No such user".to_vec(),
+        });
+        o.rejected_recipients.push(RecipientReject {
+            address: b"worse@example.org".to_vec(),
+            tempfail: false,
+            reply: Vec::new(),
+        });
+        o.edits.push(add("X-Spam", b"no"));
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"envelope\", \"ereject\"];\n\
+             if envelope :is \"to\" \"bad@example.org\" {\n  ereject \"550 5.1.1 No such user\";\n  stop;\n}\n\
+             if envelope :is \"to\" \"worse@example.org\" {\n  ereject \"550 5.7.1 Command rejected\";\n  stop;\n}\n\
+             addheader :last \"X-Spam\" \"no\";\n"
+        );
+    }
+
+    #[test]
+    fn a_recipient_refused_temporarily_defers_the_message() {
+        let mut o = Outcome::new(Disposition::Continue, Stage::Eom);
+        o.rejected_recipients.push(RecipientReject {
+            address: b"busy@example.org".to_vec(),
+            tempfail: true,
+            reply: b"450 4.2.1 Try later".to_vec(),
+        });
+        o.edits.push(add("X-Spam", b"no"));
+        let v = build(&o, &options());
+        assert_eq!(v.kind, VerdictKind::Defer);
+        assert!(v.script.is_empty());
+        assert_eq!(v.reply.as_deref(), Some(&b"450 4.2.1 Try later"[..]));
+    }
+
+    // ADDHEADER and INSHEADER.
+
+    #[test]
+    fn addheader_is_addheader_last() {
+        let o = edited(three_headers(), vec![add("X-Spam-Score", b"5.2")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"X-Spam-Score\" \"5.2\";\n"
+        );
+    }
+
+    #[test]
+    fn addheader_in_milter_order() {
+        let o = edited(
+            three_headers(),
+            vec![add("X-A", b"1"), add("X-B", b"2"), add("X-A", b"3")],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"X-A\" \"1\";\n\
+             addheader :last \"X-B\" \"2\";\naddheader :last \"X-A\" \"3\";\n"
+        );
+    }
+
+    #[test]
+    fn insheader_at_zero_is_addheader_at_the_top() {
+        let o = edited(
+            three_headers(),
+            vec![ins(0, "DKIM-Signature", b"v=1; a=rsa-sha256")],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader \"DKIM-Signature\" \"v=1; a=rsa-sha256\";\n"
+        );
+    }
+
+    #[test]
+    fn several_insheaders_at_zero_keep_the_milter_result_order() {
+        // Each INSHEADER 0 goes above the one before, as in sendmail: ARC-Seal ends on top.
+        let o = edited(
+            three_headers(),
+            vec![
+                ins(0, "ARC-Authentication-Results", b"i=1"),
+                ins(0, "ARC-Message-Signature", b"i=1"),
+                ins(0, "ARC-Seal", b"i=1"),
+            ],
+        );
+        // The top group is written last first, so the engine ends with Seal, Message-Signature,
+        // Authentication-Results.
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader \"ARC-Authentication-Results\" \"i=1\";\n\
+             addheader \"ARC-Message-Signature\" \"i=1\";\naddheader \"ARC-Seal\" \"i=1\";\n"
+        );
+    }
+
+    #[test]
+    fn insheader_in_between_goes_to_the_top() {
+        let o = edited(
+            three_headers(),
+            vec![ins(2, "X-Mid", b"m"), ins(1, "X-Mid2", b"n")],
+        );
+        // sendmail: From, X-Mid2, Subject, X-Mid, To; Sieve: X-Mid2, X-Mid at the top, in
+        // that order (written last first).
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader \"X-Mid\" \"m\";\naddheader \"X-Mid2\" \"n\";\n"
+        );
+    }
+
+    #[test]
+    fn insheader_at_or_past_the_end_is_addheader_last() {
+        for index in [3, 4, 1000, u32::MAX] {
+            let o = edited(three_headers(), vec![ins(index, "X-End", b"e")]);
+            assert_eq!(
+                script(&o, &options()),
+                "require [\"editheader\"];\naddheader :last \"X-End\" \"e\";\n",
+                "index {index}"
+            );
+        }
+    }
+
+    /// On an empty header the top and the end are one place: all at the top, the last first
+    /// (Pigeonhole 0.5.19 aborts on `addheader :last` there).
+    #[test]
+    fn additions_to_an_empty_header_are_all_at_the_top() {
+        let o = edited(
+            Vec::new(),
+            vec![
+                ins(0, "X-Only", b"o"),
+                add("X-End", b"e"),
+                ins(0, "X-Top", b"t"),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader \"X-End\" \"e\";\n\
+             addheader \"X-Only\" \"o\";\naddheader \"X-Top\" \"t\";\n"
+        );
+    }
+
+    // CHGHEADER.
+
+    #[test]
+    fn chgheader_by_value_with_context_edits() {
+        let o = edited(three_headers(), vec![chg(1, "Subject", b"[SPAM] hello")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n\
+             addheader :last \"Subject\" \"[SPAM] hello\";\n"
+        );
+    }
+
+    #[test]
+    fn chgheader_by_position_without_context_edits() {
+        let o = edited(three_headers(), vec![chg(1, "Subject", b"[SPAM] hello")]);
+        assert_eq!(
+            script(&o, &by_position()),
+            "require [\"editheader\"];\ndeleteheader :index 1 \"Subject\";\n\
+             addheader :last \"Subject\" \"[SPAM] hello\";\n"
+        );
+    }
+
+    #[test]
+    fn chgheader_with_an_empty_value_deletes() {
+        let o = edited(three_headers(), vec![chg(1, "subject", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n"
+        );
+        assert_eq!(
+            script(&o, &by_position()),
+            "require [\"editheader\"];\ndeleteheader :index 1 \"Subject\";\n"
+        );
+    }
+
+    #[test]
+    fn chgheader_index_zero_is_the_first() {
+        let headers = vec![h("X-A", b" one"), h("X-A", b" two")];
+        let o = edited(headers, vec![chg(0, "X-A", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\ndeleteheader :comparator \"i;octet\" :is \"X-A\" \"one\";\n"
+        );
+        assert_eq!(
+            script(&o, &by_position()),
+            "require [\"editheader\"];\ndeleteheader :index 1 \"X-A\";\n"
+        );
+    }
+
+    #[test]
+    fn chgheader_past_the_last_occurrence_adds_or_does_nothing() {
+        let o = edited(three_headers(), vec![chg(2, "Subject", b"second")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"Subject\" \"second\";\n"
+        );
+        let o = edited(three_headers(), vec![chg(5, "X-None", b"")]);
+        assert_eq!(build(&o, &options()).kind, VerdictKind::None);
+    }
+
+    #[test]
+    fn chgheader_of_the_second_occurrence() {
+        let headers = vec![
+            h("X-A", b" one"),
+            h("Subject", b" s"),
+            h("X-A", b" two"),
+            h("X-A", b" three"),
+        ];
+        let o = edited(headers, vec![chg(2, "X-A", b"TWO")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\ndeleteheader :comparator \"i;octet\" :is \"X-A\" \"two\";\n\
+             addheader :last \"X-A\" \"TWO\";\n"
+        );
+        assert_eq!(
+            script(&o, &by_position()),
+            "require [\"editheader\"];\ndeleteheader :index 2 \"X-A\";\n\
+             addheader :last \"X-A\" \"TWO\";\n"
+        );
+    }
+
+    #[test]
+    fn a_value_that_occurs_twice_is_narrowed_by_position() {
+        let headers = vec![h("X-A", b" same"), h("X-A", b" other"), h("X-A", b" same")];
+        let o = edited(headers.clone(), vec![chg(3, "X-A", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :index 3 :comparator \"i;octet\" :is \"X-A\" \"same\";\n"
+        );
+        // Both go: the value alone deletes both, once.
+        let o = edited(headers, vec![chg(1, "X-A", b""), chg(3, "X-A", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\ndeleteheader :comparator \"i;octet\" :is \"X-A\" \"same\";\n"
+        );
+    }
+
+    #[test]
+    fn positions_count_what_earlier_deletions_left() {
+        // X-A 1 (v) and 4 (v) go by value alone (both doomed), which also removes field 1
+        // before field 2 is deleted; field 2 (w) shares its value with field 3, which stays, so
+        // it needs a position: 1, not 2, by then.
+        let headers = vec![
+            h("X-A", b" v"),
+            h("X-A", b" w"),
+            h("X-A", b" w"),
+            h("X-A", b" v"),
+        ];
+        let o = edited(
+            headers,
+            vec![chg(1, "X-A", b""), chg(2, "X-A", b""), chg(4, "X-A", b"")],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"X-A\" \"v\";\n\
+             deleteheader :index 1 :comparator \"i;octet\" :is \"X-A\" \"w\";\n"
+        );
+        assert_eq!(
+            script(&o, &by_position()),
+            "require [\"editheader\"];\ndeleteheader :index 4 \"X-A\";\n\
+             deleteheader :index 2 \"X-A\";\ndeleteheader :index 1 \"X-A\";\n"
+        );
+    }
+
+    #[test]
+    fn values_differing_in_case_are_different() {
+        let headers = vec![h("X-A", b" Same"), h("X-A", b" same")];
+        let o = edited(headers, vec![chg(2, "X-A", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\ndeleteheader :comparator \"i;octet\" :is \"X-A\" \"same\";\n"
+        );
+    }
+
+    #[test]
+    fn several_edits_of_one_field_in_one_message() {
+        let o = edited(
+            three_headers(),
+            vec![
+                chg(1, "Subject", b"first"),
+                chg(1, "Subject", b"second"),
+                add("Subject", b"third"),
+                chg(2, "Subject", b"fourth"),
+                chg(1, "Subject", b""),
+                chg(1, "Subject", b"back"),
+            ],
+        );
+        // sendmail: the original Subject becomes "back" (deleted, then changed again: a removed
+        // field still counts), the added one "fourth".
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n\
+             addheader :last \"Subject\" \"back\";\naddheader :last \"Subject\" \"fourth\";\n"
+        );
+    }
+
+    #[test]
+    fn chgheader_of_an_added_field_changes_the_addition() {
+        let o = edited(
+            three_headers(),
+            vec![
+                ins(0, "X-Top", b"1"),
+                chg(1, "X-Top", b"2"),
+                add("X-End", b"a"),
+                chg(1, "X-End", b""),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader \"X-Top\" \"2\";\n"
+        );
+    }
+
+    #[test]
+    fn a_folded_original_is_matched_by_pattern_and_position() {
+        let headers = vec![h(
+            "X-Spam-Status",
+            b" No, score=1.2\n\ttests=NONE  \n  version=4",
+        )];
+        let o = edited(headers, vec![chg(1, "X-Spam-Status", b"Yes")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :index 1 :comparator \"i;octet\" :matches \"X-Spam-Status\" \
+             \"No, score=1.2*tests=NONE*version=4\";\n\
+             addheader :last \"X-Spam-Status\" \"Yes\";\n"
+        );
+    }
+
+    #[test]
+    fn encoded_words_and_odd_bytes_in_an_original_become_wildcards() {
+        assert_eq!(
+            original_match(b" =?utf-8?q?caf=C3=A9?= =?utf-8?q?x?= tail "),
+            ValueMatch::Matches(b"*tail".to_vec())
+        );
+        assert_eq!(
+            original_match(
+                b" a 
+	=?utf-8?q?x?=  =?unclosed"
+            ),
+            ValueMatch::Matches(b"a*".to_vec())
+        );
+        assert_eq!(
+            original_match(b" =?x?q?a?= b =?x?q?c?= d"),
+            ValueMatch::Matches(b"*d".to_vec())
+        );
+        assert_eq!(
+            original_match(b" caf\xe9 \x01x*?\\"),
+            ValueMatch::Matches(b"caf* *x\\*\\?\\\\".to_vec())
+        );
+        assert_eq!(
+            original_match(b"\n\tfirst line empty"),
+            ValueMatch::Matches(b"*first line empty".to_vec())
+        );
+        assert_eq!(
+            original_match(b" x =?unclosed"),
+            ValueMatch::Matches(b"x*".to_vec())
+        );
+        assert_eq!(
+            original_match(b" \t caf\xc3\xa9\tand tab \t"),
+            ValueMatch::Is("café\tand tab".as_bytes().to_vec())
+        );
+        assert_eq!(original_match(b""), ValueMatch::Is(Vec::new()));
+        assert_eq!(original_match(b"   "), ValueMatch::Is(Vec::new()));
+        assert_eq!(original_match(b" a*b?c"), ValueMatch::Is(b"a*b?c".to_vec()));
+    }
+
+    #[test]
+    fn a_pattern_original_makes_equal_values_ambiguous() {
+        // The folded one might equal "a b" in some engine: the plain one needs its position.
+        let headers = vec![h("X-A", b" a\n b"), h("X-A", b" a b")];
+        let o = edited(headers, vec![chg(2, "X-A", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :index 2 :comparator \"i;octet\" :is \"X-A\" \"a b\";\n"
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_original_needs_no_encoding() {
+        let headers = vec![h("Subject", b" caf\xe9")];
+        let o = edited(headers, vec![chg(1, "Subject", b"")]);
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :index 1 :comparator \"i;octet\" :matches \"Subject\" \"caf*\";\n"
+        );
+    }
+
+    #[test]
+    fn received_and_auto_submitted_of_the_message_are_not_changed() {
+        let headers = vec![
+            h("Received", b" from a by b"),
+            h("Auto-Submitted", b" auto-generated"),
+        ];
+        let o = edited(
+            headers,
+            vec![
+                chg(1, "Received", b"forged"),
+                chg(1, "auto-submitted", b""),
+                chg(2, "Received", b"second"),
+                add("Received", b"from milter"),
+            ],
+        );
+        // Only what adds: the change of a second Received (there is none) adds one.
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"Received\" \"second\";\n\
+             addheader :last \"Received\" \"from milter\";\n"
+        );
+    }
+
+    #[test]
+    fn edits_with_invalid_names_are_left_out() {
+        let o = edited(
+            three_headers(),
+            vec![
+                add("", b"x"),
+                add("Bad Name", b"x"),
+                add("Bad:Name", b"x"),
+                add("B\u{e9}d", b"x"),
+                ins(0, "Tab\tName", b"x"),
+                chg(1, "Sub\nject", b""),
+            ],
+        );
+        assert_eq!(build(&o, &options()).kind, VerdictKind::None);
+    }
+
+    // Values.
+
+    #[test]
+    fn values_are_quoted_exactly() {
+        let o = edited(
+            three_headers(),
+            vec![
+                add("X-Q", b"say \"hi\" \\ back\\slash"),
+                add("X-Dollar", b"cost $5 ${hex:41} ${unicode:42}"),
+                add("X-Empty", b""),
+                add("X-Spaces", b"  lead and trail  "),
+                add("X-Utf8", "café ☕".as_bytes()),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             addheader :last \"X-Q\" \"say \\\"hi\\\" \\\\ back\\\\slash\";\n\
+             addheader :last \"X-Dollar\" \"cost $5 ${hex:41} ${unicode:42}\";\n\
+             addheader :last \"X-Empty\" \"\";\n\
+             addheader :last \"X-Spaces\" \"  lead and trail\";\n\
+             addheader :last \"X-Utf8\" \"café ☕\";\n"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_use_encoded_character() {
+        let o = edited(
+            three_headers(),
+            vec![
+                add("X-Latin1", b"caf\xe9 \xff\xfe end"),
+                add("X-Dollar", b"${hex:41} $"),
+            ],
+        );
+        // With encoded-character in force, `$` is encoded too, so that `${hex:41}` stays text.
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"encoded-character\"];\n\
+             addheader :last \"X-Latin1\" \"caf${hex:E9} ${hex:FF FE} end\";\n\
+             addheader :last \"X-Dollar\" \"${hex:24}{hex:41} ${hex:24}\";\n"
+        );
+    }
+
+    #[test]
+    fn line_breaks_in_a_value_are_folds() {
+        let o = edited(
+            three_headers(),
+            vec![
+                add("X-Folded", b"one\r\n\ttwo\n three"),
+                add("X-Bare", b"one\ntwo\rthree"),
+                add("X-Runs", b"a \n\n\t b\r\n"),
+                add("X-Lead", b"\r\n\tfirst"),
+                add("X-Trail", b"last \r\n\t"),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             addheader :last \"X-Folded\" \"one\n\ttwo\n three\";\n\
+             addheader :last \"X-Bare\" \"one\n two\n three\";\n\
+             addheader :last \"X-Runs\" \"a \n\t b\";\n\
+             addheader :last \"X-Lead\" \"\n\tfirst\";\n\
+             addheader :last \"X-Trail\" \"last\";\n"
+        );
+    }
+
+    #[test]
+    fn encoded_words_are_decoded_in_the_rfc5293_dialect() {
+        let value =
+            b"[SPAM] =?utf-8?q?caf=C3=A9?= \r\n =?ISO-8859-1?Q?_=E9t=E9?= =?utf-8?b?4piV?= \
+                      =?koi8-r?b?8MXU0Q==?= =?utf-8?q?bad=ZZ?=";
+        let o = edited(three_headers(), vec![add("Subject", value)]);
+        // Adjacent decoded words lose the white space between them; unknown charsets and
+        // malformed words stay, and with them `=?`, so the value goes unfolded.
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"Subject\" \
+             \"[SPAM] café été☕ =?koi8-r?b?8MXU0Q==?= =?utf-8?q?bad=ZZ?=\";\n"
+        );
+        // The legacy one-argument form takes a header line as it is.
+        let o = edited(
+            three_headers(),
+            vec![add("Subject", b"=?utf-8?q?caf=C3=A9?=")],
+        );
+        assert_eq!(
+            script(&o, &legacy()),
+            "require [\"addheader\"];\naddheader \"Subject: =?utf-8?q?caf=C3=A9?=\";\n"
+        );
+    }
+
+    #[test]
+    fn a_value_the_engine_encodes_is_unfolded() {
+        let o = edited(
+            three_headers(),
+            vec![
+                add("X-Utf8", "café\r\n\tcafé".as_bytes()),
+                add("X-Latin1", b"caf\xe9\n caf\xe9"),
+                add("X-Ascii", b"one\n two"),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"encoded-character\"];\n\
+             addheader :last \"X-Utf8\" \"café\tcafé\";\n\
+             addheader :last \"X-Latin1\" \"caf${hex:E9} caf${hex:E9}\";\n\
+             addheader :last \"X-Ascii\" \"one\n two\";\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_become_spaces_and_nul_goes() {
+        let o = edited(
+            three_headers(),
+            vec![add("X-Ctl", b"a\x01b\x7fc\0d\x0be\tf")],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"X-Ctl\" \"a b cd e\tf\";\n"
+        );
+    }
+
+    #[test]
+    fn leadspc_values_lose_their_own_leading_space() {
+        let mut o = edited(
+            three_headers(),
+            vec![
+                add("X-A", b" one"),
+                add("X-B", b"two"),
+                chg(1, "Subject", b" "),
+            ],
+        );
+        o.leadspc = true;
+        // CHGHEADER " " is not a deletion: it changes the value to an empty one.
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n\
+             addheader :last \"Subject\" \"\";\naddheader :last \"X-A\" \"one\";\n\
+             addheader :last \"X-B\" \"two\";\n"
+        );
+    }
+
+    #[test]
+    fn a_very_long_value_is_written_whole() {
+        let long = vec![b'x'; 5000];
+        let o = edited(three_headers(), vec![add("X-Long", &long)]);
+        let s = script(&o, &options());
+        assert_eq!(
+            s,
+            format!(
+                "require [\"editheader\"];\naddheader :last \"X-Long\" \"{}\";\n",
+                "x".repeat(5000)
+            )
+        );
+    }
+
+    // ADDRCPT, QUARANTINE, dialects.
+
+    #[test]
+    fn addrcpt_is_redirect_copy() {
+        let o = edited(
+            three_headers(),
+            vec![
+                Edit::AddRcpt {
+                    rcpt: b"<archive@example.org>".to_vec(),
+                    args: None,
+                },
+                Edit::AddRcpt {
+                    rcpt: b"\"odd guy\"@[192.0.2.1]".to_vec(),
+                    args: Some(b"NOTIFY=NEVER".to_vec()),
+                },
+                Edit::AddRcpt {
+                    rcpt: b"not an address".to_vec(),
+                    args: None,
+                },
+                Edit::AddRcpt {
+                    rcpt: b"<>".to_vec(),
+                    args: None,
+                },
+                Edit::AddRcpt {
+                    rcpt: b"archive@example.org".to_vec(),
+                    args: None,
+                },
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"copy\"];\nredirect :copy \"archive@example.org\";\n\
+             redirect :copy \"\\\"odd guy\\\"@[192.0.2.1]\";\n"
+        );
+    }
+
+    #[test]
+    fn addr_spec() {
+        for good in [
+            &b"a@b"[..],
+            b"first.last+tag@example.org",
+            b"\"a b\\\"c\"@example.org",
+            b"x@[IPv6:2001:db8::1]",
+            b"!#$%&'*+-/=?^_`{|}~@example.org",
+        ] {
+            assert!(is_addr_spec(good), "{}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b""[..],
+            b"@",
+            b"a@",
+            b"@b",
+            b"a b@c",
+            b"a..b@c",
+            b".a@c",
+            b"a@b..c",
+            b"a@b@c",
+            b"caf\xc3\xa9@example.org",
+            b"\"a\"b\"@c",
+            b"a@[]",
+            b"a@[x]y]",
+        ] {
+            assert!(!is_addr_spec(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn quarantine_files_into_the_folder_with_the_reason() {
+        let mut o = Outcome::new(Disposition::Accept, Stage::Eom);
+        o.quarantine = Some(b"virus \"EICAR\" found".to_vec());
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"fileinto\"];\n\
+             addheader \"X-Milter-Quarantine\" \"virus \\\"EICAR\\\" found\";\n\
+             fileinto \"Quarantine\";\n"
+        );
+        o.quarantine = Some(Vec::new());
+        let opts = VerdictOptions {
+            quarantine_folder: "Junk/Held".to_string(),
+            ..options()
+        };
+        assert_eq!(
+            script(&o, &opts),
+            "require [\"fileinto\"];\nfileinto \"Junk/Held\";\n"
+        );
+    }
+
+    #[test]
+    fn everything_at_once_in_a_fixed_order() {
+        let mut o = edited(
+            three_headers(),
+            vec![
+                Edit::AddRcpt {
+                    rcpt: b"<copy@example.org>".to_vec(),
+                    args: None,
+                },
+                chg(1, "Subject", b"[SPAM] hello"),
+                ins(0, "X-Top", b"t"),
+                add("X-End", b"e"),
+            ],
+        );
+        o.rejected_recipients.push(RecipientReject {
+            address: b"bad@example.org".to_vec(),
+            tempfail: false,
+            reply: b"550 5.1.1 No".to_vec(),
+        });
+        o.quarantine = Some(b"spam".to_vec());
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"envelope\", \"ereject\", \"fileinto\", \"copy\"];\n\
+             if envelope :is \"to\" \"bad@example.org\" {\n  ereject \"550 5.1.1 No\";\n  stop;\n}\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n\
+             addheader \"X-Top\" \"t\";\n\
+             addheader :last \"Subject\" \"[SPAM] hello\";\n\
+             addheader :last \"X-End\" \"e\";\n\
+             redirect :copy \"copy@example.org\";\n\
+             addheader \"X-Milter-Quarantine\" \"spam\";\n\
+             fileinto \"Quarantine\";\n"
+        );
+    }
+
+    #[test]
+    fn legacy_dialect_writes_one_argument_addheader_in_final_order() {
+        let mut o = edited(
+            three_headers(),
+            vec![
+                add("X-End", b"e"),
+                ins(0, "X-Top1", b"1"),
+                ins(0, "X-Top2", b"2"),
+                chg(1, "Subject", b"new"),
+            ],
+        );
+        o.quarantine = Some(b"held".to_vec());
+        assert_eq!(
+            script(&o, &legacy()),
+            "require [\"addheader\", \"editheader\", \"fileinto\"];\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"hello\";\n\
+             addheader \"X-Top2: 2\";\naddheader \"X-Top1: 1\";\n\
+             addheader \"Subject: new\";\naddheader \"X-End: e\";\n\
+             addheader \"X-Milter-Quarantine: held\";\n\
+             fileinto \"Quarantine\";\n"
+        );
+        let o = edited(three_headers(), vec![add("X-A", b"caf\xe9\r\n folded")]);
+        assert_eq!(
+            script(&o, &legacy()),
+            "require [\"addheader\", \"encoded-character\"];\n\
+             addheader \"X-A: caf${hex:E9}\n folded\";\n"
+        );
+    }
+
+    #[test]
+    fn quote_escapes() {
+        assert_eq!(quote(b"", false), "\"\"");
+        assert_eq!(quote(b"a\"b\\c", false), "\"a\\\"b\\\\c\"");
+        assert_eq!(quote(b"a\0b", false), "\"ab\"");
+        assert_eq!(quote(b"a\nb\rc\r\nd", false), "\"a\r\nb\r\nc\r\nd\"");
+        assert_eq!(quote(b"${hex:41}", false), "\"${hex:41}\"");
+        assert_eq!(quote(b"${hex:41}", true), "\"${hex:24}{hex:41}\"");
+        assert_eq!(quote(b"\xe9$\xff\"", true), "\"${hex:E9 24 FF}\\\"\"");
+        assert_eq!(quote(b"\xe9", false), "\"\u{FFFD}\"");
+    }
 }
