@@ -1,0 +1,1342 @@
+//! The library against real libmilter-based Milters on loopback, through its safe Rust API:
+//! tests/milters/any_reply.py (pymilter on sendmail's libmilter) gives each reply, modification,
+//! macro list and protocol flag on demand and records what the library sent it; opendkim signs.
+//! Each test asserts the exact verdict the Milter's decisions turn into, and what the Milter
+//! received. The last tests run the C loader (build/spamfilter-load) as an MTA would.
+//!
+//! Every Milter is started by the test that needs it, on a free port, and stopped at its end
+//! (tests/support/milters.rs); cases that need different Milters run in parallel threads.
+
+#[path = "support/milters.rs"]
+mod milters;
+
+use milter_spamfilter::protocol::consts::*;
+use milter_spamfilter::session::{offered_protocol, OFFERED_ACTIONS};
+use milter_spamfilter::verdict::{
+    Disposition, Edit, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
+};
+use milter_spamfilter::{Content, Envelope, Filtered, Handle, Recipient, VerdictKind};
+use milters::{any_reply, opendkim, Record, Server};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+// ---------------------------------------------------------------------------------------------
+// Messages, envelopes, running cases side by side.
+
+/// A plain message with LF line ends, as an MTA may hand it over.
+const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\n\
+To: Bob <bob@example.net>\n\
+Subject: test message\n\
+X-Old: obsolete\n\
+Message-ID: <m1@example.org>\n\
+\n\
+Hello Bob.\n\
+Second line.\n";
+
+/// An envelope whose client name, sender and queue id carry `tag`, so that the Milter's record
+/// of this message can be found by it.
+fn envelope(tag: &str) -> Envelope {
+    Envelope {
+        client_name: Some(format!("{tag}.client.example").into_bytes()),
+        client_addr: Some("192.0.2.10".parse().expect("literal address")),
+        client_port: 40000,
+        helo: Some(b"helo.client.example".to_vec()),
+        sender: format!("{tag}@example.org").into_bytes(),
+        mail_args: vec![b"SIZE=1234".to_vec(), b"BODY=8BITMIME".to_vec()],
+        recipients: vec![Recipient {
+            address: b"bob@example.net".to_vec(),
+            esmtp_args: vec![b"NOTIFY=NEVER".to_vec()],
+        }],
+        macros: vec![
+            (b"j".to_vec(), b"mta.example.net".to_vec()),
+            (b"i".to_vec(), format!("Q-{tag}").into_bytes()),
+            (b"{auth_type}".to_vec(), b"PLAIN".to_vec()),
+            (b"{auth_authen}".to_vec(), b"alice".to_vec()),
+            (b"{msg_id}".to_vec(), b"<m1@example.org>".to_vec()),
+        ],
+    }
+}
+
+/// Filters `message` through `handle`; a failure shows the Milter's stderr.
+fn filter_with(m: &Server, handle: &Handle, env: &Envelope, message: &[u8]) -> Filtered {
+    handle
+        .filter(env, Content::Buffer(message))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} on port {}: filter failed: {:?}: {e}\nthe Milter's stderr:\n{}",
+                m.name,
+                m.port,
+                e.kind,
+                m.log()
+            )
+        })
+}
+
+fn filter(m: &Server, env: &Envelope, message: &[u8]) -> Filtered {
+    filter_with(m, &m.handle(), env, message)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn script(f: &Filtered) -> String {
+    text(&f.verdict.script)
+}
+
+/// `s` as a Sieve quoted string: `"` and `\` escaped.
+fn sieve_quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The verdict of a reject: `ereject` with exactly `reply`.
+fn ereject(reply: &str) -> String {
+    format!(
+        "require [\"ereject\"];\r\nereject {};\r\n",
+        sieve_quoted(reply)
+    )
+}
+
+/// Asserts a reject with exactly `reply`, decided at `stage`.
+fn assert_rejected(f: &Filtered, stage: Stage, reply: &[u8]) {
+    assert_eq!(
+        f.verdict.kind,
+        VerdictKind::Sieve,
+        "verdict: {:?}",
+        f.verdict
+    );
+    assert_eq!(script(f), ereject(&text(reply)));
+    assert_eq!(f.verdict.reply.as_deref(), Some(reply));
+    assert_eq!(f.outcome.disposition, Disposition::Reject);
+    assert_eq!(f.outcome.stage, stage);
+    assert_eq!(f.outcome.reply.as_deref(), Some(reply));
+}
+
+/// Asserts a deferral with exactly `reply`, decided at `stage`.
+fn assert_deferred(f: &Filtered, stage: Stage, reply: &[u8]) {
+    assert_eq!(
+        f.verdict.kind,
+        VerdictKind::Defer,
+        "verdict: {:?}",
+        f.verdict
+    );
+    assert_eq!(
+        f.verdict.reply.as_deref(),
+        Some(reply),
+        "verdict: {:?}",
+        f.verdict
+    );
+    assert!(f.verdict.script.is_empty(), "verdict: {:?}", f.verdict);
+    assert_eq!(f.outcome.disposition, Disposition::Tempfail);
+    assert_eq!(f.outcome.stage, stage);
+}
+
+/// Asserts no verdict at all.
+fn assert_no_verdict(f: &Filtered) {
+    assert_eq!(
+        f.verdict.kind,
+        VerdictKind::None,
+        "verdict: {:?}",
+        f.verdict
+    );
+    assert!(f.verdict.script.is_empty());
+    assert_eq!(f.verdict.reply, None);
+}
+
+/// The callbacks the Milter saw, without negotiate/abort/close.
+fn stages_seen(r: &Record) -> Vec<String> {
+    r.names()
+        .into_iter()
+        .filter(|n| !matches!(n.as_str(), "negotiate" | "abort" | "close"))
+        .collect()
+}
+
+type Case<'a> = (String, Box<dyn FnOnce() + Send + 'a>);
+
+fn case<'a>(name: impl Into<String>, f: impl FnOnce() + Send + 'a) -> Case<'a> {
+    (name.into(), Box::new(f))
+}
+
+/// Runs every case on its own thread and fails once, naming every case that failed.
+fn all_of(cases: Vec<Case<'_>>) {
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let running: Vec<_> = cases
+            .into_iter()
+            .map(|(name, f)| (name, s.spawn(f)))
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|(name, h)| {
+                h.join().err().map(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    format!("{name}: {msg}")
+                })
+            })
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispositions.
+
+#[test]
+fn continue_without_edits_is_no_verdict() {
+    let m = any_reply("{}");
+    let f = filter(&m, &envelope("cont"), MESSAGE);
+    assert_no_verdict(&f);
+    assert_eq!(f.outcome.disposition, Disposition::Continue);
+    assert_eq!(f.outcome.stage, Stage::Eom);
+    assert_eq!(f.outcome.reply, None);
+    assert!(f.outcome.edits.is_empty());
+    assert!(f.outcome.rejected_recipients.is_empty());
+    let r = m.recorded("cont");
+    assert_eq!(
+        r.names(),
+        [
+            "negotiate",
+            "connect",
+            "helo",
+            "envfrom",
+            "envrcpt",
+            "data",
+            "header",
+            "header",
+            "header",
+            "header",
+            "header",
+            "eoh",
+            "body",
+            "eom",
+            "close"
+        ]
+    );
+}
+
+#[test]
+fn accept_anywhere_is_no_verdict() {
+    let stages = [
+        ("connect", Stage::Connect),
+        ("helo", Stage::Helo),
+        ("envfrom", Stage::Mail),
+        ("data", Stage::Data),
+        ("eoh", Stage::Eoh),
+        ("eom", Stage::Eom),
+    ];
+    let cases = stages
+        .into_iter()
+        .map(|(stage, want)| {
+            case(format!("accept at {stage}"), move || {
+                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "accept"}}}}"#));
+                let f = filter(&m, &envelope("acc"), MESSAGE);
+                assert_no_verdict(&f);
+                assert_eq!(f.outcome.disposition, Disposition::Accept);
+                assert_eq!(f.outcome.stage, want);
+                assert_eq!(stages_seen(&m.recorded("acc")).last().unwrap(), stage);
+            })
+        })
+        .collect();
+    all_of(cases);
+}
+
+#[test]
+fn reject_at_each_stage_is_ereject_with_the_default_reply() {
+    let stages = [
+        ("connect", Stage::Connect),
+        ("helo", Stage::Helo),
+        ("envfrom", Stage::Mail),
+        ("data", Stage::Data),
+        ("header", Stage::Header),
+        ("eoh", Stage::Eoh),
+        ("body", Stage::Body),
+        ("eom", Stage::Eom),
+    ];
+    let cases = stages
+        .into_iter()
+        .map(|(stage, want)| {
+            case(format!("reject at {stage}"), move || {
+                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "reject"}}}}"#));
+                let f = filter(&m, &envelope("rej"), MESSAGE);
+                assert_rejected(&f, want, DEFAULT_REJECT);
+                assert_eq!(script(&f), ereject("550 5.7.1 Command rejected"));
+                // Nothing after the rejecting stage reached the Milter.
+                let seen = stages_seen(&m.recorded("rej"));
+                assert_eq!(seen.last().unwrap(), stage, "stages seen: {seen:?}");
+                assert_eq!(seen.iter().filter(|s| *s == stage).count(), 1);
+            })
+        })
+        .collect();
+    all_of(cases);
+}
+
+#[test]
+fn replycode_text_is_the_reject_text_exactly() {
+    let cases = vec![
+        (
+            "envfrom",
+            "550 5.7.1 custom text",
+            Stage::Mail,
+            "550 5.7.1 custom text",
+        ),
+        (
+            "eom",
+            "550 5.7.1 custom text",
+            Stage::Eom,
+            "550 5.7.1 custom text",
+        ),
+        (
+            "helo",
+            "554 5.7.0 go away",
+            Stage::Helo,
+            "554 5.7.0 go away",
+        ),
+        // libmilter sends a Milter's "%%" as it is; the client shows one "%".
+        (
+            "eom",
+            "550 5.7.1 100%% spam",
+            Stage::Eom,
+            "550 5.7.1 100% spam",
+        ),
+        // Quotes and backslashes are escaped in the Sieve string.
+        (
+            "body",
+            r#"550 5.7.1 \"quoted\" and back\\slash"#,
+            Stage::Body,
+            r#"550 5.7.1 "quoted" and back\slash"#,
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(stage, reply, want_stage, want)| {
+            case(format!("{reply} at {stage}"), move || {
+                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "{reply}"}}}}"#));
+                let f = filter(&m, &envelope("code"), MESSAGE);
+                assert_eq!(script(&f), ereject(want));
+                assert_rejected(&f, want_stage, want.as_bytes());
+            })
+        })
+        .collect();
+    all_of(cases);
+}
+
+#[test]
+fn a_multi_line_reply_is_kept_line_for_line() {
+    let m =
+        any_reply(r#"{"replies": {"eom": ["550 5.7.1 first line", "second line", "third line"]}}"#);
+    let f = filter(&m, &envelope("multi"), MESSAGE);
+    let want = "550-5.7.1 first line\r\n550-5.7.1 second line\r\n550 5.7.1 third line";
+    assert_rejected(&f, Stage::Eom, want.as_bytes());
+    assert_eq!(script(&f), ereject(want));
+}
+
+#[test]
+fn tempfail_and_a_4xx_reply_defer_the_message() {
+    let cases = vec![
+        (
+            "envfrom",
+            "tempfail",
+            Stage::Mail,
+            DEFAULT_TEMPFAIL.to_vec(),
+        ),
+        ("eom", "tempfail", Stage::Eom, DEFAULT_TEMPFAIL.to_vec()),
+        (
+            "eom",
+            "451 4.7.1 try again later",
+            Stage::Eom,
+            b"451 4.7.1 try again later".to_vec(),
+        ),
+        (
+            "connect",
+            "421 4.3.2 busy",
+            Stage::Connect,
+            b"421 4.3.2 busy".to_vec(),
+        ),
+        (
+            "data",
+            "450 4.2.0 mailbox busy",
+            Stage::Data,
+            b"450 4.2.0 mailbox busy".to_vec(),
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(stage, reply, want_stage, want)| {
+            case(format!("{reply} at {stage}"), move || {
+                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "{reply}"}}}}"#));
+                let f = filter(&m, &envelope("temp"), MESSAGE);
+                assert_deferred(&f, want_stage, &want);
+                assert_eq!(f.outcome.reply.as_deref(), Some(&want[..]));
+            })
+        })
+        .collect();
+    all_of(cases);
+}
+
+#[test]
+fn discard_is_discard_and_ignored_at_connect() {
+    let mut cases: Vec<Case> = [
+        ("data", Stage::Data),
+        ("body", Stage::Body),
+        ("eom", Stage::Eom),
+    ]
+    .into_iter()
+    .map(|(stage, want)| {
+        case(format!("discard at {stage}"), move || {
+            let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "discard"}}}}"#));
+            let f = filter(&m, &envelope("disc"), MESSAGE);
+            assert_eq!(f.verdict.kind, VerdictKind::Sieve);
+            assert_eq!(script(&f), "discard;\r\n");
+            assert_eq!(f.verdict.reply, None);
+            assert_eq!(f.outcome.disposition, Disposition::Discard);
+            assert_eq!(f.outcome.stage, want);
+        })
+    })
+    .collect();
+    // A DISCARD about the connection means nothing (as Postfix): the message is accepted.
+    cases.push(case("discard at connect", || {
+        let m = any_reply(r#"{"replies": {"connect": "discard"}}"#);
+        let f = filter(&m, &envelope("disc"), MESSAGE);
+        assert_no_verdict(&f);
+        assert_eq!(f.outcome.disposition, Disposition::Accept);
+        assert_eq!(f.outcome.stage, Stage::Connect);
+    }));
+    all_of(cases);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recipients.
+
+fn two_recipients(tag: &str) -> Envelope {
+    let mut env = envelope(tag);
+    env.recipients = vec![
+        Recipient::new(b"alice@example.net".to_vec()),
+        Recipient::new(b"bob@example.net".to_vec()),
+    ];
+    env
+}
+
+/// Asserts a verdict that refuses `address` alone with `reply`: one `if envelope :is "to"` block
+/// holding the `ereject`, and nothing outside it.
+fn assert_recipient_refused(f: &Filtered, address: &str, reply: &str) {
+    assert_eq!(
+        f.verdict.kind,
+        VerdictKind::Sieve,
+        "verdict: {:?}",
+        f.verdict
+    );
+    let s = script(f);
+    let head = format!(
+        "require [\"envelope\", \"ereject\"];\r\nif envelope :is \"to\" {} {{\r\n  ereject {};\r\n",
+        sieve_quoted(address),
+        sieve_quoted(reply)
+    );
+    assert!(
+        s.starts_with(&head),
+        "got:\n{s}\nwanted it to start with:\n{head}"
+    );
+    assert!(s.ends_with("}\r\n"), "{s}");
+    assert_eq!(s.matches("ereject ").count(), 1, "{s}");
+    assert_eq!(s.matches('{').count(), 1, "{s}");
+}
+
+#[test]
+fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
+    let cases = vec![
+        case("550 for bob", || {
+            let m = any_reply(
+                r#"{"replies": {"envrcpt": {"bob@example.net": "550 5.1.1 <bob@example.net>: no such user", "*": "continue"}}}"#,
+            );
+            let f = filter(&m, &two_recipients("rcpt1"), MESSAGE);
+            let reply = "550 5.1.1 <bob@example.net>: no such user";
+            assert_eq!(
+                f.outcome.rejected_recipients,
+                [RecipientReject {
+                    address: b"bob@example.net".to_vec(),
+                    tempfail: false,
+                    reply: reply.as_bytes().to_vec(),
+                }]
+            );
+            assert_eq!(f.outcome.disposition, Disposition::Continue);
+            assert_recipient_refused(&f, "bob@example.net", reply);
+            // The message went on for alice: both RCPTs, then the rest, reached the Milter.
+            let r = m.recorded("rcpt1");
+            let rcpts: Vec<Vec<String>> = r
+                .all("envrcpt")
+                .iter()
+                .map(|e| e.get("args").texts())
+                .collect();
+            assert_eq!(rcpts, [["<alice@example.net>"], ["<bob@example.net>"]]);
+            assert!(r.names().contains(&"eom".to_string()), "{}", r.line);
+        }),
+        case("plain reject for alice", || {
+            let m = any_reply(
+                r#"{"replies": {"envrcpt": {"alice@example.net": "reject", "*": "continue"}}}"#,
+            );
+            let f = filter(&m, &two_recipients("rcpt2"), MESSAGE);
+            assert_eq!(
+                f.outcome.rejected_recipients,
+                [RecipientReject {
+                    address: b"alice@example.net".to_vec(),
+                    tempfail: false,
+                    reply: DEFAULT_REJECT.to_vec(),
+                }]
+            );
+            assert_recipient_refused(&f, "alice@example.net", "550 5.7.1 Command rejected");
+        }),
+        case("temporary refusal of bob defers the message", || {
+            let m = any_reply(
+                r#"{"replies": {"envrcpt": {"bob@example.net": "450 4.2.1 try bob later", "*": "continue"}}}"#,
+            );
+            let f = filter(&m, &two_recipients("rcpt3"), MESSAGE);
+            assert_eq!(
+                f.outcome.rejected_recipients,
+                [RecipientReject {
+                    address: b"bob@example.net".to_vec(),
+                    tempfail: true,
+                    reply: b"450 4.2.1 try bob later".to_vec(),
+                }]
+            );
+            assert_eq!(f.verdict.kind, VerdictKind::Defer);
+            assert_eq!(
+                f.verdict.reply.as_deref(),
+                Some(&b"450 4.2.1 try bob later"[..])
+            );
+        }),
+        case("every recipient refused rejects the message", || {
+            let m = any_reply(
+                r#"{"replies": {"envrcpt": {"alice@example.net": "550 5.1.1 no alice", "*": "550 5.1.1 no bob"}}}"#,
+            );
+            let f = filter(&m, &two_recipients("rcpt4"), MESSAGE);
+            assert_eq!(f.outcome.rejected_recipients.len(), 2);
+            assert_rejected(&f, Stage::Rcpt, b"550 5.1.1 no bob");
+            // The transaction was aborted before DATA.
+            let r = m.recorded("rcpt4");
+            assert_eq!(stages_seen(&r).last().unwrap(), "envrcpt");
+            assert!(r.names().contains(&"abort".to_string()), "{}", r.line);
+        }),
+    ];
+    all_of(cases);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modifications at end of message.
+
+#[test]
+fn each_header_edit_appears_in_the_verdict() {
+    let cases = vec![
+        (
+            r#"[["addheader", "X-Added", "added value"]]"#,
+            vec![Edit::AddHeader {
+                name: b"X-Added".to_vec(),
+                value: b"added value".to_vec(),
+            }],
+            "addheader :last \"X-Added\" \"added value\";\r\n",
+        ),
+        (
+            r#"[["insheader", 0, "X-Top", "top value"]]"#,
+            vec![Edit::InsHeader {
+                index: 0,
+                name: b"X-Top".to_vec(),
+                value: b"top value".to_vec(),
+            }],
+            "addheader \"X-Top\" \"top value\";\r\n",
+        ),
+        (
+            r#"[["chgheader", "Subject", 1, "changed subject"]]"#,
+            vec![Edit::ChgHeader {
+                index: 1,
+                name: b"Subject".to_vec(),
+                value: b"changed subject".to_vec(),
+            }],
+            "deleteheader :comparator \"i;octet\" :is \"Subject\" \"test message\";\r\n\
+             addheader :last \"Subject\" \"changed subject\";\r\n",
+        ),
+        (
+            r#"[["chgheader", "X-Old", 1, ""]]"#,
+            vec![Edit::ChgHeader {
+                index: 1,
+                name: b"X-Old".to_vec(),
+                value: Vec::new(),
+            }],
+            "deleteheader :comparator \"i;octet\" :is \"X-Old\" \"obsolete\";\r\n",
+        ),
+        (
+            r#"[["addheader", "X-Added", "added value"], ["insheader", 0, "X-Top", "top value"],
+                ["chgheader", "Subject", 1, "changed subject"], ["chgheader", "X-Old", 1, ""]]"#,
+            vec![
+                Edit::AddHeader {
+                    name: b"X-Added".to_vec(),
+                    value: b"added value".to_vec(),
+                },
+                Edit::InsHeader {
+                    index: 0,
+                    name: b"X-Top".to_vec(),
+                    value: b"top value".to_vec(),
+                },
+                Edit::ChgHeader {
+                    index: 1,
+                    name: b"Subject".to_vec(),
+                    value: b"changed subject".to_vec(),
+                },
+                Edit::ChgHeader {
+                    index: 1,
+                    name: b"X-Old".to_vec(),
+                    value: Vec::new(),
+                },
+            ],
+            "deleteheader :comparator \"i;octet\" :is \"X-Old\" \"obsolete\";\r\n\
+             deleteheader :comparator \"i;octet\" :is \"Subject\" \"test message\";\r\n\
+             addheader \"X-Top\" \"top value\";\r\n\
+             addheader :last \"Subject\" \"changed subject\";\r\n\
+             addheader :last \"X-Added\" \"added value\";\r\n",
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(edits, want_edits, want_script)| {
+            case(edits.to_string(), move || {
+                let m = any_reply(&format!(r#"{{"edits": {edits}}}"#));
+                let f = filter(&m, &envelope("edit"), MESSAGE);
+                assert_eq!(f.outcome.disposition, Disposition::Continue);
+                assert_eq!(f.outcome.edits, want_edits);
+                assert_eq!(f.verdict.kind, VerdictKind::Sieve);
+                assert_eq!(
+                    script(&f),
+                    format!("require [\"editheader\"];\r\n{want_script}")
+                );
+            })
+        })
+        .collect();
+    all_of(cases);
+}
+
+#[test]
+fn without_context_edits_a_changed_field_is_deleted_by_position() {
+    let m = any_reply(
+        r#"{"edits": [["chgheader", "Subject", 1, "changed subject"], ["chgheader", "X-Old", 1, ""]]}"#,
+    );
+    let mut config = m.config();
+    config.context_edits = false;
+    let f = filter_with(&m, &Handle::new(config), &envelope("noctx"), MESSAGE);
+    assert_eq!(
+        script(&f),
+        "require [\"editheader\"];\r\n\
+         deleteheader :index 1 \"X-Old\";\r\n\
+         deleteheader :index 1 \"Subject\";\r\n\
+         addheader :last \"Subject\" \"changed subject\";\r\n"
+    );
+}
+
+#[test]
+fn added_recipients_and_quarantine() {
+    // PROGRESS in between changes nothing.
+    let m = any_reply(
+        r#"{"edits": [["addrcpt", "<carol@example.net>"], ["progress"],
+                      ["addrcpt", "<dave@example.net>", "NOTIFY=NEVER"],
+                      ["quarantine", "suspicious attachment"]]}"#,
+    );
+    let f = filter(&m, &envelope("addq"), MESSAGE);
+    assert_eq!(
+        f.outcome.edits,
+        [
+            Edit::AddRcpt {
+                rcpt: b"<carol@example.net>".to_vec(),
+                args: None,
+            },
+            Edit::AddRcpt {
+                rcpt: b"<dave@example.net>".to_vec(),
+                args: Some(b"NOTIFY=NEVER".to_vec()),
+            },
+        ]
+    );
+    assert_eq!(
+        f.outcome.quarantine.as_deref(),
+        Some(&b"suspicious attachment"[..])
+    );
+    assert_eq!(
+        script(&f),
+        "require [\"editheader\", \"fileinto\", \"copy\"];\r\n\
+         redirect :copy \"carol@example.net\";\r\n\
+         redirect :copy \"dave@example.net\";\r\n\
+         addheader \"X-Milter-Quarantine\" \"suspicious attachment\";\r\n\
+         fileinto \"Quarantine\";\r\n"
+    );
+
+    // QUARANTINE_FOLDER names the folder; the reason may come with the final reply.
+    let m = any_reply(r#"{"replies": {"eom": "quarantine held for review"}}"#);
+    let mut config = m.config();
+    config.quarantine_folder = "Junk/Held".to_string();
+    let f = filter_with(&m, &Handle::new(config), &envelope("quar"), MESSAGE);
+    assert_eq!(
+        f.outcome.quarantine.as_deref(),
+        Some(&b"held for review"[..])
+    );
+    assert_eq!(
+        script(&f),
+        "require [\"editheader\", \"fileinto\"];\r\n\
+         addheader \"X-Milter-Quarantine\" \"held for review\";\r\n\
+         fileinto \"Junk/Held\";\r\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the Milter received.
+
+/// Header fields that test how values are handed over: one leading space removed (only one,
+/// only a space), folded lines joined with LF, and bytes that are not UTF-8 kept.
+const TRICKY: &[u8] = b"From: Alice <alice@example.org>\r\n\
+Subject:  two leading spaces\r\n\
+X-Folded: first line\r\n\tsecond line\r\n  third line\r\n\
+X-Tight:no space\r\n\
+X-Empty:\r\n\
+X-Tab:\ttab first\r\n\
+X-Latin1: caf\xe9\r\n\
+\r\n\
+line one\n\
+line two\r\n\
+\n\
+last line without end";
+
+#[test]
+fn the_milter_receives_the_envelope_macros_header_and_body_exactly() {
+    let m = any_reply("{}");
+    let mut env = envelope("exact");
+    env.recipients.push(Recipient {
+        address: b"carol@example.com".to_vec(),
+        esmtp_args: vec![
+            b"NOTIFY=SUCCESS,FAILURE".to_vec(),
+            b"ORCPT=rfc822;carol@example.com".to_vec(),
+        ],
+    });
+    let f = filter(&m, &env, TRICKY);
+    assert_no_verdict(&f);
+    let r = m.recorded("exact");
+
+    let neg = r.first("negotiate");
+    assert_eq!(
+        neg.get("offered_actions").num(),
+        Some(OFFERED_ACTIONS as i64)
+    );
+    let offered = neg.get("offered_protocol").num().unwrap() as u32;
+    // libmilter adds the NR_* bits it can fake; everything the library offers must be there.
+    assert_eq!(
+        offered & offered_protocol(6),
+        offered_protocol(6),
+        "offered {offered:#x}"
+    );
+
+    let c = r.first("connect");
+    assert_eq!(c.get("hostname").text().unwrap(), "exact.client.example");
+    assert_eq!(c.get("family").text().unwrap(), "inet");
+    assert_eq!(c.get("address").text().unwrap(), "192.0.2.10");
+    assert_eq!(c.get("port").num(), Some(40000));
+    assert_eq!(
+        r.macro_at("connect", "j").as_deref(),
+        Some("mta.example.net")
+    );
+    assert_eq!(
+        r.macro_at("connect", "{client_addr}").as_deref(),
+        Some("192.0.2.10")
+    );
+    assert_eq!(
+        r.macro_at("connect", "{client_name}").as_deref(),
+        Some("exact.client.example")
+    );
+    assert_eq!(
+        r.macro_at("connect", "{client_port}").as_deref(),
+        Some("40000")
+    );
+    assert_eq!(
+        r.macro_at("connect", "_").as_deref(),
+        Some("exact.client.example [192.0.2.10]")
+    );
+    // Macros of later stages are not sent early.
+    assert_eq!(r.macro_at("connect", "i"), None);
+    assert_eq!(r.macro_at("connect", "{mail_addr}"), None);
+
+    assert_eq!(
+        r.first("helo").get("name").text().unwrap(),
+        "helo.client.example"
+    );
+
+    let from = r.first("envfrom");
+    assert_eq!(
+        from.get("args").texts(),
+        ["<exact@example.org>", "SIZE=1234", "BODY=8BITMIME"]
+    );
+    assert_eq!(r.macro_at("envfrom", "i").as_deref(), Some("Q-exact"));
+    assert_eq!(
+        r.macro_at("envfrom", "{mail_addr}").as_deref(),
+        Some("exact@example.org")
+    );
+    assert_eq!(
+        r.macro_at("envfrom", "{mail_host}").as_deref(),
+        Some("example.org")
+    );
+    assert_eq!(
+        r.macro_at("envfrom", "{mail_mailer}").as_deref(),
+        Some("smtp")
+    );
+    assert_eq!(
+        r.macro_at("envfrom", "{auth_type}").as_deref(),
+        Some("PLAIN")
+    );
+    assert_eq!(
+        r.macro_at("envfrom", "{auth_authen}").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(r.macro_at("envfrom", "{rcpt_addr}"), None);
+
+    let rcpts = r.all("envrcpt");
+    assert_eq!(rcpts.len(), 2);
+    assert_eq!(
+        rcpts[0].get("args").texts(),
+        ["<bob@example.net>", "NOTIFY=NEVER"]
+    );
+    assert_eq!(
+        rcpts[1].get("args").texts(),
+        [
+            "<carol@example.com>",
+            "NOTIFY=SUCCESS,FAILURE",
+            "ORCPT=rfc822;carol@example.com"
+        ]
+    );
+    for (e, (addr, host)) in rcpts.iter().zip([
+        ("bob@example.net", "example.net"),
+        ("carol@example.com", "example.com"),
+    ]) {
+        let macros = e.get("macros");
+        assert_eq!(macros.get("{rcpt_addr}").text().as_deref(), Some(addr));
+        assert_eq!(macros.get("{rcpt_host}").text().as_deref(), Some(host));
+        assert_eq!(macros.get("{rcpt_mailer}").text().as_deref(), Some("smtp"));
+    }
+
+    assert_eq!(r.macro_at("data", "i").as_deref(), Some("Q-exact"));
+    assert_eq!(r.macro_at("eoh", "i").as_deref(), Some("Q-exact"));
+    // {msg_id} belongs to end of message only.
+    assert_eq!(r.macro_at("eoh", "{msg_id}"), None);
+    assert_eq!(
+        r.macro_at("eom", "{msg_id}").as_deref(),
+        Some("<m1@example.org>")
+    );
+
+    let headers: Vec<(String, Vec<u8>)> = r.headers();
+    let want: Vec<(String, Vec<u8>)> = [
+        ("From", &b"Alice <alice@example.org>"[..]),
+        ("Subject", b" two leading spaces"),
+        ("X-Folded", b"first line\n\tsecond line\n  third line"),
+        ("X-Tight", b"no space"),
+        ("X-Empty", b""),
+        ("X-Tab", b"\ttab first"),
+        ("X-Latin1", b"caf\xe9"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_vec()))
+    .collect();
+    assert_eq!(headers, want, "{}", r.line);
+
+    // The body with CRLF line ends, byte for byte; the last line keeps having no line end.
+    let body: &[u8] = b"line one\r\nline two\r\n\r\nlast line without end";
+    let eom = r.first("eom");
+    assert_eq!(eom.get("body").bytes().unwrap(), body);
+    assert_eq!(eom.get("body_bytes").num(), Some(body.len() as i64));
+    let chunks: i64 = r
+        .all("body")
+        .iter()
+        .map(|e| e.get("bytes").num().unwrap())
+        .sum();
+    assert_eq!(chunks, body.len() as i64);
+}
+
+#[test]
+fn a_large_body_arrives_whole_in_chunks() {
+    let m = any_reply("{}");
+    let mut message = b"From: a@example.org\nSubject: big\n\n".to_vec();
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
+    for _ in 0..3000 {
+        message.extend_from_slice(line);
+    }
+    let f = filter(&m, &envelope("big"), &message);
+    assert_no_verdict(&f);
+    let r = m.recorded("big");
+    let want = 3000 * (line.len() + 1) as i64;
+    assert_eq!(r.first("eom").get("body_bytes").num(), Some(want));
+    let chunks: Vec<i64> = r
+        .all("body")
+        .iter()
+        .map(|e| e.get("bytes").num().unwrap())
+        .collect();
+    assert!(chunks.len() >= 3, "chunks {chunks:?}");
+    assert!(chunks.iter().all(|&n| n <= 65535), "chunks {chunks:?}");
+}
+
+#[test]
+fn null_sender_ipv6_client_and_local_submission() {
+    let m = any_reply("{}");
+    // The null sender: MAIL FROM:<>, {mail_addr} empty but sent.
+    let mut env = envelope("null");
+    env.sender = Vec::new();
+    assert_no_verdict(&filter(&m, &env, MESSAGE));
+    let r = m.recorded("Q-null");
+    assert_eq!(
+        r.first("envfrom").get("args").texts(),
+        ["<>", "SIZE=1234", "BODY=8BITMIME"]
+    );
+    assert_eq!(r.macro_at("envfrom", "{mail_addr}").as_deref(), Some(""));
+
+    // An IPv6 client.
+    let mut env = envelope("six");
+    env.client_addr = Some("2001:db8::25".parse().expect("literal address"));
+    assert_no_verdict(&filter(&m, &env, MESSAGE));
+    let r = m.recorded("Q-six");
+    let c = r.first("connect");
+    assert_eq!(c.get("family").text().unwrap(), "inet6");
+    assert_eq!(c.get("address").text().unwrap(), "2001:db8::25");
+    assert_eq!(c.get("port").num(), Some(40000));
+    assert_eq!(
+        r.macro_at("connect", "{client_addr}").as_deref(),
+        Some("2001:db8::25")
+    );
+
+    // A local submission: no address, no name, no HELO.
+    let mut env = envelope("local");
+    env.client_addr = None;
+    env.client_name = None;
+    env.client_port = 0;
+    env.helo = None;
+    assert_no_verdict(&filter(&m, &env, MESSAGE));
+    let r = m.recorded("Q-local");
+    let c = r.first("connect");
+    assert_eq!(c.get("hostname").text().unwrap(), "localhost");
+    assert_eq!(c.get("family").text().unwrap(), "unknown");
+    assert_eq!(r.macro_at("connect", "{client_addr}"), None);
+    assert!(r.all("helo").is_empty(), "{}", r.line);
+    assert_eq!(
+        r.macro_at("envfrom", "{mail_mailer}").as_deref(),
+        Some("local")
+    );
+}
+
+#[test]
+fn macro_lists_the_milter_asks_for_are_what_it_gets() {
+    let m = any_reply(
+        r#"{"symlist": {"connect": ["{client_addr}"], "envfrom": ["{mail_addr}", "{auth_authen}"],
+                        "envrcpt": ["{rcpt_addr}"], "eom": ["{msg_id}"]}}"#,
+    );
+    let f = filter(&m, &envelope("sym"), MESSAGE);
+    assert_no_verdict(&f);
+    assert_eq!(
+        f.negotiation.macros[SMFIM_CONNECT],
+        Some(vec![b"{client_addr}".to_vec()])
+    );
+    assert_eq!(
+        f.negotiation.macros[SMFIM_ENVFROM],
+        Some(vec![b"{mail_addr}".to_vec(), b"{auth_authen}".to_vec()])
+    );
+    assert_eq!(f.negotiation.macros[SMFIM_HELO], None);
+    assert_ne!(f.negotiation.actions & SMFIF_SETSYMLIST, 0);
+
+    let r = m.recorded("sym");
+    assert_eq!(
+        r.macro_at("connect", "{client_addr}").as_deref(),
+        Some("192.0.2.10")
+    );
+    assert_eq!(r.macro_at("connect", "j"), None);
+    assert_eq!(r.macro_at("connect", "_"), None);
+    assert_eq!(
+        r.macro_at("envfrom", "{mail_addr}").as_deref(),
+        Some("sym@example.org")
+    );
+    assert_eq!(
+        r.macro_at("envfrom", "{auth_authen}").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(r.macro_at("envfrom", "i"), None);
+    assert_eq!(r.macro_at("envfrom", "{auth_type}"), None);
+    assert_eq!(
+        r.macro_at("envrcpt", "{rcpt_addr}").as_deref(),
+        Some("bob@example.net")
+    );
+    assert_eq!(r.macro_at("envrcpt", "{rcpt_host}"), None);
+    // DATA asked for no list of its own: the default one (i).
+    assert_eq!(r.macro_at("data", "i").as_deref(), Some("Q-sym"));
+    assert_eq!(
+        r.macro_at("eom", "{msg_id}").as_deref(),
+        Some("<m1@example.org>")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol flags the Milter negotiates.
+
+const NR_ALL: &str =
+    r#""NR_CONN", "NR_HELO", "NR_MAIL", "NR_RCPT", "NR_DATA", "NR_HDR", "NR_EOH", "NR_BODY""#;
+
+#[test]
+fn no_reply_flags_still_give_the_right_verdict() {
+    let nr_bits = SMFIP_NR_CONN
+        | SMFIP_NR_HELO
+        | SMFIP_NR_MAIL
+        | SMFIP_NR_RCPT
+        | SMFIP_NR_DATA
+        | SMFIP_NR_HDR
+        | SMFIP_NR_EOH
+        | SMFIP_NR_BODY;
+    let check_all_seen = |r: &Record| {
+        assert_eq!(
+            stages_seen(r),
+            [
+                "connect", "helo", "envfrom", "envrcpt", "data", "header", "header", "header",
+                "header", "header", "eoh", "body", "eom"
+            ]
+        );
+    };
+    let cases = vec![
+        case("reject at eom", move || {
+            let m = any_reply(&format!(
+                r#"{{"protocol": [{NR_ALL}], "replies": {{"eom": "550 5.7.1 rejected at end"}}}}"#
+            ));
+            let f = filter(&m, &envelope("nr1"), MESSAGE);
+            assert_eq!(f.negotiation.protocol & nr_bits, nr_bits);
+            assert_rejected(&f, Stage::Eom, b"550 5.7.1 rejected at end");
+            check_all_seen(&m.recorded("nr1"));
+        }),
+        case("addheader at eom", move || {
+            let m = any_reply(&format!(
+                r#"{{"protocol": [{NR_ALL}], "edits": [["addheader", "X-NR", "yes"]]}}"#
+            ));
+            let f = filter(&m, &envelope("nr2"), MESSAGE);
+            assert_eq!(f.negotiation.protocol & nr_bits, nr_bits);
+            assert_eq!(
+                script(&f),
+                "require [\"editheader\"];\r\naddheader :last \"X-NR\" \"yes\";\r\n"
+            );
+            check_all_seen(&m.recorded("nr2"));
+        }),
+        case("continue", move || {
+            let m = any_reply(&format!(r#"{{"protocol": [{NR_ALL}, "SKIP"]}}"#));
+            let f = filter(&m, &envelope("nr3"), MESSAGE);
+            assert_no_verdict(&f);
+            check_all_seen(&m.recorded("nr3"));
+        }),
+        case("tempfail at eom with only NR_HDR", || {
+            let m = any_reply(r#"{"protocol": ["NR_HDR"], "replies": {"eom": "451 4.3.0 later"}}"#);
+            let f = filter(&m, &envelope("nr4"), MESSAGE);
+            assert_eq!(f.negotiation.protocol & SMFIP_NR_HDR, SMFIP_NR_HDR);
+            assert_deferred(&f, Stage::Eom, b"451 4.3.0 later");
+        }),
+    ];
+    all_of(cases);
+}
+
+#[test]
+fn no_send_flags_leave_those_stages_out() {
+    let cases = vec![
+        case("every stage left out", || {
+            let m = any_reply(
+                r#"{"protocol": ["NOCONNECT", "NOHELO", "NOMAIL", "NORCPT", "NODATA", "NOHDRS", "NOEOH", "NOBODY"],
+                    "edits": [["addheader", "X-Seen", "yes"]]}"#,
+            );
+            let f = filter(&m, &envelope("nosend1"), MESSAGE);
+            assert_eq!(
+                script(&f),
+                "require [\"editheader\"];\r\naddheader :last \"X-Seen\" \"yes\";\r\n"
+            );
+            let r = m.recorded("nosend1");
+            assert_eq!(r.names(), ["negotiate", "eom", "close"]);
+            assert_eq!(r.first("eom").get("body_bytes").num(), Some(0));
+            assert_eq!(r.macro_at("eom", "i").as_deref(), Some("Q-nosend1"));
+        }),
+        case("no body, reject at eom", || {
+            let m = any_reply(
+                r#"{"protocol": ["NOBODY", "NOHELO"], "replies": {"eom": "550 5.7.1 no body needed"}}"#,
+            );
+            let f = filter(&m, &envelope("nosend2"), MESSAGE);
+            assert_rejected(&f, Stage::Eom, b"550 5.7.1 no body needed");
+            let r = m.recorded("nosend2");
+            assert!(
+                r.all("body").is_empty() && r.all("helo").is_empty(),
+                "{}",
+                r.line
+            );
+            assert_eq!(r.all("header").len(), 5);
+        }),
+        case("no headers, reject at body", || {
+            let m = any_reply(r#"{"protocol": ["NOHDRS"], "replies": {"body": "reject"}}"#);
+            let f = filter(&m, &envelope("nosend3"), MESSAGE);
+            assert_rejected(&f, Stage::Body, DEFAULT_REJECT);
+            let r = m.recorded("nosend3");
+            assert!(r.all("header").is_empty(), "{}", r.line);
+        }),
+    ];
+    all_of(cases);
+}
+
+#[test]
+fn skip_ends_that_kind_of_event() {
+    let m = any_reply(
+        r#"{"protocol": ["SKIP"], "replies": {"header": {"Subject": "skip"}, "body": "skip",
+            "envrcpt": {"*": "skip"}}}"#,
+    );
+    let mut env = two_recipients("skip");
+    env.recipients
+        .push(Recipient::new(b"carol@example.net".to_vec()));
+    let mut message = MESSAGE.to_vec();
+    message.extend_from_slice(&b"x".repeat(200_000));
+    message.extend_from_slice(b"\n");
+    let f = filter(&m, &env, &message);
+    assert_no_verdict(&f);
+    assert_ne!(f.negotiation.protocol & SMFIP_SKIP, 0);
+    let r = m.recorded("skip");
+    assert_eq!(r.all("envrcpt").len(), 1, "{}", r.line);
+    let names: Vec<String> = r.headers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["From", "To", "Subject"]);
+    assert_eq!(r.all("body").len(), 1, "{}", r.line);
+    assert_eq!(
+        stages_seen(&r)[..4],
+        ["connect", "helo", "envfrom", "envrcpt"]
+    );
+    assert!(r.names().contains(&"eoh".to_string()) && r.names().contains(&"eom".to_string()));
+}
+
+#[test]
+fn leading_space_negotiated_keeps_the_value_as_written() {
+    let m = any_reply(
+        r#"{"protocol": ["HDR_LEADSPC", "SKIP"], "edits": [["addheader", "X-Lead", " lead value"]]}"#,
+    );
+    let f = filter(&m, &envelope("lead"), TRICKY);
+    assert!(f.outcome.leadspc);
+    assert_eq!(
+        script(&f),
+        "require [\"editheader\"];\r\naddheader :last \"X-Lead\" \"lead value\";\r\n"
+    );
+    let r = m.recorded("lead");
+    let headers = r.headers();
+    assert_eq!(
+        headers[1],
+        ("Subject".to_string(), b"  two leading spaces".to_vec())
+    );
+    assert_eq!(headers[3], ("X-Tight".to_string(), b"no space".to_vec()));
+    assert_eq!(
+        headers[2],
+        (
+            "X-Folded".to_string(),
+            b" first line\n\tsecond line\n  third line".to_vec()
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// opendkim.
+
+const SIGNED: &[u8] = b"From: Alice <alice@example.org>\r\n\
+To: Bob <bob@example.net>\r\n\
+Subject: signed by opendkim\r\n\
+Date: Mon, 01 Jan 2024 12:00:00 +0000\r\n\
+Message-ID: <dkim1@example.org>\r\n\
+\r\n\
+This message is signed.\r\n";
+
+/// The envelope of a submission from loopback, which opendkim's InternalHosts signs.
+fn submission(tag: &str) -> Envelope {
+    let mut env = envelope(tag);
+    env.client_addr = Some("127.0.0.1".parse().expect("literal address"));
+    env.client_name = Some(b"localhost".to_vec());
+    env.sender = b"alice@example.org".to_vec();
+    env
+}
+
+#[test]
+fn opendkim_signs_through_the_library() {
+    let m = opendkim();
+    let f = filter(&m, &submission("dkim"), SIGNED);
+    // opendkim accepts what it signed.
+    assert_eq!(
+        f.outcome.disposition,
+        Disposition::Accept,
+        "{:?}",
+        f.outcome
+    );
+    let sig = f
+        .outcome
+        .edits
+        .iter()
+        .find_map(|e| match e {
+            Edit::InsHeader { index, name, value } if name == b"DKIM-Signature" => {
+                Some((*index, text(value)))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no DKIM-Signature inserted: {:?}\n{}",
+                f.outcome.edits,
+                m.log()
+            )
+        });
+    assert_eq!(sig.0, 0);
+    assert!(
+        sig.1.contains("d=example.org;") && sig.1.contains("s=test;"),
+        "{}",
+        sig.1
+    );
+    assert_eq!(f.verdict.kind, VerdictKind::Sieve);
+    let s = script(&f);
+    assert!(
+        s.starts_with("require [\"editheader\"];\r\naddheader \"DKIM-Signature\" \""),
+        "{s}"
+    );
+    assert!(s.contains("d=example.org;") && s.contains("s=test;"), "{s}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The C loader, as an MTA loads the library.
+
+/// The cdylib cargo built next to this test binary (target/<profile>/).
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let lib = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps")
+        .join("libmilter_spamfilter.so");
+    assert!(
+        lib.is_file(),
+        "{} does not exist: cargo builds it with the tests (crate-type cdylib)",
+        lib.display()
+    );
+    lib
+}
+
+/// build/spamfilter-load, made once per test run with `make -s build/spamfilter-load`.
+fn loader() -> PathBuf {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let path = Path::new(MANIFEST).join("build/spamfilter-load");
+    if !*built {
+        let out = Command::new("make")
+            .args(["-s", "build/spamfilter-load"])
+            .current_dir(MANIFEST)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "make -s build/spamfilter-load failed (run make first): {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!(
+                "cannot run make ({e}): run make first to build {}",
+                path.display()
+            ),
+        }
+        *built = true;
+    }
+    assert!(
+        path.is_file(),
+        "{} is missing: run make first",
+        path.display()
+    );
+    path
+}
+
+/// Runs the C loader against `m` on `message` with `args`; returns its stdout.
+fn load(m: &Server, args: &[&str], message: &[u8]) -> String {
+    let opt = m.dir().join("milter.opt");
+    std::fs::write(&opt, format!("HOST=127.0.0.1\nPORT={}\n", m.port)).expect("writing milter.opt");
+    let eml = m.dir().join("message.eml");
+    std::fs::write(&eml, message).expect("writing message.eml");
+    let out = Command::new(loader())
+        .args(args)
+        .arg(library())
+        .arg(&opt)
+        .arg(&eml)
+        .output()
+        .expect("running build/spamfilter-load");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "spamfilter-load failed ({}):\n{stdout}\n{}\nthe Milter's stderr:\n{}",
+        out.status,
+        text(&out.stderr),
+        m.log()
+    );
+    stdout
+}
+
+#[test]
+fn c_loader_prints_the_opendkim_signature() {
+    let m = opendkim();
+    let out = load(
+        &m,
+        &[
+            "--from",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.net",
+            "--client-addr",
+            "127.0.0.1",
+            "--client-name",
+            "localhost",
+            "--helo",
+            "localhost",
+            "--queue-id",
+            "CDKIM1",
+        ],
+        SIGNED,
+    );
+    assert!(
+        out.starts_with(
+            "status: ok\nkind: verdict\ndisposition: accept\nrejected_recipients: 0\nverdict:\n\
+             require [\"editheader\"];\r\naddheader \"DKIM-Signature\" \""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("d=example.org;") && out.contains("s=test;"),
+        "{out}"
+    );
+}
+
+#[test]
+fn c_loader_prints_the_reject_of_a_rejecting_milter() {
+    let m = any_reply(r#"{"replies": {"eom": "554 5.7.1 rejected by any_reply"}}"#);
+    let out = load(
+        &m,
+        &[
+            "--from",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.net",
+            "--client-addr",
+            "192.0.2.10",
+            "--helo",
+            "client.example",
+            "--queue-id",
+            "CREJ1",
+        ],
+        MESSAGE,
+    );
+    assert_eq!(
+        out,
+        "status: ok\nkind: verdict\ndisposition: reject\nreply: 554 5.7.1 rejected by any_reply\n\
+         rejected_recipients: 0\nverdict:\n\
+         require [\"ereject\"];\r\nereject \"554 5.7.1 rejected by any_reply\";\r\n"
+    );
+    let r = m.recorded("CREJ1");
+    assert_eq!(
+        r.first("envfrom").get("args").texts(),
+        ["<alice@example.org>"]
+    );
+}
