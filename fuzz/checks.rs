@@ -141,7 +141,7 @@ fn outcome(i: &mut Input) -> (Outcome, VerdictOptions) {
         });
     }
     for _ in 0..i.below(7) {
-        let edit = match i.below(4) {
+        let edit = match i.below(6) {
             0 => Edit::AddHeader {
                 name: i.bytes(),
                 value: i.bytes(),
@@ -156,10 +156,12 @@ fn outcome(i: &mut Input) -> (Outcome, VerdictOptions) {
                 name: i.bytes(),
                 value: i.bytes(),
             },
-            _ => Edit::AddRcpt {
+            3 => Edit::AddRcpt {
                 rcpt: i.bytes(),
                 args: if i.flag() { Some(i.bytes()) } else { None },
             },
+            4 => Edit::DelRcpt { rcpt: i.bytes() },
+            _ => Edit::ReplaceBody,
         };
         o.edits.push(edit);
     }

@@ -19,14 +19,28 @@ use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// The actions we offer: what a verdict can express (contract §5). CHGBODY, DELRCPT and CHGFROM
-/// are not offered because no verdict can carry them.
+/// The actions we offer: all of them, as sendmail and Postfix do. libmilter drops a Milter that
+/// registered an action the MTA did not offer ("does not fulfill action requirements"), and
+/// real ones register what they might use (spamass-milter CHGBODY, mimedefang everything). What
+/// a verdict cannot carry (CHGFROM, the new body of REPLBODY) is logged and left out.
 pub const OFFERED_ACTIONS: u32 = SMFIF_ADDHDRS
+    | SMFIF_CHGBODY
+    | SMFIF_ADDRCPT
+    | SMFIF_DELRCPT
     | SMFIF_CHGHDRS
     | SMFIF_QUARANTINE
-    | SMFIF_ADDRCPT
+    | SMFIF_CHGFROM
     | SMFIF_ADDRCPT_PAR
     | SMFIF_SETSYMLIST;
+
+/// The actions a protocol version defines: version 2 (and 3, 4) know the first six.
+pub fn offered_actions(version: u32) -> u32 {
+    if version >= 6 {
+        OFFERED_ACTIONS
+    } else {
+        OFFERED_ACTIONS & 0x3F
+    }
+}
 
 /// The protocol bits we can honour, per offered version (as Postfix's table: 2, 3, 4, 6).
 pub fn offered_protocol(version: u32) -> u32 {
@@ -292,7 +306,8 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     fn negotiate(&mut self, version: u32) -> Result<()> {
         let offered = offered_protocol(version);
         let start = self.out.len();
-        protocol::encode_optneg(&mut self.out, version, OFFERED_ACTIONS, offered);
+        let actions = offered_actions(version);
+        protocol::encode_optneg(&mut self.out, version, actions, offered);
         self.trace_out(start);
         self.flush()?;
         let (cmd, data) = self.read_packet("OPTNEG")?;
@@ -312,13 +327,13 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 neg.version
             )));
         }
-        if neg.actions & !OFFERED_ACTIONS != 0 {
+        if neg.actions & !actions != 0 {
             // rspamd asks for every action whatever was offered; what it then sends and we cannot
             // express is ignored at end of message.
             debug!(
                 "milter {}: asks for actions that were not offered: {}",
                 self.peer,
-                action_names(neg.actions & !OFFERED_ACTIONS)
+                action_names(neg.actions & !actions)
             );
         }
         let mut neg = neg;
@@ -775,8 +790,22 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             }
             Reply::AddRcpt(rcpt) => (SMFIF_ADDRCPT, Edit::AddRcpt { rcpt, args: None }),
             Reply::AddRcptPar { rcpt, args } => (SMFIF_ADDRCPT_PAR, Edit::AddRcpt { rcpt, args }),
+            Reply::DelRcpt(rcpt) => (SMFIF_DELRCPT, Edit::DelRcpt { rcpt }),
+            Reply::ReplBody(_) => {
+                // The new body cannot travel in a verdict; the header edits that describe it
+                // are left out with it (verdict.rs), so the message stays consistent.
+                if !self.edits.contains(&Edit::ReplaceBody) {
+                    log::info!(
+                        "milter {}: REPLBODY cannot be expressed in a verdict: the body is kept \
+                         as it is",
+                        self.peer
+                    );
+                    self.edits.push(Edit::ReplaceBody);
+                }
+                return;
+            }
             _ => {
-                // CHGBODY, REPLBODY, DELRCPT, CHGFROM: no verdict can express them.
+                // CHGFROM: no verdict can change the envelope sender.
                 log::info!(
                     "milter {}: {} cannot be expressed in a verdict and is ignored",
                     self.peer,

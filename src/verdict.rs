@@ -67,6 +67,13 @@ pub enum Edit {
         rcpt: Vec<u8>,
         args: Option<Vec<u8>>,
     },
+    /// DELRCPT: the message is not delivered to this recipient.
+    DelRcpt {
+        rcpt: Vec<u8>,
+    },
+    /// REPLBODY: the Milter replaced the body. No verdict can carry a new body, so only the
+    /// fact is kept: the header edits that describe the new body are left out with it.
+    ReplaceBody,
 }
 
 /// One header field of the original message as the library parsed it.
@@ -216,6 +223,25 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
             }
         }
     }
+    for e in &outcome.edits {
+        if let Edit::DelRcpt { rcpt } = e {
+            let addr = strip_angle(rcpt);
+            let again = actions
+                .iter()
+                .any(|a| matches!(a, Action::RemoveRecipient(r) if r == addr));
+            if again {
+                continue;
+            }
+            if is_addr_spec(addr) {
+                actions.push(Action::RemoveRecipient(addr.to_vec()));
+            } else {
+                log::warn!(
+                    "DELRCPT \"{}\" left out: not an address",
+                    crate::error::escape(rcpt)
+                );
+            }
+        }
+    }
     if let Some(reason) = &outcome.quarantine {
         let reason = header_value(reason, false, options.dialect == SieveDialect::Rfc5293);
         if !reason.is_empty() {
@@ -262,6 +288,8 @@ enum Action {
     Discard,
     Fileinto(Vec<u8>),
     Redirect(Vec<u8>),
+    /// DELRCPT: `if envelope :is "to" "addr" { discard; stop; }`.
+    RemoveRecipient(Vec<u8>),
 }
 
 /// How `deleteheader` names the value of the field it deletes (compared with `i;octet`).
@@ -672,6 +700,13 @@ struct Field {
     changed: bool,
 }
 
+/// The fields that describe a message's body (RFC 2045): with the body unchanged, the Milter's
+/// edits of them would contradict it (spamass-milter's report turns the type multipart).
+fn describes_body(name: &[u8]) -> bool {
+    name.len() >= 8 && name[..8].eq_ignore_ascii_case(b"content-")
+        || name.eq_ignore_ascii_case(b"MIME-Version")
+}
+
 fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
@@ -687,6 +722,7 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
 /// (where INSHEADER 0, the usual case, puts it: DKIM-Signature, ARC sets), at or past the end it
 /// goes to the end; a changed field is removed and added again at the end.
 fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec<Action>) {
+    let body_replaced = outcome.edits.iter().any(|e| matches!(e, Edit::ReplaceBody));
     let mut fields: Vec<Field> = outcome
         .headers
         .iter()
@@ -704,8 +740,16 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
             Edit::AddHeader { name, value }
             | Edit::InsHeader { name, value, .. }
             | Edit::ChgHeader { name, value, .. } => (name, value),
-            Edit::AddRcpt { .. } => continue,
+            Edit::AddRcpt { .. } | Edit::DelRcpt { .. } | Edit::ReplaceBody => continue,
         };
+        if body_replaced && describes_body(name) {
+            log::warn!(
+                "header edit of \"{}\" left out: it describes the Milter's replacement body, \
+                 which a verdict cannot carry",
+                crate::error::escape(name)
+            );
+            continue;
+        }
         if !is_field_name(name) {
             log::warn!(
                 "header edit of \"{}\" left out: not a valid header field name",
@@ -756,7 +800,7 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
                     None => {}
                 }
             }
-            Edit::AddRcpt { .. } => {}
+            Edit::AddRcpt { .. } | Edit::DelRcpt { .. } | Edit::ReplaceBody => {}
         }
     }
     delete_actions(outcome, options, &fields, actions);
@@ -876,7 +920,10 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
                     None => false,
                 }
         }
-        Action::Ereject(t) | Action::Fileinto(t) | Action::Redirect(t) => needs_encoding(t),
+        Action::Ereject(t)
+        | Action::Fileinto(t)
+        | Action::Redirect(t)
+        | Action::RemoveRecipient(t) => needs_encoding(t),
         Action::RejectRecipient { address, reply } => {
             needs_encoding(address) || needs_encoding(reply)
         }
@@ -948,6 +995,15 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
                 ));
             }
             Action::Discard => body.push_str(&format!("discard;{EOL}")),
+            Action::RemoveRecipient(address) => {
+                need("envelope");
+                // The Milter deleted this recipient: no delivery to it. Where it also added
+                // recipients, their redirects came before this, so they still happen.
+                body.push_str(&format!(
+                    "if envelope :is \"to\" {} {{{EOL}  discard;{EOL}  stop;{EOL}}}{EOL}",
+                    q(address)
+                ));
+            }
             Action::Fileinto(folder) => {
                 need("fileinto");
                 body.push_str(&format!("fileinto {};{EOL}", q(folder)));
@@ -1958,5 +2014,56 @@ mod tests {
         assert_eq!(quote(b"${hex:41}", true), "\"${hex:24}{hex:41}\"");
         assert_eq!(quote(b"\xe9$\xff\"", true), "\"${hex:E9 24 FF}\\\"\"");
         assert_eq!(quote(b"\xe9", false), "\"\u{FFFD}\"");
+    }
+
+    // Recipients deleted, body replaced.
+
+    #[test]
+    fn delrcpt_discards_for_that_recipient_only() {
+        let o = edited(
+            three_headers(),
+            vec![
+                Edit::DelRcpt {
+                    rcpt: b"<bob@example.net>".to_vec(),
+                },
+                Edit::DelRcpt {
+                    rcpt: b"bob@example.net".to_vec(),
+                },
+                Edit::DelRcpt {
+                    rcpt: b"not an address".to_vec(),
+                },
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"envelope\"];\n\
+             if envelope :is \"to\" \"bob@example.net\" {\n  discard;\n  stop;\n}\n"
+        );
+    }
+
+    #[test]
+    fn a_replaced_body_takes_the_edits_that_describe_it_along() {
+        let mut headers = three_headers();
+        headers.push(h("Content-Type", b" text/plain"));
+        let o = edited(
+            headers.clone(),
+            vec![
+                Edit::ReplaceBody,
+                chg(1, "Content-Type", b"multipart/mixed; boundary=x"),
+                add("Content-Transfer-Encoding", b"7bit"),
+                add("MIME-Version", b"1.0"),
+                add("X-Spam-Flag", b"YES"),
+            ],
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\"];\naddheader :last \"X-Spam-Flag\" \"YES\";\n"
+        );
+        // Without a body replacement the same edits stand.
+        let o = edited(headers, vec![chg(1, "Content-Type", b"multipart/mixed")]);
+        assert!(script(&o, &options()).contains("\"Content-Type\" \"multipart/mixed\""));
+        // A replaced body alone is no verdict.
+        let o = edited(three_headers(), vec![Edit::ReplaceBody]);
+        assert_eq!(build(&o, &options()).kind, VerdictKind::None);
     }
 }

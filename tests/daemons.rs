@@ -364,7 +364,8 @@ fn rspamd_rejects_gtube_with_its_own_reply_and_adds_its_headers_to_plain_mail() 
 
 /// spamass-milter in front of spamd: flagging (`-m`: headers only, the body and Content-Type
 /// left alone) it adds X-Spam-Flag: YES to GTUBE and a "No" status to plain mail; with `-r -1`
-/// it rejects GTUBE with its fixed reply.
+/// it rejects GTUBE with its fixed reply; without `-m` (its default, a report for a body) it is
+/// accepted too, and its body replacement is left out with the Content-Type that goes with it.
 #[test]
 fn spamass_milter_flags_gtube_or_rejects_it_with_r() {
     let dns = Resolver::start(&[]);
@@ -402,6 +403,24 @@ fn spamass_milter_flags_gtube_or_rejects_it_with_r() {
 
     let rejected = filter(&rejecting, &fixture("gtube.eml"));
     assert_rejected(&rejected, "550 5.7.1 Blocked by SpamAssassin");
+
+    // Without -m, spamass-milter registers CHGBODY and replaces a spam's body with its report
+    // (and its Content-Type with multipart/mixed): the library offers every action, so it is
+    // accepted; the body stays, and so does the Content-Type that describes it.
+    let reporting = daemons::spamass_milter(&dns, &spamd, &[]);
+    let reported = filter(&reporting, &fixture("gtube.eml"));
+    assert_eq!(reported.outcome.disposition, Disposition::Continue);
+    assert!(
+        reported.outcome.edits.contains(&Edit::ReplaceBody),
+        "{:?}",
+        reported.outcome.edits
+    );
+    let script = String::from_utf8_lossy(&reported.verdict.script).into_owned();
+    assert!(script.contains("\"X-Spam-Flag\" \"YES\""), "{script}");
+    assert!(
+        !script.to_ascii_lowercase().contains("content-type"),
+        "a Content-Type edit for a body that was not replaced: {script}"
+    );
 
     let plain = filter(&flagging, &fixture("plain.eml"));
     assert_eq!(plain.outcome.disposition, Disposition::Continue);

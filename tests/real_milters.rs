@@ -691,6 +691,33 @@ fn added_recipients_and_quarantine() {
     );
 }
 
+/// A Milter that deletes a recipient, changes the sender and replaces the body (as
+/// spamass-milter's report mode does, with a new Content-Type): every action is offered, so
+/// libmilter accepts such a Milter; the recipient is dropped for that recipient only, the sender
+/// and body changes are left out, and so are the header edits that describe the new body.
+#[test]
+fn delrcpt_chgfrom_and_replbody() {
+    let m = any_reply(
+        r#"{"edits": [["addrcpt", "<quarantine@example.net>"], ["delrcpt", "<bob@example.net>"],
+                      ["chgfrom", "<bounce@example.org>"], ["replacebody", "report\r\n"],
+                      ["chgheader", "Content-Type", 1, "multipart/mixed; boundary=x"],
+                      ["addheader", "X-Spam-Flag", "YES"]]}"#,
+    );
+    let f = filter(&m, &envelope("delr"), MESSAGE);
+    assert_eq!(f.negotiation.actions & 0x1ff, 0x1ff & OFFERED_ACTIONS);
+    assert!(f.outcome.edits.contains(&Edit::DelRcpt {
+        rcpt: b"<bob@example.net>".to_vec()
+    }));
+    assert!(f.outcome.edits.contains(&Edit::ReplaceBody));
+    assert_eq!(
+        script(&f),
+        "require [\"editheader\", \"envelope\", \"copy\"];\r\n\
+         addheader :last \"X-Spam-Flag\" \"YES\";\r\n\
+         redirect :copy \"quarantine@example.net\";\r\n\
+         if envelope :is \"to\" \"bob@example.net\" {\r\n  discard;\r\n  stop;\r\n}\r\n"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // What the Milter received.
 

@@ -1488,3 +1488,49 @@ fn what_it_covered(
     }
     covered
 }
+
+/// DELRCPT: the deleted recipient gets nothing (its run discards and stops), every other
+/// recipient gets the message with the edits; a redirect the Milter added still happens.
+#[test]
+fn delrcpt_discards_for_that_recipient_only() {
+    let o = edited(
+        plain(),
+        vec![
+            add("X-Spam", b"yes"),
+            rcpt("<archive@example.org>"),
+            Edit::DelRcpt {
+                rcpt: b"<gone@example.org>".to_vec(),
+            },
+        ],
+    );
+    let v = build(&o, &options(true));
+    assert_eq!(v.kind, VerdictKind::Sieve);
+    let script = String::from_utf8(v.script.clone()).expect("UTF-8");
+    assert!(
+        script.ends_with(
+            "if envelope :is \"to\" \"gone@example.org\" {\r\n  discard;\r\n  stop;\r\n}\r\n"
+        ),
+        "{script}"
+    );
+    let engine = pigeonhole();
+    let msg = message(&o.headers);
+    let kept = engine.apply(&for_pigeonhole(&v.script), &msg, RECIPIENT);
+    assert_eq!(kept.stored.len(), 1, "{}", kept.log);
+    let stored = parse_header(&kept.stored[0].message);
+    assert!(
+        stored
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"X-Spam") && v.trim_ascii() == b"yes"),
+        "{}",
+        kept.log
+    );
+    assert_eq!(kept.redirected_to(), ["archive@example.org"]);
+    let gone = engine.apply(&for_pigeonhole(&v.script), &msg, "gone@example.org");
+    assert!(
+        gone.stored.is_empty(),
+        "stored for the deleted recipient: {}",
+        gone.log
+    );
+    assert!(gone.discarded(), "{}", gone.log);
+    assert_eq!(gone.redirected_to(), ["archive@example.org"]);
+}

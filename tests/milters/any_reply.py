@@ -41,6 +41,9 @@ The spec (every key optional except "record"):
             ["chgheader", NAME, INDEX, VALUE]   smfi_chgheader (INDEX from 1; VALUE "" deletes)
             ["addrcpt", "<ADDR>"]               smfi_addrcpt
             ["addrcpt", "<ADDR>", "ARGS"]       smfi_addrcpt_par
+            ["delrcpt", "<ADDR>"]               smfi_delrcpt
+            ["chgfrom", "<ADDR>"]               smfi_chgfrom
+            ["replacebody", TEXT]               smfi_replacebody
             ["quarantine", REASON]              smfi_quarantine
             ["progress"]                        smfi_progress
   }
@@ -203,7 +206,8 @@ def load_spec(path):
             fail("%s: NR_* negotiated, so the only reply is continue" % stage)
     for edit in spec.get("edits", []):
         if not isinstance(edit, list) or not edit or edit[0] not in (
-                "addheader", "insheader", "chgheader", "addrcpt", "quarantine", "progress"):
+                "addheader", "insheader", "chgheader", "addrcpt", "delrcpt", "chgfrom",
+                "replacebody", "quarantine", "progress"):
             fail("unknown edit %r" % (edit,))
     return spec
 
@@ -350,6 +354,12 @@ class AnyReply(Milter.Base):
                 self.chgheader(args[0], args[1], args[2])
             elif kind == "addrcpt":
                 self.addrcpt(args[0], args[1] if len(args) > 1 else None)
+            elif kind == "delrcpt":
+                self.delrcpt(args[0])
+            elif kind == "chgfrom":
+                self.chgfrom(args[0])
+            elif kind == "replacebody":
+                self.replacebody(args[0].encode("latin-1"))
             elif kind == "quarantine":
                 self.quarantine(args[0])
             elif kind == "progress":
