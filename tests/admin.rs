@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod support {
     pub mod load_milter;
+    pub mod milters;
 }
 use support::load_milter::LoadMilter;
 
@@ -305,6 +306,65 @@ fn check_tool_against_a_live_milter() {
         text(&o).contains("reply: 550 5.7.1 rejected load message 5"),
         "{}",
         text(&o)
+    );
+}
+
+/// The check tool against a live opendkim: its negotiation (HDR_LEADSPC, SKIP ...), the
+/// DKIM-Signature inserted at the top, its ACCEPT, exit 1; then opendkim stopped: exit 2.
+#[test]
+fn check_tool_against_a_live_and_then_a_stopped_opendkim() {
+    let tool = check_tool();
+    make("all");
+    let dkim = support::milters::opendkim();
+    let dir = TempDir::new("check-dkim");
+    let opt = dir.path("dkim.opt");
+    std::fs::write(
+        &opt,
+        format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=1000\n", dkim.port),
+    )
+    .expect("write the option file");
+    std::fs::write(
+        dir.path("msg.eml"),
+        "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: signed\r\n\
+         Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nHello.\r\n",
+    )
+    .expect("write the message");
+    let run_tool = || {
+        run(Command::new(&tool)
+            .arg("--library")
+            .arg(library())
+            .args(["--from", "alice@example.org", "--rcpt", "bob@example.net"])
+            .args(["--client-addr", "127.0.0.1", "--hostname", "mx.example.org"])
+            .arg(&opt)
+            .arg(dir.path("msg.eml")))
+    };
+    let o = run_tool();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for want in [
+        "negotiated: version 6, actions ADDHDRS",
+        "HDR_LEADSPC",
+        "< INSHEADER index=0 name=\"DKIM-Signature\"",
+        "< ACCEPT",
+        "result: verdict, disposition accept",
+        "addheader \"DKIM-Signature\" \"v=1; a=rsa-sha256;",
+        "d=example.org;",
+        "PASS",
+    ] {
+        assert!(
+            out.contains(want),
+            "the check tool's output lacks {want:?}:\n{out}"
+        );
+    }
+    let port = dkim.port;
+    drop(dkim);
+    let o = run_tool();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{port}: connection refused"))
+            && out.contains("is the Milter running"),
+        "{out}"
     );
 }
 
