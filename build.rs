@@ -11,8 +11,10 @@ fn main() {
     let out = std::env::var("OUT_DIR")
         .map(PathBuf::from)
         .expect("OUT_DIR");
+    // Only src/ffi.rs: the C ABI is all there, and the rest of the crate's public constants
+    // (protocol codes, limits) are no part of the interface.
     match cbindgen::Builder::new()
-        .with_crate(&dir)
+        .with_src(dir.join("src/ffi.rs"))
         .with_config(config)
         .generate()
     {
