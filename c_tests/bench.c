@@ -23,6 +23,9 @@
 #define _GNU_SOURCE
 #include "mta.h"
 
+/* The protocol bits (SMFIP_*) from sendmail's own header (libmilter-dev), as the no-op Milter uses. */
+#include <libmilter/mfdef.h>
+
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -609,7 +612,7 @@ static SpamfilterMessage envelope(void)
 
 /* What the library offers (src/session.rs), so that the Milter negotiates the same. */
 #define OFFER_VERSION 6u
-#define OFFER_ACTIONS 0x1b5u
+#define OFFER_ACTIONS 0x1ffu
 #define OFFER_PROTOCOL 0x1ff7ffu
 /* Written out without a reply due once this much is held (as the library does). */
 #define HIGH_WATER (256u << 10)
