@@ -1,5 +1,6 @@
 # milter-spamfilter: `make run` (the main job) and `make test` (the whole suite) come first.
 
+SHELL   := /bin/bash
 CARGO   ?= cargo
 CC      ?= cc
 CFLAGS  ?= -std=c11 -O2 -g
@@ -47,8 +48,10 @@ run: all $(DEMO)
 ## test: the whole suite: Rust unit and integration tests against real Milters, the C tests
 ## (c_tests/, driven by tests/abi_abuse.rs), and the C programs under valgrind (make memcheck).
 test: all
-	$(CARGO) test --release --all-targets
+	@mkdir -p build
+	@set -o pipefail; $(CARGO) test --release --all-targets 2>&1 | tee build/test.log
 	$(MAKE) --no-print-directory memcheck
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' build/test.log
 
 fmt:
 	$(CARGO) fmt --all
