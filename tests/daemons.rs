@@ -360,6 +360,42 @@ fn rspamd_rejects_gtube_with_its_own_reply_and_adds_its_headers_to_plain_mail() 
         result.contains(";\r\n\tMIME_GOOD("),
         "X-Spamd-Result: {result}"
     );
+
+    // CONNECTION_REUSE against rspamd: it answers every message with ACCEPT or a REPLYCODE at
+    // end of message, after which a connection is never kept (libmilter would ignore QUIT_NC
+    // there); every message still gets its own verdict, each on a new connection.
+    let mut config = Config::with_host_port("127.0.0.1", rspamd.port);
+    config.timeout = Duration::from_secs(30);
+    config.connection_reuse = 4;
+    let handle = Handle::new(config);
+    for round in 0..3 {
+        for (name, rejected) in [("gtube.eml", true), ("plain.eml", false)] {
+            let message = fixture(name);
+            let (result, transcript) = handle.filter_traced(&envelope(), Content::Buffer(&message));
+            let f = result.unwrap_or_else(|e| panic!("round {round}, {name}: {e}"));
+            assert!(
+                !transcript.iter().any(|l| l.starts_with("reusing")),
+                "round {round}, {name}: {}",
+                transcript.join("\n")
+            );
+            if rejected {
+                assert_rejected(&f, "554 5.7.1 Gtube pattern");
+            } else {
+                assert_eq!(f.outcome.disposition, Disposition::Accept, "round {round}");
+                let added = assert_adds_at_end(
+                    &f,
+                    &[
+                        "X-Spamd-Result",
+                        "X-Rspamd-Action",
+                        "X-Rspamd-Server",
+                        "X-Spam-Status",
+                        "X-Rspamd-Queue-Id",
+                    ],
+                );
+                assert_eq!(value_of(&added, "X-Rspamd-Action"), "no action");
+            }
+        }
+    }
 }
 
 /// spamass-milter in front of spamd: flagging (`-m`: headers only, the body and Content-Type
