@@ -6,10 +6,13 @@
 //! calls no exit() and leaves signal dispositions alone.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+mod support {
+    pub mod load_milter;
+}
+use support::load_milter::LoadMilter;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -51,63 +54,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The load Milter (pymilter on libmilter) on a free loopback port, killed on drop.
-struct LoadMilter {
-    child: Child,
-    port: u16,
-}
-
-impl LoadMilter {
-    fn start() -> LoadMilter {
-        let probe = Command::new("/usr/bin/python3")
-            .args(["-c", "import Milter"])
-            .output();
-        match probe {
-            Ok(o) if o.status.success() => {}
-            _ => panic!(
-                "/usr/bin/python3 cannot import Milter: install the Debian package python3-milter"
-            ),
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let script = Path::new(MANIFEST).join("tests/milters/load_milter.py");
-        let child = Command::new("/usr/bin/python3")
-            .arg(&script)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
-        let mut m = LoadMilter { child, port };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = m.child.try_wait() {
-                panic!("{} exited at start: {status}", script.display());
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{} did not listen on 127.0.0.1:{port} within 20 s",
-                script.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-}
-
-impl Drop for LoadMilter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
