@@ -587,3 +587,63 @@ fn syslog_lines_go_to_dev_log_with_facility_mail() {
         "{line}"
     );
 }
+
+/// The C loader (as an MTA loads the library) prints a clear error for each bad setup, through
+/// spamfilter_last_error(), and exits normally: a missing option file, a missing HOST,
+/// `PORT=abc`, and a port nobody listens on.
+#[test]
+fn the_loader_prints_a_clear_error_for_each_bad_setup() {
+    make("all");
+    let loader = root().join("build/spamfilter-load");
+    let dir = TempDir::new("loader-errors");
+    std::fs::write(dir.path("msg.eml"), "Subject: x\r\n\r\nbody\r\n").expect("write");
+    std::fs::write(dir.path("nohost.opt"), "PORT=8891\n").expect("write");
+    std::fs::write(dir.path("badport.opt"), "HOST=127.0.0.1\nPORT=abc\n").expect("write");
+    let port = free_port();
+    std::fs::write(
+        dir.path("down.opt"),
+        format!("HOST=127.0.0.1\nPORT={port}\n"),
+    )
+    .expect("write");
+    let missing = dir.path("missing.opt");
+    let cases: [(PathBuf, &str, String); 4] = [
+        (
+            missing.clone(),
+            "status: err_config",
+            format!(
+                "{}: cannot open the option file: No such file",
+                missing.display()
+            ),
+        ),
+        (
+            dir.path("nohost.opt"),
+            "status: err_config",
+            "nohost.opt: HOST is required but not set".to_string(),
+        ),
+        (
+            dir.path("badport.opt"),
+            "status: err_config",
+            "badport.opt:2: PORT: \"abc\" is not a number from 1 to 65535".to_string(),
+        ),
+        (
+            dir.path("down.opt"),
+            "status: err_connect",
+            format!("127.0.0.1:{port}: connection refused"),
+        ),
+    ];
+    for (opt, status, error) in cases {
+        let o = run(Command::new(&loader)
+            .arg(library())
+            .arg(&opt)
+            .arg(dir.path("msg.eml")));
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{}: {out}", opt.display());
+        assert!(out.contains(status), "{}: {out}", opt.display());
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("error: ") && l.contains(&error)),
+            "{}: expected an error line with {error:?}:\n{out}",
+            opt.display()
+        );
+    }
+}
