@@ -981,3 +981,60 @@ fn fuzz_corpus_config_parse() {
 fn fuzz_corpus_verdict_build() {
     replay("verdict_build", checks::check_verdict_build);
 }
+
+/// A Milter that answers a version 6 offer with version 2 (as Milters on an old libmilter do):
+/// accepted, and nothing that version lacks is sent (no DATA, no UNKNOWN) or expected.
+#[test]
+fn a_version_2_answer_to_a_version_6_offer() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    let milter = thread::spawn(move || -> Vec<u8> {
+        let (mut s, _) = listener.accept().expect("accept");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut seen = Vec::new();
+        while let Ok((cmd, _)) = read_packet(&mut s) {
+            seen.push(cmd);
+            let reply = match cmd {
+                b'O' => {
+                    let mut d = Vec::new();
+                    // Version 2, ADDHDRS, every v2 step sent and answered.
+                    for v in [2u32, 0x01, 0] {
+                        d.extend_from_slice(&v.to_be_bytes());
+                    }
+                    packet(b'O', &d)
+                }
+                b'E' => [packet(b'h', b"X-V2\0yes\0"), packet(b'c', &[])].concat(),
+                b'D' | b'A' | b'Q' => continue,
+                _ => packet(b'c', &[]),
+            };
+            if s.write_all(&reply).is_err() {
+                break;
+            }
+        }
+        seen
+    });
+    let run = run_case(port, PATIENT_TIMEOUT);
+    let seen = milter.join().expect("the Milter thread");
+    let f = run
+        .result
+        .unwrap_or_else(|e| panic!("a version 2 Milter failed: {e}"));
+    assert_eq!(f.negotiation.version, 2);
+    assert!(
+        f.verdict.script.windows(4).any(|w| w == b"X-V2"),
+        "{}",
+        String::from_utf8_lossy(&f.verdict.script)
+    );
+    let commands: String = seen.iter().map(|&c| c as char).collect();
+    assert!(
+        !commands.contains('T'),
+        "DATA sent to a version 2 Milter: {commands}"
+    );
+    assert!(
+        !commands.contains('U'),
+        "UNKNOWN sent to a version 2 Milter: {commands}"
+    );
+    assert!(
+        commands.starts_with('O') && commands.contains('E'),
+        "{commands}"
+    );
+}

@@ -192,6 +192,34 @@ fn all_of(cases: Vec<Case<'_>>) {
 // ---------------------------------------------------------------------------------------------
 // Dispositions.
 
+/// MILTER_PROTOCOL 2, 3 and 4: libmilter answers with the version offered, and the library
+/// sends only what that version defines (no DATA before version 4) and still gets its verdict.
+#[test]
+fn older_protocol_versions_answered_by_libmilter() {
+    let m = any_reply(r#"{"edits": [["addheader", "X-Old", "kept"]]}"#);
+    for version in [2u32, 3, 4] {
+        let mut config = m.config();
+        config.milter_protocol = version;
+        let tag = format!("ver{version}");
+        let f = filter_with(&m, &Handle::new(config), &envelope(&tag), MESSAGE);
+        assert_eq!(f.negotiation.version, version);
+        assert_eq!(
+            script(&f),
+            "require [\"editheader\"];\r\naddheader :last \"X-Old\" \"kept\";\r\n",
+            "version {version}"
+        );
+        let r = m.recorded(&tag);
+        let names = r.names();
+        assert_eq!(
+            names.iter().any(|n| n == "data"),
+            version >= 4,
+            "version {version}: {names:?}"
+        );
+        assert_eq!(names.iter().filter(|n| *n == "header").count(), 5);
+        assert!(names.ends_with(&["body".to_string(), "eom".to_string(), "close".to_string()]));
+    }
+}
+
 #[test]
 fn continue_without_edits_is_no_verdict() {
     let m = any_reply("{}");
