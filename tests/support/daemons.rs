@@ -10,11 +10,16 @@
 #![allow(dead_code)] // Each test file uses a different part.
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "process.rs"]
+mod process;
+pub use process::free_port;
+use process::{Group, NotListening};
 
 /// How long a daemon may take to listen. rspamd (about 2 s here) and spamd are the slow ones.
 const START_WITHIN: Duration = Duration::from_secs(60);
@@ -190,14 +195,13 @@ pub fn require(program: &str, package: &str) {
 /// A started program, leader of its own process group, with stdout and stderr in `log`.
 pub struct Process {
     name: String,
-    child: Child,
+    group: Group,
     log: PathBuf,
 }
 
 impl Process {
     /// Starts `cmd` in a new process group, its output appended to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
-        use std::os::unix::process::CommandExt;
+    pub fn spawn(name: &str, cmd: Command, log: PathBuf) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -206,16 +210,11 @@ impl Process {
         let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("duplicating {}: {e}", log.display()));
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        let child = cmd
-            .spawn()
+        let group = Group::spawn(cmd, Stdio::null(), out.into(), err.into())
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Process {
             name: name.to_string(),
-            child,
+            group,
             log,
         }
     }
@@ -223,76 +222,44 @@ impl Process {
     /// How the program ended, once it has. It is not reaped: it stays a zombie until `Drop`, so
     /// that its pid (our process group's id) cannot be reused while the group is signalled.
     fn exited(&self) -> Option<String> {
-        // SAFETY: waitid only writes into `info`, a zeroed siginfo_t of our own.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let r = libc::waitid(
-                libc::P_PID,
-                self.child.id() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            );
-            if r != 0 {
-                return Some(format!("waitid: {}", std::io::Error::last_os_error()));
-            }
-            if info.si_pid() == 0 {
-                return None;
-            }
-            Some(match info.si_code {
-                libc::CLD_EXITED => format!("exit status {}", info.si_status()),
-                _ => format!("killed by signal {}", info.si_status()),
-            })
-        }
+        self.group.ended().map(how_it_ended)
     }
 
     /// Waits until something accepts TCP connections on 127.0.0.1:`port`; fails when the
     /// program exits first (a port taken meanwhile, a bad configuration) or takes too long.
     pub fn wait_listening(&self, port: u16) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
-            if let Some(how) = self.exited() {
-                return Err(format!("{} ended at start ({how})", self.name));
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            if start.elapsed() > START_WITHIN {
-                return Err(format!(
-                    "{} did not listen on 127.0.0.1:{port} within {} s",
-                    self.name,
-                    START_WITHIN.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        match self.group.wait_listening(port, START_WITHIN) {
+            Ok(()) => Ok(()),
+            Err(NotListening::Ended(how)) => Err(format!(
+                "{} ended at start ({})",
+                self.name,
+                how_it_ended(how)
+            )),
+            Err(NotListening::Slow) => Err(format!(
+                "{} did not listen on 127.0.0.1:{port} within {} s",
+                self.name,
+                START_WITHIN.as_secs()
+            )),
         }
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let group = -(self.child.id() as libc::pid_t);
-        // SAFETY: kill(2) on the group this process leads (process_group(0) at spawn); the
-        // leader is not reaped before the SIGKILL below, so the group id is still ours.
-        unsafe { libc::kill(group, libc::SIGTERM) };
-        let start = Instant::now();
-        while self.exited().is_none() && start.elapsed() < STOP_WITHIN {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Whatever is left of the group (workers that outlived their master, or everything when
-        // SIGTERM was not enough).
-        // SAFETY: as above.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.group.stop(STOP_WITHIN);
     }
 }
 
-/// A port nobody listens on right now (the kernel's choice for an ephemeral bind). Another
-/// process may take it before the daemon binds it: the starters retry on a new port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 for a free port")
+/// `exit status N`, `killed by signal N`, or why that could not be learnt.
+fn how_it_ended(how: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match how {
+        Ok(status) => match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => format!("killed by signal {}", status.signal().unwrap_or_default()),
+        },
+        Err(e) => format!("waitid: {e}"),
+    }
 }
 
 /// Runs `attempt` with fresh ports until it succeeds, three times at most.

@@ -11,11 +11,15 @@
 #![allow(dead_code)] // Each test file uses a different part.
 
 use milter_spamfilter::{Config, Handle};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "process.rs"]
+mod process;
+pub use process::free_port;
+use process::Group;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 const PYTHON: &str = "/usr/bin/python3";
@@ -25,7 +29,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// two seconds, SIGTERM to its whole process group, then SIGKILL if it has not gone within two
 /// more. Its scratch directory is removed.
 pub struct Server {
-    child: Child,
+    group: Group,
     pub port: u16,
     pub name: &'static str,
     dir: PathBuf,
@@ -86,43 +90,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let gone = |child: &mut Child| {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(2) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            false
-        };
-        if let Some(lifeline) = self.child.stdin.take() {
-            drop(lifeline);
-            if gone(&mut self.child) {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                return;
-            }
+        // Closing the lifeline stops it at once; `stop` then only signals what may be left of
+        // the group and reaps the leader.
+        if self.group.close_stdin() {
+            self.group.wait_ended(Duration::from_secs(2));
         }
-        // The child leads its own process group (process_group(0)): the group id is its pid
-        // and holds only what it forked.
-        let group = -(self.child.id() as libc::pid_t);
-        // SAFETY: kill(2) with a negative pid signals exactly the group we created.
-        unsafe { libc::kill(group, libc::SIGTERM) };
-        gone(&mut self.child);
-        // SAFETY: as above; harmless when the group is already gone.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.group.stop(Duration::from_secs(2));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port nobody listens on right now (the kernel's choice for an ephemeral bind).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 for a free port")
 }
 
 /// A fresh private directory for one server's files, under `base`.
@@ -189,13 +164,12 @@ fn require_pymilter() {
 /// Starts `cmd` (which listens on `port`) and waits until it accepts connections. With
 /// `lifeline` its stdin is a pipe that `Drop` closes to stop it.
 fn start(
-    mut cmd: Command,
+    cmd: Command,
     name: &'static str,
     port: u16,
     dir: PathBuf,
     lifeline: bool,
 ) -> std::result::Result<Server, String> {
-    use std::os::unix::process::CommandExt;
     let stderr = std::fs::File::create(dir.join("stderr"))
         .map_err(|e| format!("creating {}/stderr: {e}", dir.display()))?;
     let stdin = if lifeline {
@@ -203,38 +177,18 @@ fn start(
     } else {
         Stdio::null()
     };
-    cmd.stdin(stdin)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .process_group(0);
-    let child = cmd
-        .spawn()
+    let group = Group::spawn(cmd, stdin, Stdio::null(), stderr.into())
         .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let mut server = Server {
-        child,
+    let server = Server {
+        group,
         port,
         name,
         dir,
     };
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!(
-                "{name} exited at start ({status}); its stderr:\n{}",
-                server.log()
-            ));
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(server);
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            return Err(format!(
-                "{name} did not listen on 127.0.0.1:{port} within 20 s; its stderr:\n{}",
-                server.log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server
+        .group
+        .wait_listening_or_log(name, port, Duration::from_secs(20), || server.log())?;
+    Ok(server)
 }
 
 /// Starts a server, retrying on a new port when another process took the chosen one between

@@ -5,12 +5,16 @@
 
 #![allow(dead_code)] // Each test file uses a different part.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "process.rs"]
+mod process;
+pub use process::free_port;
+use process::Group;
 
 /// The system user dante's `username` method checks; created (or its password reset) by
 /// `ensure_socks_user`.
@@ -20,7 +24,7 @@ pub const SOCKS_PASSWORD: &str = "s0cks-Test-pw";
 /// A running proxy; SIGTERM to its whole process group on drop (dante forks helpers), then
 /// SIGKILL if it has not gone within two seconds.
 pub struct Proxy {
-    child: Child,
+    group: Group,
     pub port: u16,
     pub name: &'static str,
     dir: PathBuf,
@@ -35,32 +39,9 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        // The child was started as the leader of its own process group (process_group(0)), so
-        // the group id is its pid and holds only what it forked.
-        let group = -(self.child.id() as libc::pid_t);
-        // SAFETY: kill(2) with a negative pid signals exactly the group we created.
-        unsafe { libc::kill(group, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(2) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above; harmless when the group is already gone.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.group.stop(Duration::from_secs(2));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port nobody listens on right now (the kernel's choice for an ephemeral bind).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 for a free port")
 }
 
 /// A fresh private directory for one proxy's files.
@@ -89,46 +70,25 @@ fn require(program: &str, package: &str) {
 
 /// Starts `cmd` (which listens on `port`) and waits until it accepts connections.
 fn start(
-    mut cmd: Command,
+    cmd: Command,
     name: &'static str,
     port: u16,
     dir: PathBuf,
 ) -> std::result::Result<Proxy, String> {
-    use std::os::unix::process::CommandExt;
     let stderr = std::fs::File::create(dir.join("stderr"))
         .map_err(|e| format!("creating {}/stderr: {e}", dir.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .process_group(0);
-    let child = cmd
-        .spawn()
+    let group = Group::spawn(cmd, Stdio::null(), Stdio::null(), stderr.into())
         .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let mut proxy = Proxy {
-        child,
+    let proxy = Proxy {
+        group,
         port,
         name,
         dir,
     };
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Err(format!(
-                "{name} exited at start ({status}); its stderr:\n{}",
-                proxy.log()
-            ));
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(proxy);
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "{name} did not listen on 127.0.0.1:{port} within 10 s; its stderr:\n{}",
-                proxy.log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy
+        .group
+        .wait_listening_or_log(name, port, Duration::from_secs(10), || proxy.log())?;
+    Ok(proxy)
 }
 
 /// Starts a proxy, retrying on a new port when another process took the chosen one between
