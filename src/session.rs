@@ -706,11 +706,12 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         }
         self.flush()?;
         let what = stage_command(stage);
+        if stage == Stage::Eom {
+            // Edits and the disposition may come as separate packets here. Once is enough: the
+            // socket stays in quick-ACK mode while we only read.
+            self.stream.quickack();
+        }
         loop {
-            if stage == Stage::Eom {
-                // Edits and the disposition may come as separate packets here.
-                self.stream.quickack();
-            }
             let (cmd, data) = self.read_packet(what)?;
             let reply = protocol::decode_reply(cmd, &data)
                 .map_err(|e| self.protocol_error(&format!("bad reply to {what}: {e}")))?;
