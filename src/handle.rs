@@ -230,10 +230,12 @@ impl Handle {
     ) -> Result<Filtered> {
         let start = Instant::now();
         let deadline = start + self.config.message_timeout;
-        let id = envelope
-            .macro_value(b"i")
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| "-".to_string());
+        let id = || {
+            envelope
+                .macro_value(b"i")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| "-".to_string())
+        };
         if let Some(t) = transcript.as_deref_mut() {
             t.push(format!(
                 "connecting to Milter {}:{}{}",
@@ -286,11 +288,15 @@ impl Handle {
         match result {
             Ok((outcome, negotiation, peer)) => {
                 let verdict = verdict::build(&outcome, &self.verdict_options);
-                log::info!(
-                    "message {id}: milter {peer}: {} in {} ms",
-                    describe_verdict(&verdict),
-                    elapsed.as_millis()
-                );
+                // Built only when this handle logs at DEBUG≥1: the escaped verdict is not free.
+                if log::log_enabled!(log::Level::Info) {
+                    log::info!(
+                        "message {}: milter {peer}: {} in {} ms",
+                        id(),
+                        describe_verdict(&verdict),
+                        elapsed.as_millis()
+                    );
+                }
                 Ok(Filtered {
                     verdict,
                     outcome,
@@ -304,7 +310,8 @@ impl Handle {
                     e.message = format!("{}: {h}", e.message);
                 }
                 log::error!(
-                    "message {id}: milter {}:{}: failed after {} ms: {e}",
+                    "message {}: milter {}:{}: failed after {} ms: {e}",
+                    id(),
                     self.config.host,
                     self.config.port,
                     elapsed.as_millis()

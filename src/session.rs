@@ -241,12 +241,13 @@ pub fn run<S: Read + Write + Timeouts>(
     reused: Option<&Negotiation>,
     keep: bool,
 ) -> Result<Ended> {
+    let spare = take_buffers();
     let mut c = Conversation {
         stream,
         transcript,
         peer,
-        out: Vec::with_capacity(8192),
-        rbuf: Vec::new(),
+        out: spare.0,
+        rbuf: spare.1,
         rpos: 0,
         rend: 0,
         timeout: config.timeout,
@@ -288,7 +289,7 @@ pub fn run<S: Read + Write + Timeouts>(
     }
     Ok(Ended {
         outcome,
-        negotiation: c.neg,
+        negotiation: std::mem::take(&mut c.neg),
         reusable,
     })
 }
@@ -300,6 +301,36 @@ pub fn quit(stream: &mut std::net::TcpStream) {
     protocol::encode_packet(&mut packet, SMFIC_QUIT, &[]);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let _ = stream.write_all(&packet);
+}
+
+thread_local! {
+    /// The write and read buffers of the last conversation on this thread, for the next one:
+    /// an MTA thread filters message after message, and fresh buffers cost an allocation and a
+    /// zero-fill each time.
+    static SPARE: std::cell::RefCell<Option<(Vec<u8>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Buffers kept longer than this are dropped instead, so an idle thread holds little.
+const SPARE_LIMIT: usize = 1 << 16;
+
+fn take_buffers() -> (Vec<u8>, Vec<u8>) {
+    SPARE
+        .try_with(|s| s.borrow_mut().take())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| (Vec::with_capacity(8192), Vec::new()))
+}
+
+impl<S: Read + Write + Timeouts> Drop for Conversation<'_, S> {
+    fn drop(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        let rbuf = std::mem::take(&mut self.rbuf);
+        out.clear();
+        if out.capacity() <= SPARE_LIMIT && rbuf.len() <= SPARE_LIMIT {
+            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some((out, rbuf)));
+        }
+    }
 }
 
 impl<S: Read + Write + Timeouts> Conversation<'_, S> {
@@ -354,13 +385,17 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         if neg.version <= 3 {
             neg.protocol |= SMFIP_NODATA;
         }
-        debug!(
-            "milter {}: negotiated version {}, actions {}, protocol {}",
-            self.peer,
-            neg.version,
-            action_names(neg.actions),
-            protocol_names(neg.protocol)
-        );
+        // log! evaluates its arguments whenever the global level allows, which the per-handle
+        // dispatcher sets to everything: the names are built only when this handle logs them.
+        if log_enabled!(Level::Debug) {
+            debug!(
+                "milter {}: negotiated version {}, actions {}, protocol {}",
+                self.peer,
+                neg.version,
+                action_names(neg.actions),
+                protocol_names(neg.protocol)
+            );
+        }
         self.apply(neg);
         Ok(())
     }
