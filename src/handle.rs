@@ -58,18 +58,7 @@ impl Drop for Handle {
 /// True when a kept connection is still open with nothing unread: the Milter neither closed it
 /// nor sent anything since (either makes it unusable).
 fn alive(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    // SAFETY: a one-byte buffer we own; MSG_PEEK|MSG_DONTWAIT neither consumes nor blocks.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    matches!(session::peek(stream), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl Handle {

@@ -184,23 +184,15 @@ impl Timeouts for std::net::TcpStream {
         let _ = socket2::SockRef::from(&*self).set_tcp_quickack(true);
     }
     fn pending(&mut self) -> usize {
-        use std::os::fd::AsRawFd;
-        let mut byte = [0u8; 1];
-        // SAFETY: a one-byte buffer we own; MSG_PEEK|MSG_DONTWAIT neither consumes nor blocks.
-        let n = unsafe {
-            libc::recv(
-                self.as_raw_fd(),
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            n as usize
-        } else {
-            0
-        }
+        peek(self).unwrap_or(0)
     }
+}
+
+/// Looks at what waits unread on `stream` without taking it or blocking: Ok(1) when bytes are
+/// waiting, Ok(0) when the peer has closed, an error (WouldBlock) when nothing has arrived.
+pub(crate) fn peek(stream: &std::net::TcpStream) -> io::Result<usize> {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    socket2::SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 impl Timeouts for std::os::unix::net::UnixStream {
