@@ -261,7 +261,7 @@ impl Handle {
                 content,
                 deadline,
                 transcript,
-                reused.as_ref(),
+                reused,
                 keep,
             )?;
             if ended.reusable {

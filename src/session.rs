@@ -230,7 +230,7 @@ pub fn run<S: Read + Write + Timeouts>(
     content: Content<'_>,
     deadline: Instant,
     transcript: Option<&mut Vec<String>>,
-    reused: Option<&Negotiation>,
+    reused: Option<Negotiation>,
     keep: bool,
 ) -> Result<Ended> {
     let spare = take_buffers();
@@ -257,7 +257,7 @@ pub fn run<S: Read + Write + Timeouts>(
             // The Milter waits in its end-of-message state: QUIT_NC closes that connection's
             // context and the next command is CONNECT. Neither needs a reply of its own, so
             // both go in the first write of this message.
-            c.apply(neg.clone());
+            c.apply(neg);
             c.queue(SMFIC_QUIT_NC, &[]);
         }
         None => c.negotiate(config.milter_protocol)?,
