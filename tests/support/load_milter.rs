@@ -4,7 +4,13 @@
 
 #![allow(dead_code)] // Each test file uses a different part.
 
-use std::net::{TcpListener, TcpStream};
+// Stateless helpers, so a test that also includes milters.rs (which has its own copy) loses
+// nothing by the second copy.
+#[allow(clippy::duplicate_mod)]
+#[path = "process.rs"]
+mod process;
+
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,17 +23,32 @@ pub struct LoadMilter {
 
 impl LoadMilter {
     pub fn start() -> LoadMilter {
-        LoadMilter::start_with(free_port(), &[])
+        LoadMilter::on_a_free_port(&[])
     }
 
     /// One that also takes CONNECT (pymilter negotiates NOCONNECT otherwise), on a given port
     /// (0: a free one).
     pub fn with_connect(port: u16) -> LoadMilter {
-        let port = if port == 0 { free_port() } else { port };
-        LoadMilter::start_with(port, &["--with-connect"])
+        if port == 0 {
+            return LoadMilter::on_a_free_port(&["--with-connect"]);
+        }
+        LoadMilter::start_with(port, &["--with-connect"]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn start_with(port: u16, args: &[&str]) -> LoadMilter {
+    /// Tries new ports while another server took the chosen one before the Milter bound it.
+    fn on_a_free_port(args: &[&str]) -> LoadMilter {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match LoadMilter::start_with(process::free_port(), args) {
+                Ok(m) => return m,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}")
+    }
+
+    fn start_with(port: u16, args: &[&str]) -> Result<LoadMilter, String> {
+        use std::os::unix::process::CommandExt;
         let probe = Command::new("/usr/bin/python3")
             .args(["-c", "import Milter"])
             .output();
@@ -45,33 +66,30 @@ impl LoadMilter {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
         let mut m = LoadMilter { child, port };
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = m.child.try_wait() {
-                panic!("{} exited at start: {status}", script.display());
+                return Err(format!("{} exited at start: {status}", script.display()));
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            // Listening, and not some other server of this test process on the same port.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && process::listener_is_ours(port, m.child.id())
+            {
+                return Ok(m);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{} did not listen on 127.0.0.1:{port} within 20 s",
-                script.display()
-            );
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!(
+                    "{} did not listen on 127.0.0.1:{port} within 20 s",
+                    script.display()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        m
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl Drop for LoadMilter {

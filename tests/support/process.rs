@@ -112,7 +112,9 @@ impl Group {
             if let Some(how) = self.ended() {
                 return Err(NotListening::Ended(how));
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && listener_is_ours(port, self.child.id())
+            {
                 return Ok(());
             }
             if start.elapsed() > within {
@@ -157,4 +159,91 @@ impl Group {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// False when what listens on 127.0.0.1:`port` belongs to another server this test process
+/// started (a process group whose leader is our child, but not the group led by `leader`): two
+/// servers started at once can be handed the same free port, and the one that lost the bind
+/// would otherwise be taken for ready while the tests talk to the other. True when the listener
+/// is in `leader`'s group, or belongs to anything else (a daemon that left its group, or a
+/// listener /proc does not show), which the caller's own checks then judge.
+pub fn listener_is_ours(port: u16, leader: u32) -> bool {
+    let owners = listener_pids(port);
+    if owners.iter().any(|&pid| pgid_of(pid) == Some(leader)) {
+        return true;
+    }
+    let me = std::process::id();
+    !owners.iter().any(|&pid| {
+        pgid_of(pid)
+            .and_then(parent_of)
+            .is_some_and(|parent| parent == me)
+    })
+}
+
+/// The processes holding a socket that listens on `port` (any address), from /proc.
+fn listener_pids(port: u16) -> Vec<u32> {
+    let mut inodes: Vec<String> = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; field 9 is the inode.
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|t| t.to_str().map(|t| inodes.iter().any(|i| i == t)))
+                .unwrap_or(false)
+        });
+        if holds {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Field `n` (1-based, after the command name) of /proc/PID/stat.
+fn stat_field(pid: u32, n: usize) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp ...": the command may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(n)?.parse().ok()
+}
+
+fn pgid_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 2)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)
 }
