@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::message::{bare_macro_name, Content, Envelope};
 use crate::protocol::consts::*;
 use crate::protocol::{self, ConnectAddr, Negotiation, Reply, MAX_DATA_LEN};
+use crate::scan::{find_bare_lf, find_lf};
 use crate::verdict::{
     Disposition, Edit, Header, Outcome, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
 };
@@ -152,7 +153,8 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
     /// Read/write timeout currently set on the socket (to save system calls).
     socket_timeout: Option<Duration>,
     neg: Negotiation,
-    macro_lists: [Vec<Vec<u8>>; 7],
+    /// The message's header fields, as parsed.
+    headers: HeaderSection,
     /// Edits, quarantine at end of message.
     edits: Vec<Edit>,
     quarantine: Option<Vec<u8>>,
@@ -238,15 +240,15 @@ pub fn run<S: Read + Write + Timeouts>(
         stream,
         transcript,
         peer,
-        out: spare.0,
-        rbuf: spare.1,
+        out: spare.out,
+        rbuf: spare.rbuf,
         rpos: 0,
         rend: 0,
         timeout: config.timeout,
         deadline,
         socket_timeout: None,
         neg: Negotiation::default(),
-        macro_lists: Default::default(),
+        headers: spare.headers,
         edits: Vec::new(),
         quarantine: None,
         trace_packets: log_enabled!(Level::Debug),
@@ -295,32 +297,52 @@ pub fn quit(stream: &mut std::net::TcpStream) {
     let _ = stream.write_all(&packet);
 }
 
-thread_local! {
-    /// The write and read buffers of the last conversation on this thread, for the next one:
-    /// an MTA thread filters message after message, and fresh buffers cost an allocation and a
-    /// zero-fill each time.
-    static SPARE: std::cell::RefCell<Option<(Vec<u8>, Vec<u8>)>> =
-        const { std::cell::RefCell::new(None) };
+/// A conversation's buffers: what it writes, what it reads, the header fields it parses.
+struct Buffers {
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    headers: HeaderSection,
 }
 
-/// Buffers kept longer than this are dropped instead, so an idle thread holds little.
-const SPARE_LIMIT: usize = 1 << 16;
+thread_local! {
+    /// The buffers of the last conversation on this thread, for the next one: an MTA thread
+    /// filters message after message, and fresh buffers cost allocations and a zero-fill each
+    /// time.
+    static SPARE: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
+}
 
-fn take_buffers() -> (Vec<u8>, Vec<u8>) {
+/// Buffers grown past this are dropped instead of kept, so an idle thread holds little: the
+/// write buffer holds at most `WRITE_HIGH_WATER` and one BODY packet, the others a large header
+/// section or reply.
+const SPARE_LIMIT: usize = WRITE_HIGH_WATER + (128 << 10);
+
+fn take_buffers() -> Buffers {
     SPARE
         .try_with(|s| s.borrow_mut().take())
         .ok()
         .flatten()
-        .unwrap_or_else(|| (Vec::with_capacity(8192), Vec::new()))
+        .unwrap_or_else(|| Buffers {
+            out: Vec::with_capacity(8192),
+            rbuf: Vec::new(),
+            headers: HeaderSection::default(),
+        })
 }
 
 impl<S: Read + Write + Timeouts> Drop for Conversation<'_, S> {
     fn drop(&mut self) {
-        let mut out = std::mem::take(&mut self.out);
-        let rbuf = std::mem::take(&mut self.rbuf);
-        out.clear();
-        if out.capacity() <= SPARE_LIMIT && rbuf.len() <= SPARE_LIMIT {
-            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some((out, rbuf)));
+        let mut b = Buffers {
+            out: std::mem::take(&mut self.out),
+            rbuf: std::mem::take(&mut self.rbuf),
+            headers: std::mem::take(&mut self.headers),
+        };
+        b.out.clear();
+        b.headers.clear();
+        if b.out.capacity() <= SPARE_LIMIT
+            && b.rbuf.len() <= SPARE_LIMIT
+            && b.headers.bytes.capacity() <= SPARE_LIMIT
+            && b.headers.fields.capacity() <= SPARE_LIMIT / 16
+        {
+            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(b));
         }
     }
 }
@@ -333,7 +355,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         protocol::encode_optneg(&mut self.out, version, actions, offered);
         self.trace_out(start);
         self.flush()?;
-        let (cmd, data) = self.read_packet("OPTNEG")?;
+        let (cmd, at) = self.read_packet("OPTNEG")?;
         if cmd != SMFIC_OPTNEG {
             return Err(self.protocol_error(&format!(
                 "answered OPTNEG with {} ('{}') instead of OPTNEG",
@@ -341,7 +363,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 escape(&[cmd])
             )));
         }
-        let neg = protocol::decode_optneg(&data)
+        let neg = protocol::decode_optneg(&self.rbuf[at])
             .map_err(|e| self.protocol_error(&format!("bad OPTNEG reply: {e}")))?;
         if neg.version < 2 || neg.version > version {
             return Err(self.protocol_error(&format!(
@@ -394,12 +416,6 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
 
     /// Takes the negotiated values: what to send and expect, and the macros per stage.
     fn apply(&mut self, neg: Negotiation) {
-        for (stage, list) in neg.macros.iter().enumerate() {
-            self.macro_lists[stage] = match list {
-                Some(names) => names.clone(),
-                None => DEFAULT_MACROS[stage].iter().map(|n| n.to_vec()).collect(),
-            };
-        }
         if let Some(t) = self.transcript.as_deref_mut() {
             t.push(format!(
                 "negotiated: version {}, actions {}, protocol {}",
@@ -411,8 +427,10 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 ["connect", "helo", "mail", "rcpt", "data", "eom", "eoh"];
             // In the order of the conversation (EOH comes before EOM).
             for stage in [0, 1, 2, 3, 4, 6, 5] {
-                let names: Vec<String> =
-                    self.macro_lists[stage].iter().map(|n| escape(n)).collect();
+                let names: Vec<String> = match &neg.macros[stage] {
+                    Some(names) => names.iter().map(|n| escape(n)).collect(),
+                    None => DEFAULT_MACROS[stage].iter().map(|n| escape(n)).collect(),
+                };
                 t.push(format!(
                     "macros at {}: {} ({})",
                     STAGE_NAMES[stage],
@@ -440,10 +458,17 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         let mut values = MacroValues::new(env);
 
         // CONNECT
-        let hostname = match (&env.client_name, env.client_addr) {
-            (Some(name), _) if !name.is_empty() => name.clone(),
-            (_, Some(addr)) => format!("[{addr}]").into_bytes(),
-            _ => b"localhost".to_vec(),
+        let mut bracketed = [0u8; 50];
+        let hostname: &[u8] = match (values.name, &values.addr) {
+            (Some(name), _) => name,
+            (None, Some(text)) => {
+                let a = text.as_bytes();
+                bracketed[0] = b'[';
+                bracketed[1..1 + a.len()].copy_from_slice(a);
+                bracketed[1 + a.len()] = b']';
+                &bracketed[..a.len() + 2]
+            }
+            (None, None) => b"localhost",
         };
         let addr = match env.client_addr {
             None => ConnectAddr::Unknown,
@@ -465,7 +490,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         self.macros(SMFIM_CONNECT, &values);
         if !self.has(SMFIP_NOCONNECT) {
             let start = self.out.len();
-            protocol::encode_connect(&mut self.out, &hostname, &addr);
+            protocol::encode_connect(&mut self.out, hostname, &addr);
             self.trace_out(start);
         }
         let expect = !self.has(SMFIP_NOCONNECT) && !self.has(SMFIP_NR_CONN);
@@ -488,10 +513,14 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         // MAIL
         self.macros(SMFIM_ENVFROM, &values);
         if !self.has(SMFIP_NOMAIL) {
-            let from = angle(&env.sender);
-            let mut args: Vec<&[u8]> = vec![&from];
-            args.extend(env.mail_args.iter().map(|a| a.as_slice()));
-            self.command_strings(SMFIC_MAIL, &args);
+            let start = self.out.len();
+            protocol::encode_address_command(
+                &mut self.out,
+                SMFIC_MAIL,
+                &env.sender,
+                &env.mail_args,
+            );
+            self.trace_out(start);
         }
         let expect = !self.has(SMFIP_NOMAIL) && !self.has(SMFIP_NR_MAIL);
         if let Answer::Final(d, reply) = self.answer(Stage::Mail, expect)? {
@@ -508,10 +537,14 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             values.set_rcpt(&rcpt.address);
             self.macros(SMFIM_ENVRCPT, &values);
             if !self.has(SMFIP_NORCPT) {
-                let to = angle(&rcpt.address);
-                let mut args: Vec<&[u8]> = vec![&to];
-                args.extend(rcpt.esmtp_args.iter().map(|a| a.as_slice()));
-                self.command_strings(SMFIC_RCPT, &args);
+                let start = self.out.len();
+                protocol::encode_address_command(
+                    &mut self.out,
+                    SMFIC_RCPT,
+                    &rcpt.address,
+                    &rcpt.esmtp_args,
+                );
+                self.trace_out(start);
             }
             let expect = !self.has(SMFIP_NORCPT) && !self.has(SMFIP_NR_RCPT);
             match self.answer(Stage::Rcpt, expect)? {
@@ -562,26 +595,25 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
 
         // Header fields, streamed from the message.
         let mut reader = ContentReader::new(content);
-        let (headers, body_start) = reader.read_header_section()?;
+        let body_start = reader.read_header_section(&mut self.headers)?;
         let leadspc = self.has(SMFIP_HDR_LEADSPC);
         if !self.has(SMFIP_NOHDRS) {
             let expect = !self.has(SMFIP_NR_HDR);
-            for h in &headers {
-                let value: &[u8] = if !leadspc && h.value.first() == Some(&b' ') {
-                    &h.value[1..]
+            for i in 0..self.headers.len() {
+                let v = self.headers.value(i);
+                let value: &[u8] = if !leadspc && v.first() == Some(&b' ') {
+                    &v[1..]
                 } else {
-                    &h.value
+                    v
                 };
                 let start = self.out.len();
-                protocol::encode_header(&mut self.out, &h.name, value);
+                protocol::encode_header(&mut self.out, self.headers.name(i), value);
                 self.trace_out(start);
                 match self.answer(Stage::Header, expect)? {
                     Answer::Continue => {}
                     Answer::Skip => break,
                     Answer::Final(d, reply) => {
-                        let mut o = self.final_outcome(d, reply, Stage::Header, rejected);
-                        o.headers = headers;
-                        return Ok(o);
+                        return Ok(self.final_outcome(d, reply, Stage::Header, rejected));
                     }
                 }
             }
@@ -594,9 +626,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         }
         let expect = !self.has(SMFIP_NOEOH) && !self.has(SMFIP_NR_EOH);
         if let Answer::Final(d, reply) = self.answer(Stage::Eoh, expect)? {
-            let mut o = self.final_outcome(d, reply, Stage::Eoh, rejected);
-            o.headers = headers;
-            return Ok(o);
+            return Ok(self.final_outcome(d, reply, Stage::Eoh, rejected));
         }
 
         // BODY, in chunks of at most 65535 bytes with CRLF line ends, each built in place.
@@ -615,9 +645,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                         Answer::Continue => {}
                         Answer::Skip => break,
                         Answer::Final(d, reply) => {
-                            let mut o = self.final_outcome(d, reply, Stage::Body, rejected);
-                            o.headers = headers;
-                            return Ok(o);
+                            return Ok(self.final_outcome(d, reply, Stage::Body, rejected));
                         }
                     }
                 } else {
@@ -643,8 +671,11 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             )));
         }
         let mut o = self.final_outcome(d, reply, Stage::Eom, rejected);
-        o.headers = headers;
         o.edits = std::mem::take(&mut self.edits);
+        // The verdict needs the original fields only to place and delete edited ones.
+        if !o.edits.is_empty() {
+            o.headers = self.headers.to_headers();
+        }
         if o.quarantine.is_none() {
             o.quarantine = self.quarantine.take();
         }
@@ -691,23 +722,32 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         o
     }
 
-    /// Queues the macros of `stage`: the requested (or default) names that have a value.
+    /// Queues the macros of `stage`: the requested (or default) names that have a value, each
+    /// value written straight into the packet. No packet when none has a value.
     fn macros(&mut self, stage: usize, values: &MacroValues<'_>) {
-        let names = &self.macro_lists[stage];
-        if names.is_empty() {
-            return;
-        }
-        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(v) = values.get(name) {
-                pairs.push((name.as_slice(), v));
+        let start = protocol::begin_macros(&mut self.out, STAGE_CMD[stage]);
+        let mut any = false;
+        match &self.neg.macros[stage] {
+            Some(names) => {
+                for name in names {
+                    any |= protocol::push_macro(&mut self.out, start, name, |b| {
+                        values.write(name, b)
+                    });
+                }
+            }
+            None => {
+                for name in DEFAULT_MACROS[stage] {
+                    any |= protocol::push_macro(&mut self.out, start, name, |b| {
+                        values.write(name, b)
+                    });
+                }
             }
         }
-        if pairs.is_empty() {
+        if !any {
+            self.out.truncate(start);
             return;
         }
-        let start = self.out.len();
-        protocol::encode_macros(&mut self.out, STAGE_CMD[stage], &pairs);
+        protocol::end_packet(&mut self.out, start);
         self.trace_out(start);
     }
 
@@ -739,8 +779,8 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             self.stream.quickack();
         }
         loop {
-            let (cmd, data) = self.read_packet(what)?;
-            let reply = protocol::decode_reply(cmd, &data)
+            let (cmd, at) = self.read_packet(what)?;
+            let reply = protocol::decode_reply(cmd, &self.rbuf[at])
                 .map_err(|e| self.protocol_error(&format!("bad reply to {what}: {e}")))?;
             match reply {
                 Reply::Continue => return Ok(Answer::Continue),
@@ -915,8 +955,9 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         Ok(())
     }
 
-    /// Reads one packet: (command, data). Memory grows only as the bytes actually arrive.
-    fn read_packet(&mut self, what: &'static str) -> Result<(u8, Vec<u8>)> {
+    /// Reads one packet: its command, and where its data is in `rbuf` (valid until the next
+    /// read). Memory grows only as the bytes actually arrive.
+    fn read_packet(&mut self, what: &'static str) -> Result<(u8, std::ops::Range<usize>)> {
         self.replied_to = Some(what);
         self.fill(4, what)?;
         let p = self.rpos;
@@ -941,24 +982,26 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         };
         self.fill(4 + len, what)?;
         let cmd = self.rbuf[self.rpos + 4];
-        let data = self.rbuf[self.rpos + 5..self.rpos + 4 + len].to_vec();
+        let at = self.rpos + 5..self.rpos + 4 + len;
         self.rpos += 4 + len;
         if self.rpos == self.rend {
+            // The next read starts at the front again; this packet's bytes stay until then.
             self.rpos = 0;
             self.rend = 0;
         }
+        let data = &self.rbuf[at.clone()];
         if self.trace_packets {
             debug!(
                 "milter {}: {}\n{}",
                 self.peer,
-                protocol::trace::describe(false, cmd, &data),
-                protocol::trace::hexdump(&data)
+                protocol::trace::describe(false, cmd, data),
+                protocol::trace::hexdump(data)
             );
         }
         if let Some(t) = self.transcript.as_deref_mut() {
-            t.push(protocol::trace::describe(false, cmd, &data));
+            t.push(protocol::trace::describe(false, cmd, data));
         }
-        Ok((cmd, data))
+        Ok((cmd, at))
     }
 
     /// Bytes read but not yet taken as a packet.
@@ -1087,15 +1130,6 @@ fn stage_command(stage: Stage) -> &'static str {
     }
 }
 
-/// `addr` → `<addr>`.
-fn angle(addr: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(addr.len() + 2);
-    v.push(b'<');
-    v.extend_from_slice(addr);
-    v.push(b'>');
-    v
-}
-
 /// `%%` → `%`, as sendmail and Postfix turn a Milter's reply text into what the client sees.
 fn unescape_percent(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
@@ -1110,80 +1144,125 @@ fn unescape_percent(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Macro values for the current stage: the MTA's own, and those derived from the envelope.
+/// Macro values for the current stage: the MTA's own, and those derived from the envelope,
+/// written straight into the packet (nothing is allocated per message).
 struct MacroValues<'e> {
     env: &'e Envelope,
-    derived: Vec<(&'static [u8], Vec<u8>)>,
-    rcpt: Vec<(&'static [u8], Vec<u8>)>,
+    /// The client's host name, when known and not empty.
+    name: Option<&'e [u8]>,
+    /// The client's address as text, when there is one.
+    addr: Option<protocol::IpText>,
+    /// The recipient of the last RCPT, once there is one.
+    rcpt: Option<&'e [u8]>,
 }
 
 impl<'e> MacroValues<'e> {
     fn new(env: &'e Envelope) -> MacroValues<'e> {
-        let mut derived: Vec<(&'static [u8], Vec<u8>)> = Vec::new();
-        if let Some(addr) = env.client_addr {
-            derived.push((b"client_addr", addr.to_string().into_bytes()));
-            derived.push((b"client_port", env.client_port.to_string().into_bytes()));
-        }
-        let name = env.client_name.clone().filter(|n| !n.is_empty());
-        if let Some(n) = &name {
-            derived.push((b"client_name", n.clone()));
-            derived.push((b"client_ptr", n.clone()));
-        } else if let Some(addr) = env.client_addr {
-            derived.push((b"client_name", format!("[{addr}]").into_bytes()));
-        }
-        // `_`: "name [addr]" as sendmail writes the client's identity.
-        match (&name, env.client_addr) {
-            (Some(n), Some(a)) => {
-                let mut v = n.clone();
-                v.extend_from_slice(format!(" [{a}]").as_bytes());
-                derived.push((b"_", v));
-            }
-            (None, Some(a)) => derived.push((b"_", format!("[{a}]").into_bytes())),
-            (Some(n), None) => derived.push((b"_", n.clone())),
-            (None, None) => {}
-        }
-        derived.push((b"mail_addr", env.sender.clone()));
-        if let Some(at) = env.sender.iter().rposition(|&b| b == b'@') {
-            derived.push((b"mail_host", env.sender[at + 1..].to_vec()));
-        }
-        derived.push((
-            b"mail_mailer",
-            if env.client_addr.is_some() {
-                b"smtp".to_vec()
-            } else {
-                b"local".to_vec()
-            },
-        ));
         MacroValues {
             env,
-            derived,
-            rcpt: Vec::new(),
+            name: env.client_name.as_deref().filter(|n| !n.is_empty()),
+            addr: env.client_addr.as_ref().map(protocol::IpText::new),
+            rcpt: None,
         }
     }
 
-    fn set_rcpt(&mut self, address: &[u8]) {
-        self.rcpt.clear();
-        self.rcpt.push((b"rcpt_addr", address.to_vec()));
-        if let Some(at) = address.iter().rposition(|&b| b == b'@') {
-            self.rcpt.push((b"rcpt_host", address[at + 1..].to_vec()));
-            self.rcpt.push((b"rcpt_mailer", b"smtp".to_vec()));
-        } else {
-            self.rcpt.push((b"rcpt_mailer", b"local".to_vec()));
-        }
+    fn set_rcpt(&mut self, address: &'e [u8]) {
+        self.rcpt = Some(address);
     }
 
-    /// The MTA's value wins over a derived one; an empty MTA value counts as no value.
-    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+    /// Appends the value of macro `name` to `out`, or nothing and false when it has none. The
+    /// MTA's value wins over a derived one; an empty value counts as none, except the null
+    /// sender's empty `mail_addr`.
+    fn write(&self, name: &[u8], out: &mut Vec<u8>) -> bool {
         let bare = bare_macro_name(name);
         if let Some(v) = self.env.macro_value(bare) {
-            return if v.is_empty() { None } else { Some(v) };
+            out.extend_from_slice(v);
+            return !v.is_empty();
         }
-        self.rcpt
-            .iter()
-            .chain(self.derived.iter())
-            .find(|(n, _)| *n == bare)
-            .map(|(_, v)| v.as_slice())
-            .filter(|v| !v.is_empty() || bare == b"mail_addr")
+        let env = self.env;
+        let addr = self.addr.as_ref().map(|a| a.as_bytes());
+        let at_host = |a: &'e [u8]| a.iter().rposition(|&b| b == b'@').map(|at| &a[at + 1..]);
+        let start = out.len();
+        match bare {
+            b"rcpt_addr" => out.extend_from_slice(self.rcpt.unwrap_or_default()),
+            b"rcpt_host" => out.extend_from_slice(self.rcpt.and_then(at_host).unwrap_or_default()),
+            b"rcpt_mailer" => {
+                if let Some(r) = self.rcpt {
+                    out.extend_from_slice(if at_host(r).is_some() { b"smtp" } else { b"local" });
+                }
+            }
+            b"client_addr" => out.extend_from_slice(addr.unwrap_or_default()),
+            b"client_port" => {
+                if addr.is_some() {
+                    protocol::push_decimal(out, u32::from(env.client_port));
+                }
+            }
+            b"client_ptr" => out.extend_from_slice(self.name.unwrap_or_default()),
+            b"client_name" | b"_" => {
+                // `_` is "name [addr]", as sendmail writes the client's identity; client_name
+                // is the name, or "[addr]" without one.
+                if let Some(n) = self.name {
+                    out.extend_from_slice(n);
+                }
+                if let Some(a) = addr.filter(|_| bare == b"_" || self.name.is_none()) {
+                    if self.name.is_some() {
+                        out.push(b' ');
+                    }
+                    out.push(b'[');
+                    out.extend_from_slice(a);
+                    out.push(b']');
+                }
+            }
+            b"mail_addr" => {
+                out.extend_from_slice(&env.sender);
+                return true;
+            }
+            b"mail_host" => out.extend_from_slice(at_host(&env.sender).unwrap_or_default()),
+            b"mail_mailer" => out.extend_from_slice(if addr.is_some() { b"smtp" } else { b"local" }),
+            _ => {}
+        }
+        out.len() > start
+    }
+}
+
+/// The message's header fields as parsed: names and values side by side in one buffer, which
+/// the thread keeps for its next message, so that parsing allocates nothing per field.
+#[derive(Default)]
+struct HeaderSection {
+    bytes: Vec<u8>,
+    /// Per field: where its name starts, where the name ends and the value starts (the colon is
+    /// not kept), where the value ends.
+    fields: Vec<(usize, usize, usize)>,
+}
+
+impl HeaderSection {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.fields.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    fn name(&self, i: usize) -> &[u8] {
+        let (start, end, _) = self.fields[i];
+        &self.bytes[start..end]
+    }
+
+    /// Everything after the colon: leading white space kept, folded lines joined with `\n`.
+    fn value(&self, i: usize) -> &[u8] {
+        let (_, start, end) = self.fields[i];
+        &self.bytes[start..end]
+    }
+
+    fn to_headers(&self) -> Vec<Header> {
+        (0..self.len())
+            .map(|i| Header {
+                name: self.name(i).to_vec(),
+                value: self.value(i).to_vec(),
+            })
+            .collect()
     }
 }
 
@@ -1269,16 +1348,16 @@ impl<'r> ContentReader<'r> {
         Ok(n > 0)
     }
 
-    /// The next line including its LF (the last line may lack one); None at end of input.
-    fn line(&mut self, consumed: &mut usize) -> Result<Option<Vec<u8>>> {
+    /// The length of the next line, including its LF (the last line may lack one), which is
+    /// then `data()[..len]`, not yet consumed; None at end of input.
+    fn next_line(&mut self, consumed: &mut usize) -> Result<Option<usize>> {
         let mut scanned = 0;
         loop {
             let data = self.data();
             if let Some(i) = find_lf(&data[scanned..]) {
-                let line = data[..scanned + i + 1].to_vec();
-                self.consume(line.len());
-                *consumed += line.len();
-                return Ok(Some(line));
+                let len = scanned + i + 1;
+                *consumed += len;
+                return Ok(Some(len));
             }
             scanned = data.len();
             if *consumed + scanned > MAX_HEADER_SECTION {
@@ -1287,63 +1366,57 @@ impl<'r> ContentReader<'r> {
                 )));
             }
             if !self.more()? {
-                let data = self.data();
-                if data.is_empty() {
+                let len = self.data().len();
+                if len == 0 {
                     return Ok(None);
                 }
-                let line = data.to_vec();
-                self.consume(line.len());
-                *consumed += line.len();
-                return Ok(Some(line));
+                *consumed += len;
+                return Ok(Some(len));
             }
         }
     }
 
-    /// Parses the header section. Returns the fields and the bytes that already belong to the
+    /// Parses the header section into `fields`. Returns the bytes that already belong to the
     /// body (a first line that is not a header field when no blank line separates them).
-    fn read_header_section(&mut self) -> Result<(Vec<Header>, Vec<u8>)> {
-        let mut headers: Vec<Header> = Vec::new();
+    fn read_header_section(&mut self, fields: &mut HeaderSection) -> Result<Vec<u8>> {
+        fields.clear();
         let mut consumed = 0usize;
-        while let Some(line) = self.line(&mut consumed)? {
-            let content = strip_eol(&line);
+        while let Some(len) = self.next_line(&mut consumed)? {
+            let line = &self.data()[..len];
+            let content = strip_eol(line);
             if content.is_empty() {
-                return Ok((headers, Vec::new()));
+                self.consume(len);
+                return Ok(Vec::new());
             }
             if content[0] == b' ' || content[0] == b'\t' {
-                if let Some(last) = headers.last_mut() {
-                    last.value.push(b'\n');
-                    last.value.extend_from_slice(content);
+                if let Some(last) = fields.fields.last_mut() {
+                    fields.bytes.push(b'\n');
+                    fields.bytes.extend_from_slice(content);
+                    last.2 = fields.bytes.len();
+                    self.consume(len);
                     continue;
                 }
-                return Ok((headers, line));
+                let body = line.to_vec();
+                self.consume(len);
+                return Ok(body);
             }
             match content.iter().position(|&b| b == b':') {
                 Some(colon) if colon > 0 && is_field_name(&content[..colon]) => {
-                    headers.push(Header {
-                        name: content[..colon].to_vec(),
-                        value: content[colon + 1..].to_vec(),
-                    });
+                    let start = fields.bytes.len();
+                    fields.bytes.extend_from_slice(&content[..colon]);
+                    let name_end = fields.bytes.len();
+                    fields.bytes.extend_from_slice(&content[colon + 1..]);
+                    fields.fields.push((start, name_end, fields.bytes.len()));
+                    self.consume(len);
                 }
-                _ => return Ok((headers, line)),
+                _ => {
+                    let body = line.to_vec();
+                    self.consume(len);
+                    return Ok(body);
+                }
             }
         }
-        Ok((headers, Vec::new()))
-    }
-}
-
-/// The position of the first LF: the C library's memchr, vectorised, because the body is
-/// scanned once per byte and this is most of the library's own work on a large message.
-fn find_lf(s: &[u8]) -> Option<usize> {
-    if s.is_empty() {
-        return None;
-    }
-    // SAFETY: memchr reads at most s.len() bytes from s.as_ptr(), all within the slice, and
-    // returns NULL or a pointer into it.
-    let p = unsafe { libc::memchr(s.as_ptr().cast(), b'\n' as libc::c_int, s.len()) };
-    if p.is_null() {
-        None
-    } else {
-        Some(p as usize - s.as_ptr() as usize)
+        Ok(Vec::new())
     }
 }
 
@@ -1407,24 +1480,7 @@ impl BodyCrlf {
             let window = &src[..src.len().min(room)];
             // The run up to the first bare LF (one without its CR) is copied as it is: for CRLF
             // text that is the whole window in one copy.
-            let mut scan = 0;
-            let bare = loop {
-                match find_lf(&window[scan..]) {
-                    None => break None,
-                    Some(j) => {
-                        let i = scan + j;
-                        let cr_before = if i > 0 {
-                            window[i - 1] == b'\r'
-                        } else {
-                            self.last_cr
-                        };
-                        if !cr_before {
-                            break Some(i);
-                        }
-                        scan = i + 1;
-                    }
-                }
-            };
+            let bare = find_bare_lf(window, self.last_cr);
             let (used, full) = match bare {
                 None => {
                     out.extend_from_slice(window);
@@ -1554,31 +1610,14 @@ mod tests {
     }
 
     #[test]
-    fn find_lf_agrees_with_a_plain_search() {
-        let mut data: Vec<u8> = (0..=255u8).collect();
-        data.extend_from_slice(&data.clone());
-        for start in 0..40 {
-            for end in start..data.len().min(start + 300) {
-                let s = &data[start..end];
-                assert_eq!(
-                    find_lf(s),
-                    s.iter().position(|&b| b == b'\n'),
-                    "{start}..{end}"
-                );
-            }
-        }
-        assert_eq!(find_lf(b""), None);
-        assert_eq!(find_lf(b"\n"), Some(0));
-        assert_eq!(find_lf(b"0123456789\n"), Some(10));
-    }
-
-    #[test]
     fn header_section_parses_folds_and_finds_the_body() {
         let msg = b"Subject: hi\r\n there\r\nX-A:b\n\nbody\n";
         for step in [1usize, 2, 5, 1000] {
             let mut t = Trickle { data: msg, step };
             let mut r = ContentReader::new(Content::Reader(&mut t));
-            let (h, start) = r.read_header_section().unwrap();
+            let mut fields = HeaderSection::default();
+            let start = r.read_header_section(&mut fields).unwrap();
+            let h = fields.to_headers();
             assert_eq!(h.len(), 2);
             assert_eq!(h[0].name, b"Subject");
             assert_eq!(h[0].value, b" hi\n there");
@@ -1592,8 +1631,9 @@ mod tests {
     fn a_line_that_is_no_header_starts_the_body() {
         let msg = b"Subject: x\nthis is text\nmore\n";
         let mut r = ContentReader::new(Content::Buffer(msg));
-        let (h, start) = r.read_header_section().unwrap();
-        assert_eq!(h.len(), 1);
+        let mut fields = HeaderSection::default();
+        let start = r.read_header_section(&mut fields).unwrap();
+        assert_eq!(fields.to_headers().len(), 1);
         assert_eq!(start, b"this is text\n");
         assert_eq!(
             chunks_from(r, start, 1000).concat(),
@@ -1605,5 +1645,80 @@ mod tests {
     fn percent_unescape() {
         assert_eq!(unescape_percent(b"550 100%% sure"), b"550 100% sure");
         assert_eq!(unescape_percent(b"%%%%"), b"%%");
+    }
+
+    #[test]
+    fn macro_values_from_the_envelope() {
+        fn value(v: &MacroValues<'_>, name: &str) -> Option<String> {
+            let mut out = b"x".to_vec();
+            let had = v.write(name.as_bytes(), &mut out);
+            assert_eq!(had, out.len() > 1 || name.contains("mail_addr"), "{name}");
+            had.then(|| String::from_utf8(out[1..].to_vec()).unwrap())
+        }
+        let mut env = Envelope {
+            client_name: Some(b"mail.example.org".to_vec()),
+            client_addr: Some("192.0.2.1".parse().unwrap()),
+            client_port: 40000,
+            sender: b"a@example.com".to_vec(),
+            macros: vec![(b"j".to_vec(), b"mx".to_vec()), (b"{empty}".to_vec(), Vec::new())],
+            ..Envelope::default()
+        };
+        let recipient = b"b@example.net".to_vec();
+        let local = b"postmaster".to_vec();
+        {
+            let mut v = MacroValues::new(&env);
+            let want = [
+                ("j", Some("mx")),
+                ("{j}", Some("mx")),
+                ("empty", None),
+                ("{client_addr}", Some("192.0.2.1")),
+                ("{client_port}", Some("40000")),
+                ("{client_name}", Some("mail.example.org")),
+                ("{client_ptr}", Some("mail.example.org")),
+                ("_", Some("mail.example.org [192.0.2.1]")),
+                ("{mail_addr}", Some("a@example.com")),
+                ("{mail_host}", Some("example.com")),
+                ("{mail_mailer}", Some("smtp")),
+                ("{rcpt_addr}", None),
+                ("{rcpt_mailer}", None),
+                ("{unknown}", None),
+                ("", None),
+            ];
+            for (name, w) in want {
+                assert_eq!(value(&v, name).as_deref(), w, "{name}");
+            }
+            v.set_rcpt(&recipient);
+            assert_eq!(value(&v, "{rcpt_addr}").as_deref(), Some("b@example.net"));
+            assert_eq!(value(&v, "{rcpt_host}").as_deref(), Some("example.net"));
+            assert_eq!(value(&v, "{rcpt_mailer}").as_deref(), Some("smtp"));
+            v.set_rcpt(&local);
+            assert_eq!(value(&v, "{rcpt_host}").as_deref(), None);
+            assert_eq!(value(&v, "{rcpt_mailer}").as_deref(), Some("local"));
+        }
+        env.client_name = Some(Vec::new());
+        env.client_addr = Some("2001:db8::1".parse().unwrap());
+        env.sender = Vec::new();
+        {
+            let v = MacroValues::new(&env);
+            assert_eq!(value(&v, "{client_name}").as_deref(), Some("[2001:db8::1]"));
+            assert_eq!(value(&v, "{client_ptr}").as_deref(), None);
+            assert_eq!(value(&v, "_").as_deref(), Some("[2001:db8::1]"));
+            assert_eq!(value(&v, "{mail_addr}").as_deref(), Some(""));
+            assert_eq!(value(&v, "{mail_host}").as_deref(), None);
+        }
+        env.client_name = Some(b"host".to_vec());
+        env.client_addr = None;
+        {
+            let v = MacroValues::new(&env);
+            assert_eq!(value(&v, "{client_name}").as_deref(), Some("host"));
+            assert_eq!(value(&v, "_").as_deref(), Some("host"));
+            assert_eq!(value(&v, "{client_addr}").as_deref(), None);
+            assert_eq!(value(&v, "{client_port}").as_deref(), None);
+            assert_eq!(value(&v, "{mail_mailer}").as_deref(), Some("local"));
+        }
+        env.client_name = None;
+        let v = MacroValues::new(&env);
+        assert_eq!(value(&v, "{client_name}").as_deref(), None);
+        assert_eq!(value(&v, "_").as_deref(), None);
     }
 }

@@ -722,6 +722,16 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
 /// (where INSHEADER 0, the usual case, puts it: DKIM-Signature, ARC sets), at or past the end it
 /// goes to the end; a changed field is removed and added again at the end.
 fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec<Action>) {
+    let edits_header = outcome.edits.iter().any(|e| {
+        matches!(
+            e,
+            Edit::AddHeader { .. } | Edit::InsHeader { .. } | Edit::ChgHeader { .. }
+        )
+    });
+    if !edits_header {
+        // The header stays as it came: nothing to replay (the usual message).
+        return;
+    }
     let body_replaced = outcome.edits.iter().any(|e| matches!(e, Edit::ReplaceBody));
     let mut fields: Vec<Field> = outcome
         .headers

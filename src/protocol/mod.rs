@@ -128,28 +128,152 @@ fn wire_str(s: &[u8]) -> &[u8] {
 /// Pairs that would push the packet past `MAX_DATA_LEN` are left out (returned count says how many
 /// were written).
 pub fn encode_macros(buf: &mut Vec<u8>, stage_cmd: u8, pairs: &[(&[u8], &[u8])]) -> usize {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0, 0, 0, SMFIC_MACRO, stage_cmd]);
+    let start = begin_macros(buf, stage_cmd);
     let mut written = 0;
     for (name, value) in pairs {
-        let (name, value) = (wire_str(name), wire_str(value));
-        if name.is_empty() {
-            continue;
+        if push_macro(buf, start, name, |b| {
+            b.extend_from_slice(value);
+            true
+        }) {
+            written += 1;
         }
-        // Data so far (stage byte included) plus this pair with its two NULs.
-        let data = buf.len() - start - 5;
-        if data + name.len() + value.len() + 2 > MAX_DATA_LEN {
-            continue;
-        }
-        buf.extend_from_slice(name);
-        buf.push(0);
-        buf.extend_from_slice(value);
-        buf.push(0);
-        written += 1;
     }
+    end_packet(buf, start);
+    written
+}
+
+/// Starts a MACRO packet for `stage_cmd` in `buf` and returns where it starts; pairs are added
+/// with `push_macro` and the length is set by `end_packet`.
+pub fn begin_macros(buf: &mut Vec<u8>, stage_cmd: u8) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, SMFIC_MACRO, stage_cmd]);
+    start
+}
+
+/// Adds one pair to the MACRO packet that starts at `start`: the name, then the value that
+/// `value` appends to the buffer (returning false when there is none, and nothing is added).
+/// Both are cut at an embedded NUL; an empty name, or a pair that would push the packet past
+/// `MAX_DATA_LEN`, is left out. True when the pair was added.
+pub fn push_macro(
+    buf: &mut Vec<u8>,
+    start: usize,
+    name: &[u8],
+    value: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> bool {
+    let name = wire_str(name);
+    if name.is_empty() {
+        return false;
+    }
+    let before = buf.len();
+    buf.extend_from_slice(name);
+    buf.push(0);
+    let value_at = buf.len();
+    if !value(buf) {
+        buf.truncate(before);
+        return false;
+    }
+    if let Some(nul) = buf[value_at..].iter().position(|&b| b == 0) {
+        buf.truncate(value_at + nul);
+    }
+    buf.push(0);
+    // The data is everything after the length and the command byte.
+    if buf.len() - start - 5 > MAX_DATA_LEN {
+        buf.truncate(before);
+        return false;
+    }
+    true
+}
+
+/// Sets the length of the packet that starts at `start` and runs to the end of `buf`.
+pub fn end_packet(buf: &mut [u8], start: usize) {
     let len = (buf.len() - start - 4) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    written
+}
+
+/// An IP address as text (`inet_ntop` form), held without allocating.
+pub struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(addr: &std::net::IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match addr {
+            std::net::IpAddr::V4(a) => t.v4(a),
+            std::net::IpAddr::V6(a) => {
+                // The standard library's text (compressed, with an embedded IPv4 part where
+                // inet_ntop writes one); 45 bytes at most.
+                use std::fmt::Write as _;
+                let _ = write!(t, "{a}");
+            }
+        }
+        t
+    }
+
+    pub fn v4_text(addr: &std::net::Ipv4Addr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        t.v4(addr);
+        t
+    }
+
+    /// Dotted quad, written digit by digit: this runs for every message.
+    fn v4(&mut self, addr: &std::net::Ipv4Addr) {
+        for (i, octet) in addr.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            if octet >= 100 {
+                self.push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                self.push(b'0' + octet / 10 % 10);
+            }
+            self.push(b'0' + octet % 10);
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for &b in s.as_bytes() {
+            self.push(b);
+        }
+        Ok(())
+    }
+}
+
+/// Appends the decimal digits of `n`.
+pub fn push_decimal(buf: &mut Vec<u8>, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 /// Appends CONNECT: host name NUL, family, [port, address NUL].
@@ -166,7 +290,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
                 host,
                 b"\x004",
                 &port.to_be_bytes(),
-                addr.to_string().as_bytes(),
+                IpText::v4_text(addr).as_bytes(),
                 b"\0",
             ],
         ),
@@ -177,7 +301,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
                 host,
                 b"\x006",
                 &port.to_be_bytes(),
-                addr.to_string().as_bytes(),
+                IpText::new(&std::net::IpAddr::V6(*addr)).as_bytes(),
                 b"\0",
             ],
         ),
@@ -190,17 +314,48 @@ pub fn encode_strings(buf: &mut Vec<u8>, cmd: u8, strings: &[&[u8]]) {
     let start = buf.len();
     buf.extend_from_slice(&[0, 0, 0, 0, cmd]);
     for s in strings {
-        let s = wire_str(s);
-        let data = buf.len() - start - 5;
-        if data + 1 > MAX_DATA_LEN {
+        if !push_string(buf, start, wire_str(s)) {
             break;
         }
-        let room = MAX_DATA_LEN - data - 1;
-        buf.extend_from_slice(&s[..s.len().min(room)]);
-        buf.push(0);
     }
-    let len = (buf.len() - start - 4) as u32;
-    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    end_packet(buf, start);
+}
+
+/// Appends MAIL or RCPT: `<addr>` and then each ESMTP argument, as `encode_strings` writes them
+/// (the bracketed address cut at a NUL in it), without building the bracketed copy.
+pub fn encode_address_command(buf: &mut Vec<u8>, cmd: u8, addr: &[u8], args: &[Vec<u8>]) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, cmd, b'<']);
+    let bare = wire_str(addr);
+    buf.extend_from_slice(bare);
+    if bare.len() == addr.len() {
+        buf.push(b'>');
+    }
+    // As push_string: cut to the room the packet has, then the NUL.
+    let room = MAX_DATA_LEN - 1;
+    if buf.len() - start - 5 > room {
+        buf.truncate(start + 5 + room);
+    }
+    buf.push(0);
+    for a in args {
+        if !push_string(buf, start, wire_str(a)) {
+            break;
+        }
+    }
+    end_packet(buf, start);
+}
+
+/// Adds one NUL-terminated string to the packet that starts at `start`, cut to the room left
+/// within `MAX_DATA_LEN`; false when there is no room even for its NUL (nothing is added).
+fn push_string(buf: &mut Vec<u8>, start: usize, s: &[u8]) -> bool {
+    let data = buf.len() - start - 5;
+    if data + 1 > MAX_DATA_LEN {
+        return false;
+    }
+    let room = MAX_DATA_LEN - data - 1;
+    buf.extend_from_slice(&s[..s.len().min(room)]);
+    buf.push(0);
+    true
 }
 
 /// Appends HEADER: name NUL value NUL (value cut to fit `MAX_DATA_LEN`).
@@ -830,5 +985,98 @@ mod tests {
             trace::hexdump(b"ABC\x00"),
             "  000000  41 42 43 00                                       ABC."
         );
+    }
+
+    #[test]
+    fn ip_text_is_the_standard_librarys_text() {
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 9, 10, 99, 100, 199, 255] {
+                let v4 = std::net::Ipv4Addr::new(a, b, 255 - a, a / 3);
+                assert_eq!(IpText::v4_text(&v4).as_bytes(), v4.to_string().as_bytes());
+                let ip = std::net::IpAddr::V4(v4);
+                assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+            }
+        }
+        for text in [
+            "::",
+            "::1",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "0:0:0:0:0:ffff:255.255.255.255",
+        ] {
+            let ip: std::net::IpAddr = text.parse().unwrap();
+            assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0u32, 1, 9, 10, 99, 100, 40000, 65535, u32::MAX] {
+            let mut b = b"x".to_vec();
+            push_decimal(&mut b, n);
+            assert_eq!(b, format!("x{n}").into_bytes());
+        }
+    }
+
+    /// The address commands are written in place; they must be what encode_strings writes for
+    /// the bracketed address and the arguments, whatever the input.
+    #[test]
+    fn address_commands_equal_the_general_encoder() {
+        let long = vec![b'a'; MAX_DATA_LEN + 10];
+        let addrs: [&[u8]; 6] = [
+            b"user@example.org",
+            b"",
+            b"us\0er@example.org",
+            b"\0",
+            &long,
+            &long[..MAX_DATA_LEN - 2],
+        ];
+        let arg_sets: [Vec<Vec<u8>>; 4] = [
+            vec![],
+            vec![b"SIZE=100".to_vec(), b"BODY=8BITMIME".to_vec()],
+            vec![long.clone(), b"X".to_vec()],
+            vec![b"A\0B".to_vec()],
+        ];
+        for addr in addrs {
+            for args in &arg_sets {
+                let mut angled = vec![b'<'];
+                angled.extend_from_slice(addr);
+                angled.push(b'>');
+                let mut strings: Vec<&[u8]> = vec![&angled];
+                strings.extend(args.iter().map(|a| a.as_slice()));
+                let mut want = Vec::new();
+                encode_strings(&mut want, SMFIC_RCPT, &strings);
+                let mut got = Vec::new();
+                encode_address_command(&mut got, SMFIC_RCPT, addr, args);
+                assert_eq!(got, want, "addr {} args {args:?}", addr.len());
+                assert!(got.len() - 5 <= MAX_DATA_LEN);
+            }
+        }
+    }
+
+    #[test]
+    fn macro_pairs_written_in_place() {
+        let mut b = Vec::new();
+        let start = begin_macros(&mut b, b'C');
+        assert!(push_macro(&mut b, start, b"j", |v| {
+            v.extend_from_slice(b"mx");
+            true
+        }));
+        assert!(!push_macro(&mut b, start, b"x", |_| false));
+        assert!(!push_macro(&mut b, start, b"", |v| {
+            v.extend_from_slice(b"lost");
+            true
+        }));
+        assert!(push_macro(&mut b, start, b"{a\0b}", |v| {
+            v.extend_from_slice(b"v\0w");
+            true
+        }));
+        assert!(!push_macro(&mut b, start, b"big", |v| {
+            v.extend_from_slice(&vec![b'x'; MAX_DATA_LEN]);
+            true
+        }));
+        end_packet(&mut b, start);
+        assert_eq!(b, b"\0\0\0\x0cDCj\0mx\0{a\0v\0".to_vec());
     }
 }
