@@ -28,7 +28,8 @@ pub fn find_bare_lf(s: &[u8], cr_before: bool) -> Option<usize> {
             // SAFETY: the CPU has AVX2 (checked just now; std caches the answer).
             return unsafe { x86::bare_lf_avx2(s, cr_before) };
         }
-        x86::bare_lf_sse2(s, cr_before)
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { x86::bare_lf_sse2(s, cr_before) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -53,9 +54,7 @@ fn bare_lf_by_memchr(s: &[u8], cr_before: bool) -> Option<usize> {
 
 /// The bytes from `from` on, one at a time: the tail shorter than a vector.
 fn bare_lf_from(s: &[u8], from: usize, cr_before: bool) -> Option<usize> {
-    (from..s.len()).find(|&i| {
-        s[i] == b'\n' && !(if i > 0 { s[i - 1] == b'\r' } else { cr_before })
-    })
+    (from..s.len()).find(|&i| s[i] == b'\n' && !(if i > 0 { s[i - 1] == b'\r' } else { cr_before }))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -90,8 +89,12 @@ mod x86 {
         super::bare_lf_from(s, i, cr_before)
     }
 
-    /// 16 bytes at a time (SSE2 is part of every x86_64 CPU).
-    pub fn bare_lf_sse2(s: &[u8], cr_before: bool) -> Option<usize> {
+    /// 16 bytes at a time.
+    ///
+    /// # Safety
+    /// The CPU must support SSE2, which every x86_64 CPU does.
+    #[target_feature(enable = "sse2")]
+    pub unsafe fn bare_lf_sse2(s: &[u8], cr_before: bool) -> Option<usize> {
         let lf = _mm_set1_epi8(b'\n' as i8);
         let cr = _mm_set1_epi8(b'\r' as i8);
         let mut carry = cr_before as u32;
@@ -169,7 +172,9 @@ mod tests {
                     assert_eq!(bare_lf_by_memchr(t, cr_before), want, "{t:?}");
                     #[cfg(target_arch = "x86_64")]
                     {
-                        assert_eq!(x86::bare_lf_sse2(t, cr_before), want, "{t:?}");
+                        // SAFETY: SSE2 is part of the x86_64 baseline.
+                        let got = unsafe { x86::bare_lf_sse2(t, cr_before) };
+                        assert_eq!(got, want, "{t:?}");
                         if std::is_x86_feature_detected!("avx2") {
                             // SAFETY: checked just above.
                             let got = unsafe { x86::bare_lf_avx2(t, cr_before) };

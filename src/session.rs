@@ -730,16 +730,14 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         match &self.neg.macros[stage] {
             Some(names) => {
                 for name in names {
-                    any |= protocol::push_macro(&mut self.out, start, name, |b| {
-                        values.write(name, b)
-                    });
+                    any |=
+                        protocol::push_macro(&mut self.out, start, name, |b| values.write(name, b));
                 }
             }
             None => {
                 for name in DEFAULT_MACROS[stage] {
-                    any |= protocol::push_macro(&mut self.out, start, name, |b| {
-                        values.write(name, b)
-                    });
+                    any |=
+                        protocol::push_macro(&mut self.out, start, name, |b| values.write(name, b));
                 }
             }
         }
@@ -1186,16 +1184,13 @@ impl<'e> MacroValues<'e> {
         match bare {
             b"rcpt_addr" => out.extend_from_slice(self.rcpt.unwrap_or_default()),
             b"rcpt_host" => out.extend_from_slice(self.rcpt.and_then(at_host).unwrap_or_default()),
-            b"rcpt_mailer" => {
-                if let Some(r) = self.rcpt {
-                    out.extend_from_slice(if at_host(r).is_some() { b"smtp" } else { b"local" });
-                }
+            b"rcpt_mailer" if self.rcpt.is_some() => {
+                let smtp = self.rcpt.and_then(at_host).is_some();
+                out.extend_from_slice(if smtp { b"smtp" } else { b"local" });
             }
             b"client_addr" => out.extend_from_slice(addr.unwrap_or_default()),
-            b"client_port" => {
-                if addr.is_some() {
-                    protocol::push_decimal(out, u32::from(env.client_port));
-                }
+            b"client_port" if addr.is_some() => {
+                protocol::push_decimal(out, u32::from(env.client_port));
             }
             b"client_ptr" => out.extend_from_slice(self.name.unwrap_or_default()),
             b"client_name" | b"_" => {
@@ -1218,7 +1213,9 @@ impl<'e> MacroValues<'e> {
                 return true;
             }
             b"mail_host" => out.extend_from_slice(at_host(&env.sender).unwrap_or_default()),
-            b"mail_mailer" => out.extend_from_slice(if addr.is_some() { b"smtp" } else { b"local" }),
+            b"mail_mailer" => {
+                out.extend_from_slice(if addr.is_some() { b"smtp" } else { b"local" })
+            }
             _ => {}
         }
         out.len() > start
@@ -1660,7 +1657,10 @@ mod tests {
             client_addr: Some("192.0.2.1".parse().unwrap()),
             client_port: 40000,
             sender: b"a@example.com".to_vec(),
-            macros: vec![(b"j".to_vec(), b"mx".to_vec()), (b"{empty}".to_vec(), Vec::new())],
+            macros: vec![
+                (b"j".to_vec(), b"mx".to_vec()),
+                (b"{empty}".to_vec(), Vec::new()),
+            ],
             ..Envelope::default()
         };
         let recipient = b"b@example.net".to_vec();
