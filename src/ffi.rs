@@ -300,7 +300,9 @@ pub unsafe extern "C" fn spamfilter_filter(
         let handle = unsafe { &(*handle).inner };
         // SAFETY: non-NULL; fields are read only within struct_size.
         let msg = unsafe { &*message };
-        let (envelope, source) = match unsafe { envelope_of(msg) } {
+        let mut envelope = take_envelope();
+        // SAFETY: the caller promises the pointers inside the message are valid.
+        let source = match unsafe { envelope_of(msg, &mut envelope) } {
             Ok(v) => v,
             Err(e) => return fail(e.kind, &e.message),
         };
@@ -323,6 +325,7 @@ pub unsafe extern "C" fn spamfilter_filter(
                 run(Content::Reader(&mut reader))
             }
         };
+        give_back_envelope(envelope);
         if let Some(t) = transcript {
             result.transcript = c_string(t.as_bytes()).0;
         }
@@ -552,47 +555,78 @@ macro_rules! field {
     };
 }
 
+/// The bytes of a C string, borrowed; None for NULL.
+///
 /// # Safety
-/// Every pointer in `s` valid (or NULL).
-unsafe fn opt_bytes(s: *const c_char) -> Option<Vec<u8>> {
+/// `s` valid and NUL-terminated, or NULL; the bytes stay valid while the MTA's call lasts.
+unsafe fn c_bytes<'a>(s: *const c_char) -> Option<&'a [u8]> {
     if s.is_null() {
         None
     } else {
         // SAFETY: non-NULL, NUL-terminated (caller's promise).
-        Some(unsafe { CStr::from_ptr(s) }.to_bytes().to_vec())
+        Some(unsafe { CStr::from_ptr(s) }.to_bytes())
     }
 }
 
+/// `dst` becomes a copy of `src`, in the memory it already has.
+fn set_bytes(dst: &mut Vec<u8>, src: &[u8]) {
+    dst.clear();
+    dst.extend_from_slice(src);
+}
+
+/// `dst` becomes a copy of the C string `s` (None for NULL), in the memory it already has.
+///
+/// # Safety
+/// `s` valid and NUL-terminated, or NULL.
+unsafe fn set_opt_bytes(dst: &mut Option<Vec<u8>>, s: *const c_char) {
+    // SAFETY: as the caller promises.
+    match (unsafe { c_bytes(s) }, dst.as_mut()) {
+        (None, _) => *dst = None,
+        (Some(b), Some(v)) => set_bytes(v, b),
+        (Some(b), None) => *dst = Some(b.to_vec()),
+    }
+}
+
+/// Fills `out` with `count` strings from the C array `ptr`, reusing the strings it holds.
+/// `what` names the array in errors.
+///
 /// # Safety
 /// `ptr` valid for `count` string pointers when non-NULL.
 unsafe fn string_list(
-    what: &str,
+    out: &mut Vec<Vec<u8>>,
+    what: impl Fn() -> String,
     ptr: *const *const c_char,
     count: usize,
-) -> Result<Vec<Vec<u8>>, Error> {
+) -> Result<(), Error> {
+    out.truncate(count);
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     if ptr.is_null() {
         return Err(Error::message(format!(
-            "{what} is NULL but its count is {count}"
+            "{} is NULL but its count is {count}",
+            what()
         )));
     }
     if count > 1 << 20 {
         return Err(Error::message(format!(
-            "{what}: count {count} is not plausible"
+            "{}: count {count} is not plausible",
+            what()
         )));
     }
-    let mut out = Vec::with_capacity(count);
     for i in 0..count {
         // SAFETY: within the caller's array.
         let s = unsafe { *ptr.add(i) };
-        match unsafe { opt_bytes(s) } {
-            Some(b) => out.push(b),
-            None => return Err(Error::message(format!("{what}[{i}] is NULL"))),
+        // SAFETY: each entry a valid C string or NULL (caller's promise).
+        let Some(b) = (unsafe { c_bytes(s) }) else {
+            return Err(Error::message(format!("{}[{i}] is NULL", what())));
+        };
+        match out.get_mut(i) {
+            Some(v) => set_bytes(v, b),
+            None => out.push(b.to_vec()),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The message's flags, 0 when its `struct_size` does not cover them.
@@ -600,11 +634,39 @@ fn message_flags(msg: &SpamfilterMessage) -> u32 {
     field!(msg, flags).copied().unwrap_or(0)
 }
 
-/// Builds the safe envelope from the C struct, reading only fields within `struct_size`.
+thread_local! {
+    /// The envelope of this thread's last message, refilled in place for the next one so that
+    /// its strings reuse their memory.
+    static SPARE_ENVELOPE: std::cell::RefCell<Option<Envelope>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// An envelope to fill: this thread's last one, or a new one.
+fn take_envelope() -> Envelope {
+    SPARE_ENVELOPE
+        .try_with(|e| e.borrow_mut().take())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `env` for this thread's next message, unless it holds a lot.
+fn give_back_envelope(env: Envelope) {
+    if env.recipients.capacity() <= 1024 && env.macros.capacity() <= 256 {
+        let _ = SPARE_ENVELOPE.try_with(|e| *e.borrow_mut() = Some(env));
+    }
+}
+
+/// Fills `env` from the C struct, reading only fields within `struct_size`, and returns where
+/// the message's bytes come from. Every field of `env` is set: nothing of an earlier message
+/// stays.
 ///
 /// # Safety
 /// Pointers inside `msg` valid as documented on `SpamfilterMessage`.
-unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>), Error> {
+unsafe fn envelope_of<'m>(
+    msg: &'m SpamfilterMessage,
+    env: &mut Envelope,
+) -> Result<Source<'m>, Error> {
     let minimum = offset_of!(SpamfilterMessage, recipient_count) + size_of::<usize>();
     if msg.struct_size < minimum {
         return Err(Error::new(
@@ -616,12 +678,12 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
             ),
         ));
     }
-    let mut env = Envelope {
-        client_name: unsafe { opt_bytes(msg.client_name) },
-        ..Envelope::default()
-    };
-    if let Some(addr) = unsafe { opt_bytes(msg.client_addr) } {
-        let text = String::from_utf8_lossy(&addr);
+    // SAFETY (every c_bytes and set_opt_bytes below): the struct's strings are valid C strings
+    // or NULL, as the caller promises.
+    unsafe { set_opt_bytes(&mut env.client_name, msg.client_name) };
+    env.client_addr = None;
+    if let Some(addr) = unsafe { c_bytes(msg.client_addr) } {
+        let text = String::from_utf8_lossy(addr);
         let trimmed = text.trim();
         let bare = trimmed
             .strip_prefix("IPv6:")
@@ -633,55 +695,79 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
             env.client_addr = Some(bare.parse().map_err(|_| {
                 Error::message(format!(
                     "client_addr \"{}\" is not an IPv4 or IPv6 address",
-                    crate::error::escape(&addr)
+                    crate::error::escape(addr)
                 ))
             })?);
         }
     }
     env.client_port = msg.client_port;
-    env.helo = unsafe { opt_bytes(msg.helo) };
-    env.sender = unsafe { opt_bytes(msg.sender) }.unwrap_or_default();
-    env.mail_args = unsafe { string_list("mail_args", msg.mail_args, msg.mail_argc) }?;
-    if msg.recipient_count > 0 {
+    unsafe { set_opt_bytes(&mut env.helo, msg.helo) };
+    set_bytes(
+        &mut env.sender,
+        unsafe { c_bytes(msg.sender) }.unwrap_or_default(),
+    );
+    unsafe {
+        string_list(
+            &mut env.mail_args,
+            || "mail_args".to_string(),
+            msg.mail_args,
+            msg.mail_argc,
+        )
+    }?;
+    let count = msg.recipient_count;
+    if count > 0 {
         if msg.recipients.is_null() {
             return Err(Error::message(format!(
-                "recipients is NULL but recipient_count is {}",
-                msg.recipient_count
+                "recipients is NULL but recipient_count is {count}"
             )));
         }
-        if msg.recipient_count > 1 << 20 {
+        if count > 1 << 20 {
             return Err(Error::message(format!(
-                "recipient_count {} is not plausible",
-                msg.recipient_count
+                "recipient_count {count} is not plausible"
             )));
-        }
-        for i in 0..msg.recipient_count {
-            // SAFETY: within the caller's array.
-            let r = unsafe { &*msg.recipients.add(i) };
-            let address = unsafe { opt_bytes(r.address) }
-                .ok_or_else(|| Error::message(format!("recipients[{i}].address is NULL")))?;
-            let esmtp_args = unsafe {
-                string_list(
-                    &format!("recipients[{i}].esmtp_args"),
-                    r.esmtp_args,
-                    r.esmtp_argc,
-                )
-            }?;
-            env.recipients.push(Recipient {
-                address,
-                esmtp_args,
-            });
         }
     }
-    let mut push = |name: &[u8], v: Option<&*const c_char>| {
-        if let Some(v) = v.and_then(|p| unsafe { opt_bytes(*p) }) {
-            env.macros.push((name.to_vec(), v));
+    env.recipients.truncate(count);
+    for i in 0..count {
+        // SAFETY: within the caller's array.
+        let r = unsafe { &*msg.recipients.add(i) };
+        let address = unsafe { c_bytes(r.address) }
+            .ok_or_else(|| Error::message(format!("recipients[{i}].address is NULL")))?;
+        if env.recipients.len() == i {
+            env.recipients.push(Recipient::default());
         }
+        let rcpt = &mut env.recipients[i];
+        set_bytes(&mut rcpt.address, address);
+        unsafe {
+            string_list(
+                &mut rcpt.esmtp_args,
+                || format!("recipients[{i}].esmtp_args"),
+                r.esmtp_args,
+                r.esmtp_argc,
+            )
+        }?;
+    }
+    let mut macros = 0;
+    let mut push = |name: &[u8], value: &[u8]| {
+        match env.macros.get_mut(macros) {
+            Some((n, v)) => {
+                set_bytes(n, name);
+                set_bytes(v, value);
+            }
+            None => env.macros.push((name.to_vec(), value.to_vec())),
+        }
+        macros += 1;
     };
-    push(b"j", field!(msg, mta_hostname));
-    push(b"i", field!(msg, queue_id));
-    push(b"{auth_type}", field!(msg, auth_type));
-    push(b"{auth_authen}", field!(msg, auth_authen));
+    for (name, v) in [
+        (&b"j"[..], field!(msg, mta_hostname)),
+        (b"i", field!(msg, queue_id)),
+        (b"{auth_type}", field!(msg, auth_type)),
+        (b"{auth_authen}", field!(msg, auth_authen)),
+    ] {
+        if let Some(value) = v.and_then(|p| unsafe { c_bytes(*p) }) {
+            push(name, value);
+        }
+    }
     if let (Some(&ptr), Some(&count)) = (field!(msg, macros), field!(msg, macro_count)) {
         if count > 0 {
             if ptr.is_null() {
@@ -697,15 +783,16 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
             for i in 0..count {
                 // SAFETY: within the caller's array.
                 let m = unsafe { &*ptr.add(i) };
-                let name = unsafe { opt_bytes(m.name) }
+                let name = unsafe { c_bytes(m.name) }
                     .filter(|n| !n.is_empty())
                     .ok_or_else(|| Error::message(format!("macros[{i}].name is NULL or empty")))?;
-                if let Some(value) = unsafe { opt_bytes(m.value) } {
-                    env.macros.push((name, value));
+                if let Some(value) = unsafe { c_bytes(m.value) } {
+                    push(name, value);
                 }
             }
         }
     }
+    env.macros.truncate(macros);
     let read = field!(msg, read).copied().flatten();
     let read_ctx = field!(msg, read_ctx)
         .copied()
@@ -728,7 +815,7 @@ unsafe fn envelope_of(msg: &SpamfilterMessage) -> Result<(Envelope, Source<'_>),
             }
         }
     };
-    Ok((env, source))
+    Ok(source)
 }
 
 struct CallbackReader {

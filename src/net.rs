@@ -22,24 +22,34 @@ pub struct Connection {
     /// How the Milter was reached, for messages: `127.0.0.1:8891`, or
     /// `milter.example:8891 via SOCKS 127.0.0.1:1080`.
     pub peer: String,
+    /// The send timeout the socket has now (the connect's bound), when known: the session then
+    /// sets it again only when it needs another.
+    pub write_timeout: Option<Duration>,
 }
 
 /// Connects to the Milter named by `config`, no later than `deadline` and within
 /// CONNECT_TIMEOUT per attempt. The error after the last address lists what each attempt got.
 pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
-    let milter = host_port(&config.host, config.port);
     if config.socks_host.is_empty() {
-        let (stream, addr) =
-            connect_name(&config.host, config.port, config.connect_timeout, deadline)
-                .map_err(|e| e.context(format!("cannot connect to Milter {milter}")))?;
+        let (stream, addr, limit) =
+            connect_name(&config.host, config.port, config.connect_timeout, deadline).map_err(
+                |e| {
+                    e.context(format!(
+                        "cannot connect to Milter {}",
+                        host_port(&config.host, config.port)
+                    ))
+                },
+            )?;
         return Ok(Connection {
             stream,
             peer: addr.to_string(),
+            write_timeout: Some(limit),
         });
     }
 
+    let milter = host_port(&config.host, config.port);
     let proxy = host_port(&config.socks_host, config.socks_port);
-    let (stream, proxy_addr) = connect_name(
+    let (stream, proxy_addr, _) = connect_name(
         &config.socks_host,
         config.socks_port,
         config.connect_timeout,
@@ -86,6 +96,7 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
     Ok(Connection {
         stream,
         peer: format!("{milter} via SOCKS {proxy_addr}"),
+        write_timeout: None,
     })
 }
 
@@ -141,13 +152,14 @@ pub fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>
     }
 }
 
-/// Resolves `host` and connects to its addresses in order; the first that answers wins.
+/// Resolves `host` and connects to its addresses in order; the first that answers wins. Returns
+/// the stream, the address, and the send timeout left set on it (the connect's bound).
 fn connect_name(
     host: &str,
     port: u16,
     connect_timeout: Duration,
     deadline: Instant,
-) -> Result<(TcpStream, SocketAddr)> {
+) -> Result<(TcpStream, SocketAddr, Duration)> {
     let limit = connect_timeout.min(time_left(deadline));
     if limit.is_zero() {
         return Err(Error::timeout(
@@ -159,14 +171,15 @@ fn connect_name(
 }
 
 /// Tries each address in order with `min(connect_timeout, time left to deadline)`, and returns
-/// the first connected stream (TCP_NODELAY set). The error lists every address with what it got;
+/// the first connected stream (TCP_NODELAY set), its address and that bound, which stays set
+/// as its send timeout. The error lists every address with what it got;
 /// its kind is Timeout when every attempt timed out, else Connect.
 pub fn connect_addrs(
     addrs: &[SocketAddr],
     connect_timeout: Duration,
     deadline: Instant,
-) -> Result<(TcpStream, SocketAddr)> {
-    let mut attempts = Vec::with_capacity(addrs.len());
+) -> Result<(TcpStream, SocketAddr, Duration)> {
+    let mut attempts = Vec::new();
     let mut all_timed_out = true;
     for addr in addrs {
         let limit = connect_timeout.min(time_left(deadline));
@@ -177,7 +190,7 @@ pub fn connect_addrs(
             continue;
         }
         match connect_one(addr, limit) {
-            Ok(stream) => return Ok((stream, *addr)),
+            Ok(stream) => return Ok((stream, *addr, limit)),
             Err(e) if is_timeout(&e) => {
                 attempts.push(format!("{addr}: timed out after {}", seconds(limit)))
             }

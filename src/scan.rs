@@ -1,14 +1,19 @@
 //! Byte scans over message text that run once per byte of every message, vectorised: the body's
 //! line ends are checked here, and on a large message this is most of the library's own work.
 
-/// The position of the first LF in `s`: the C library's memchr (vectorised).
+/// The position of the first LF in `s`.
 pub fn find_lf(s: &[u8]) -> Option<usize> {
+    find_byte(s, b'\n')
+}
+
+/// The position of the first `byte` in `s`: the C library's memchr (vectorised).
+pub fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
     if s.is_empty() {
         return None;
     }
     // SAFETY: memchr reads at most s.len() bytes from s.as_ptr(), all within the slice, and
     // returns NULL or a pointer into it.
-    let p = unsafe { libc::memchr(s.as_ptr().cast(), b'\n' as libc::c_int, s.len()) };
+    let p = unsafe { libc::memchr(s.as_ptr().cast(), libc::c_int::from(byte), s.len()) };
     if p.is_null() {
         None
     } else {

@@ -150,8 +150,8 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
     rend: usize,
     timeout: Duration,
     deadline: Instant,
-    /// Read/write timeout currently set on the socket (to save system calls).
-    socket_timeout: Option<Duration>,
+    /// The timeouts set on the socket now (to save system calls).
+    timeouts: SocketTimeouts,
     neg: Negotiation,
     /// The message's header fields, as parsed.
     headers: HeaderSection,
@@ -165,7 +165,8 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
 
 /// Stream timeouts, so that the session can bound every read and write.
 pub trait Timeouts {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()>;
+    fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
+    fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
     /// Bytes that can be read without blocking (0 if unknown).
     fn pending(&mut self) -> usize {
         0
@@ -176,9 +177,19 @@ pub trait Timeouts {
     fn quickack(&mut self) {}
 }
 
+/// The read and write timeouts a stream has now, as far as the session knows (None: not known,
+/// to be set before the first read or write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketTimeouts {
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+}
+
 impl Timeouts for std::net::TcpStream {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
+    fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+    fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
         self.set_write_timeout(Some(timeout))
     }
     fn quickack(&mut self) {
@@ -198,8 +209,10 @@ pub(crate) fn peek(stream: &std::net::TcpStream) -> io::Result<usize> {
 }
 
 impl Timeouts for std::os::unix::net::UnixStream {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
+    fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+    fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
         self.set_write_timeout(Some(timeout))
     }
 }
@@ -215,6 +228,8 @@ pub struct Ended {
     /// Milter speaks version 6 and takes CONNECT, so that QUIT_NC and a new CONNECT can follow.
     /// Otherwise QUIT was sent.
     pub reusable: bool,
+    /// The timeouts left set on the stream, for its next conversation.
+    pub timeouts: SocketTimeouts,
 }
 
 /// Runs the conversation for one message on a connected stream and returns what the Milter
@@ -222,7 +237,8 @@ pub struct Ended {
 ///
 /// `reused`: the stream was kept open after an earlier message and this is what was negotiated
 /// on it then: QUIT_NC starts this message, with no new negotiation. `keep`: leave the stream
-/// open at the end when it can be reused, instead of sending QUIT.
+/// open at the end when it can be reused, instead of sending QUIT. `timeouts`: those the stream
+/// has now, where known.
 #[allow(clippy::too_many_arguments)]
 pub fn run<S: Read + Write + Timeouts>(
     config: &Config,
@@ -234,6 +250,7 @@ pub fn run<S: Read + Write + Timeouts>(
     transcript: Option<&mut Vec<String>>,
     reused: Option<Negotiation>,
     keep: bool,
+    timeouts: SocketTimeouts,
 ) -> Result<Ended> {
     let spare = take_buffers();
     let mut c = Conversation {
@@ -246,7 +263,7 @@ pub fn run<S: Read + Write + Timeouts>(
         rend: 0,
         timeout: config.timeout,
         deadline,
-        socket_timeout: None,
+        timeouts,
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
@@ -285,6 +302,7 @@ pub fn run<S: Read + Write + Timeouts>(
         outcome,
         negotiation: std::mem::take(&mut c.neg),
         reusable,
+        timeouts: c.timeouts,
     })
 }
 
@@ -727,17 +745,21 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     fn macros(&mut self, stage: usize, values: &MacroValues<'_>) {
         let start = protocol::begin_macros(&mut self.out, STAGE_CMD[stage]);
         let mut any = false;
+        let mut add = |out: &mut Vec<u8>, name: &[u8], bare: &[u8], kind: Derived| {
+            if let Some(v) = values.value(bare, kind) {
+                any |= protocol::push_macro(out, start, name, v.parts());
+            }
+        };
         match &self.neg.macros[stage] {
             Some(names) => {
                 for name in names {
-                    any |=
-                        protocol::push_macro(&mut self.out, start, name, |b| values.write(name, b));
+                    let bare = bare_macro_name(name);
+                    add(&mut self.out, name, bare, Derived::of(bare));
                 }
             }
             None => {
-                for name in DEFAULT_MACROS[stage] {
-                    any |=
-                        protocol::push_macro(&mut self.out, start, name, |b| values.write(name, b));
+                for m in &default_plan()[stage] {
+                    add(&mut self.out, m.name, m.bare, m.kind);
                 }
             }
         }
@@ -940,15 +962,19 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         }
         let t = self.timeout.min(left);
         // Reset only when needed: TIMEOUT stays set until the deadline comes closer than it.
-        let needed = match self.socket_timeout {
+        let stale = |cur: Option<Duration>| match cur {
             None => true,
             Some(cur) => t < cur || (t > cur && cur < self.timeout),
         };
-        if needed {
-            self.stream
-                .set_timeouts(t)
-                .map_err(|e| Error::io(format!("milter {}: setting timeout: {e}", self.peer)))?;
-            self.socket_timeout = Some(t);
+        let setting =
+            |e: io::Error| Error::io(format!("milter {}: setting timeout: {e}", self.peer));
+        if stale(self.timeouts.read) {
+            self.stream.set_read_timeout_to(t).map_err(setting)?;
+            self.timeouts.read = Some(t);
+        }
+        if stale(self.timeouts.write) {
+            self.stream.set_write_timeout_to(t).map_err(setting)?;
+            self.timeouts.write = Some(t);
         }
         Ok(())
     }
@@ -1092,7 +1118,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 // The wait was bounded by the message deadline when that was nearer than
                 // TIMEOUT (the socket was armed with less than TIMEOUT).
                 let left = self.deadline.saturating_duration_since(Instant::now());
-                let by_deadline = self.socket_timeout.is_some_and(|t| t < self.timeout);
+                let by_deadline = self.timeouts.read.is_some_and(|t| t < self.timeout);
                 if left.is_zero() || by_deadline {
                     Error::timeout(format!(
                         "milter {}: {doing} the Milter: the conversation took longer than \
@@ -1142,14 +1168,109 @@ fn unescape_percent(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Macro values for the current stage: the MTA's own, and those derived from the envelope,
-/// written straight into the packet (nothing is allocated per message).
+/// A macro the library can derive from the envelope when the MTA gives no value of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Derived {
+    No,
+    RcptAddr,
+    RcptHost,
+    RcptMailer,
+    ClientAddr,
+    ClientPort,
+    ClientName,
+    ClientPtr,
+    /// `_`: "name [addr]", as sendmail writes the client's identity.
+    Ident,
+    MailAddr,
+    MailHost,
+    MailMailer,
+}
+
+impl Derived {
+    /// The kind of a macro by its name without braces.
+    fn of(bare: &[u8]) -> Derived {
+        match bare {
+            b"rcpt_addr" => Derived::RcptAddr,
+            b"rcpt_host" => Derived::RcptHost,
+            b"rcpt_mailer" => Derived::RcptMailer,
+            b"client_addr" => Derived::ClientAddr,
+            b"client_port" => Derived::ClientPort,
+            b"client_name" => Derived::ClientName,
+            b"client_ptr" => Derived::ClientPtr,
+            b"_" => Derived::Ident,
+            b"mail_addr" => Derived::MailAddr,
+            b"mail_host" => Derived::MailHost,
+            b"mail_mailer" => Derived::MailMailer,
+            _ => Derived::No,
+        }
+    }
+}
+
+/// One macro of the default lists, with its bare name and kind worked out once.
+struct Planned {
+    name: &'static [u8],
+    bare: &'static [u8],
+    kind: Derived,
+}
+
+/// `DEFAULT_MACROS` with each name's bare form and kind, built once per process.
+fn default_plan() -> &'static [Vec<Planned>; 7] {
+    static PLAN: std::sync::OnceLock<[Vec<Planned>; 7]> = std::sync::OnceLock::new();
+    PLAN.get_or_init(|| {
+        DEFAULT_MACROS.map(|names| {
+            names
+                .iter()
+                .map(|&name| {
+                    let bare = bare_macro_name(name);
+                    Planned {
+                        name,
+                        bare,
+                        kind: Derived::of(bare),
+                    }
+                })
+                .collect()
+        })
+    })
+}
+
+/// A macro value as up to four pieces written one after the other (`[`, address, `]`), so
+/// that composed values need no buffer of their own.
+struct Parts<'v> {
+    parts: [&'v [u8]; 4],
+    n: usize,
+}
+
+impl<'v> Parts<'v> {
+    fn one(s: &'v [u8]) -> Parts<'v> {
+        Parts {
+            parts: [s, &[], &[], &[]],
+            n: 1,
+        }
+    }
+
+    fn of(parts: [&'v [u8]; 4], n: usize) -> Parts<'v> {
+        Parts { parts, n }
+    }
+
+    fn parts(&self) -> &[&'v [u8]] {
+        &self.parts[..self.n]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts().iter().all(|p| p.is_empty())
+    }
+}
+
+/// Macro values for the current stage: the MTA's own, and those derived from the envelope.
+/// Nothing is allocated per message: composed values are handed out as parts.
 struct MacroValues<'e> {
     env: &'e Envelope,
     /// The client's host name, when known and not empty.
     name: Option<&'e [u8]>,
     /// The client's address as text, when there is one.
-    addr: Option<protocol::IpText>,
+    addr: Option<protocol::InlineText>,
+    /// The client's port in decimal.
+    port: protocol::InlineText,
     /// The recipient of the last RCPT, once there is one.
     rcpt: Option<&'e [u8]>,
 }
@@ -1159,7 +1280,8 @@ impl<'e> MacroValues<'e> {
         MacroValues {
             env,
             name: env.client_name.as_deref().filter(|n| !n.is_empty()),
-            addr: env.client_addr.as_ref().map(protocol::IpText::new),
+            addr: env.client_addr.as_ref().map(protocol::InlineText::new),
+            port: protocol::InlineText::decimal(u32::from(env.client_port)),
             rcpt: None,
         }
     }
@@ -1168,57 +1290,46 @@ impl<'e> MacroValues<'e> {
         self.rcpt = Some(address);
     }
 
-    /// Appends the value of macro `name` to `out`, or nothing and false when it has none. The
-    /// MTA's value wins over a derived one; an empty value counts as none, except the null
-    /// sender's empty `mail_addr`.
-    fn write(&self, name: &[u8], out: &mut Vec<u8>) -> bool {
-        let bare = bare_macro_name(name);
+    /// The value of the macro whose bare name is `bare` (of kind `kind`), or None when it has
+    /// none. The MTA's value wins over a derived one; an empty value counts as none, except the
+    /// null sender's empty `mail_addr`.
+    fn value(&self, bare: &[u8], kind: Derived) -> Option<Parts<'_>> {
         if let Some(v) = self.env.macro_value(bare) {
-            out.extend_from_slice(v);
-            return !v.is_empty();
+            return (!v.is_empty()).then(|| Parts::one(v));
         }
         let env = self.env;
         let addr = self.addr.as_ref().map(|a| a.as_bytes());
         let at_host = |a: &'e [u8]| a.iter().rposition(|&b| b == b'@').map(|at| &a[at + 1..]);
-        let start = out.len();
-        match bare {
-            b"rcpt_addr" => out.extend_from_slice(self.rcpt.unwrap_or_default()),
-            b"rcpt_host" => out.extend_from_slice(self.rcpt.and_then(at_host).unwrap_or_default()),
-            b"rcpt_mailer" if self.rcpt.is_some() => {
-                let smtp = self.rcpt.and_then(at_host).is_some();
-                out.extend_from_slice(if smtp { b"smtp" } else { b"local" });
+        let v = match kind {
+            Derived::No => return None,
+            Derived::RcptAddr => Parts::one(self.rcpt?),
+            Derived::RcptHost => Parts::one(at_host(self.rcpt?)?),
+            Derived::RcptMailer => Parts::one(match at_host(self.rcpt?) {
+                Some(_) => b"smtp",
+                None => b"local",
+            }),
+            Derived::ClientAddr => Parts::one(addr?),
+            Derived::ClientPort => {
+                addr?;
+                Parts::one(self.port.as_bytes())
             }
-            b"client_addr" => out.extend_from_slice(addr.unwrap_or_default()),
-            b"client_port" if addr.is_some() => {
-                protocol::push_decimal(out, u32::from(env.client_port));
-            }
-            b"client_ptr" => out.extend_from_slice(self.name.unwrap_or_default()),
-            b"client_name" | b"_" => {
-                // `_` is "name [addr]", as sendmail writes the client's identity; client_name
-                // is the name, or "[addr]" without one.
-                if let Some(n) = self.name {
-                    out.extend_from_slice(n);
-                }
-                if let Some(a) = addr.filter(|_| bare == b"_" || self.name.is_none()) {
-                    if self.name.is_some() {
-                        out.push(b' ');
-                    }
-                    out.push(b'[');
-                    out.extend_from_slice(a);
-                    out.push(b']');
-                }
-            }
-            b"mail_addr" => {
-                out.extend_from_slice(&env.sender);
-                return true;
-            }
-            b"mail_host" => out.extend_from_slice(at_host(&env.sender).unwrap_or_default()),
-            b"mail_mailer" => {
-                out.extend_from_slice(if addr.is_some() { b"smtp" } else { b"local" })
-            }
-            _ => {}
-        }
-        out.len() > start
+            Derived::ClientPtr => Parts::one(self.name?),
+            Derived::ClientName => match (self.name, addr) {
+                (Some(n), _) => Parts::one(n),
+                (None, Some(a)) => Parts::of([b"[", a, b"]", &[]], 3),
+                (None, None) => return None,
+            },
+            Derived::Ident => match (self.name, addr) {
+                (Some(n), Some(a)) => Parts::of([n, b" [", a, b"]"], 4),
+                (None, Some(a)) => Parts::of([b"[", a, b"]", &[]], 3),
+                (Some(n), None) => Parts::one(n),
+                (None, None) => return None,
+            },
+            Derived::MailAddr => return Some(Parts::one(&env.sender)),
+            Derived::MailHost => Parts::one(at_host(&env.sender)?),
+            Derived::MailMailer => Parts::one(if addr.is_some() { b"smtp" } else { b"local" }),
+        };
+        (!v.is_empty()).then_some(v)
     }
 }
 
@@ -1647,10 +1758,9 @@ mod tests {
     #[test]
     fn macro_values_from_the_envelope() {
         fn value(v: &MacroValues<'_>, name: &str) -> Option<String> {
-            let mut out = b"x".to_vec();
-            let had = v.write(name.as_bytes(), &mut out);
-            assert_eq!(had, out.len() > 1 || name.contains("mail_addr"), "{name}");
-            had.then(|| String::from_utf8(out[1..].to_vec()).unwrap())
+            let bare = bare_macro_name(name.as_bytes());
+            let parts = v.value(bare, Derived::of(bare))?;
+            Some(String::from_utf8(parts.parts().concat()).unwrap())
         }
         let mut env = Envelope {
             client_name: Some(b"mail.example.org".to_vec()),

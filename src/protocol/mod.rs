@@ -118,7 +118,7 @@ pub fn encode_optneg(buf: &mut Vec<u8>, version: u32, actions: u32, protocol: u3
 /// A string as it goes on the wire: cut at an embedded NUL (which would end it early on the
 /// Milter's side and shift every later field).
 fn wire_str(s: &[u8]) -> &[u8] {
-    match s.iter().position(|&b| b == 0) {
+    match crate::scan::find_byte(s, 0) {
         Some(i) => &s[..i],
         None => s,
     }
@@ -131,10 +131,7 @@ pub fn encode_macros(buf: &mut Vec<u8>, stage_cmd: u8, pairs: &[(&[u8], &[u8])])
     let start = begin_macros(buf, stage_cmd);
     let mut written = 0;
     for (name, value) in pairs {
-        if push_macro(buf, start, name, |b| {
-            b.extend_from_slice(value);
-            true
-        }) {
+        if push_macro(buf, start, name, &[value]) {
             written += 1;
         }
     }
@@ -150,37 +147,42 @@ pub fn begin_macros(buf: &mut Vec<u8>, stage_cmd: u8) -> usize {
     start
 }
 
-/// Adds one pair to the MACRO packet that starts at `start`: the name, then the value that
-/// `value` appends to the buffer (returning false when there is none, and nothing is added).
-/// Both are cut at an embedded NUL; an empty name, or a pair that would push the packet past
-/// `MAX_DATA_LEN`, is left out. True when the pair was added.
-pub fn push_macro(
-    buf: &mut Vec<u8>,
-    start: usize,
-    name: &[u8],
-    value: impl FnOnce(&mut Vec<u8>) -> bool,
-) -> bool {
+/// Adds one pair to the MACRO packet that starts at `start`: the name, then the value, given
+/// as parts written one after the other. Both are cut at an embedded NUL; an empty name, or a
+/// pair that would push the packet past `MAX_DATA_LEN`, is left out. True when it was added.
+pub fn push_macro(buf: &mut Vec<u8>, start: usize, name: &[u8], value: &[&[u8]]) -> bool {
     let name = wire_str(name);
     if name.is_empty() {
         return false;
     }
-    let before = buf.len();
+    // The value ends at the first NUL of any part.
+    let mut parts = value.len();
+    let mut last_len = 0;
+    let mut total = 0;
+    for (i, part) in value.iter().enumerate() {
+        if let Some(nul) = crate::scan::find_byte(part, 0) {
+            parts = i + 1;
+            last_len = nul;
+            total += nul;
+            break;
+        }
+        total += part.len();
+        last_len = part.len();
+    }
+    // The data is everything after the length and the command byte.
+    if buf.len() - start - 5 + name.len() + total + 2 > MAX_DATA_LEN {
+        return false;
+    }
+    buf.reserve(name.len() + total + 2);
     buf.extend_from_slice(name);
     buf.push(0);
-    let value_at = buf.len();
-    if !value(buf) {
-        buf.truncate(before);
-        return false;
-    }
-    if let Some(nul) = buf[value_at..].iter().position(|&b| b == 0) {
-        buf.truncate(value_at + nul);
+    if parts > 0 {
+        for part in &value[..parts - 1] {
+            buf.extend_from_slice(part);
+        }
+        buf.extend_from_slice(&value[parts - 1][..last_len]);
     }
     buf.push(0);
-    // The data is everything after the length and the command byte.
-    if buf.len() - start - 5 > MAX_DATA_LEN {
-        buf.truncate(before);
-        return false;
-    }
     true
 }
 
@@ -190,15 +192,15 @@ pub fn end_packet(buf: &mut [u8], start: usize) {
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// An IP address as text (`inet_ntop` form), held without allocating.
-pub struct IpText {
+/// Short text held without allocating: an IP address (`inet_ntop` form) or a port.
+pub struct InlineText {
     buf: [u8; 48],
     len: usize,
 }
 
-impl IpText {
-    pub fn new(addr: &std::net::IpAddr) -> IpText {
-        let mut t = IpText {
+impl InlineText {
+    pub fn new(addr: &std::net::IpAddr) -> InlineText {
+        let mut t = InlineText {
             buf: [0; 48],
             len: 0,
         };
@@ -214,8 +216,31 @@ impl IpText {
         t
     }
 
-    pub fn v4_text(addr: &std::net::Ipv4Addr) -> IpText {
-        let mut t = IpText {
+    /// `n` in decimal (a port), held the same way.
+    pub fn decimal(n: u32) -> InlineText {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut t = InlineText {
+            buf: [0; 48],
+            len: 0,
+        };
+        for &d in &digits[i..] {
+            t.push(d);
+        }
+        t
+    }
+
+    pub fn v4_text(addr: &std::net::Ipv4Addr) -> InlineText {
+        let mut t = InlineText {
             buf: [0; 48],
             len: 0,
         };
@@ -251,29 +276,13 @@ impl IpText {
     }
 }
 
-impl std::fmt::Write for IpText {
+impl std::fmt::Write for InlineText {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         for &b in s.as_bytes() {
             self.push(b);
         }
         Ok(())
     }
-}
-
-/// Appends the decimal digits of `n`.
-pub fn push_decimal(buf: &mut Vec<u8>, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
 }
 
 /// Appends CONNECT: host name NUL, family, [port, address NUL].
@@ -290,7 +299,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
                 host,
                 b"\x004",
                 &port.to_be_bytes(),
-                IpText::v4_text(addr).as_bytes(),
+                InlineText::v4_text(addr).as_bytes(),
                 b"\0",
             ],
         ),
@@ -301,7 +310,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, hostname: &[u8], addr: &ConnectAddr) {
                 host,
                 b"\x006",
                 &port.to_be_bytes(),
-                IpText::new(&std::net::IpAddr::V6(*addr)).as_bytes(),
+                InlineText::new(&std::net::IpAddr::V6(*addr)).as_bytes(),
                 b"\0",
             ],
         ),
@@ -992,9 +1001,12 @@ mod tests {
         for a in 0..=255u8 {
             for b in [0u8, 1, 9, 10, 99, 100, 199, 255] {
                 let v4 = std::net::Ipv4Addr::new(a, b, 255 - a, a / 3);
-                assert_eq!(IpText::v4_text(&v4).as_bytes(), v4.to_string().as_bytes());
+                assert_eq!(
+                    InlineText::v4_text(&v4).as_bytes(),
+                    v4.to_string().as_bytes()
+                );
                 let ip = std::net::IpAddr::V4(v4);
-                assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+                assert_eq!(InlineText::new(&ip).as_bytes(), ip.to_string().as_bytes());
             }
         }
         for text in [
@@ -1006,16 +1018,14 @@ mod tests {
             "0:0:0:0:0:ffff:255.255.255.255",
         ] {
             let ip: std::net::IpAddr = text.parse().unwrap();
-            assert_eq!(IpText::new(&ip).as_bytes(), ip.to_string().as_bytes());
+            assert_eq!(InlineText::new(&ip).as_bytes(), ip.to_string().as_bytes());
         }
     }
 
     #[test]
     fn decimal_digits() {
         for n in [0u32, 1, 9, 10, 99, 100, 40000, 65535, u32::MAX] {
-            let mut b = b"x".to_vec();
-            push_decimal(&mut b, n);
-            assert_eq!(b, format!("x{n}").into_bytes());
+            assert_eq!(InlineText::decimal(n).as_bytes(), n.to_string().as_bytes());
         }
     }
 
@@ -1059,24 +1069,23 @@ mod tests {
     fn macro_pairs_written_in_place() {
         let mut b = Vec::new();
         let start = begin_macros(&mut b, b'C');
-        assert!(push_macro(&mut b, start, b"j", |v| {
-            v.extend_from_slice(b"mx");
-            true
-        }));
-        assert!(!push_macro(&mut b, start, b"x", |_| false));
-        assert!(!push_macro(&mut b, start, b"", |v| {
-            v.extend_from_slice(b"lost");
-            true
-        }));
-        assert!(push_macro(&mut b, start, b"{a\0b}", |v| {
-            v.extend_from_slice(b"v\0w");
-            true
-        }));
-        assert!(!push_macro(&mut b, start, b"big", |v| {
-            v.extend_from_slice(&vec![b'x'; MAX_DATA_LEN]);
-            true
-        }));
+        assert!(push_macro(&mut b, start, b"j", &[b"m", b"x"]));
+        assert!(!push_macro(&mut b, start, b"", &[b"lost"]));
+        assert!(push_macro(&mut b, start, b"{a\0b}", &[b"v", b"\0w", b"z"]));
+        assert!(push_macro(&mut b, start, b"e", &[]));
+        assert!(!push_macro(
+            &mut b,
+            start,
+            b"big",
+            &[&vec![b'x'; MAX_DATA_LEN]]
+        ));
         end_packet(&mut b, start);
-        assert_eq!(b, b"\0\0\0\x0cDCj\0mx\0{a\0v\0".to_vec());
+        assert_eq!(b, b"\0\0\0\x0fDCj\0mx\0{a\0v\0e\0\0".to_vec());
+        // Exactly at the limit, and one past it.
+        for (len, fits) in [(MAX_DATA_LEN - 4, true), (MAX_DATA_LEN - 3, false)] {
+            let mut b = Vec::new();
+            let start = begin_macros(&mut b, b'C');
+            assert_eq!(push_macro(&mut b, start, b"j", &[&vec![b'x'; len]]), fits);
+        }
     }
 }
