@@ -127,6 +127,10 @@ pub const MAX_HEADER_SECTION: usize = 4 << 20;
 /// (a long body under NR_BODY).
 const WRITE_HIGH_WATER: usize = 256 << 10;
 
+/// A write this small fits in a TCP socket's send buffer (16 KiB by default, and it only grows
+/// from there): when nothing else is unsent it never blocks.
+const SMALL_WRITE: usize = 4096;
+
 /// What a command's reply means for the conversation.
 enum Answer {
     /// Go on (CONTINUE, or no reply expected).
@@ -152,6 +156,12 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
     deadline: Instant,
     /// The timeouts set on the socket now (to save system calls).
     timeouts: SocketTimeouts,
+    /// The last write was armed and small enough never to block, so the read of its reply
+    /// may run on the same arming: no second look at the clock (one per round trip).
+    read_armed: bool,
+    /// Bytes were written that no reply has answered yet (a long body under NR_BODY): they may
+    /// still fill the socket's send buffer.
+    unanswered: bool,
     neg: Negotiation,
     /// The message's header fields, as parsed.
     headers: HeaderSection,
@@ -159,6 +169,9 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
     edits: Vec<Edit>,
     quarantine: Option<Vec<u8>>,
     trace_packets: bool,
+    /// Every read and write is logged in hex (DEBUG=3). Asked once per message: the question
+    /// goes through the logger's dispatch each time.
+    trace_io: bool,
     /// The command whose reply was read last, once one was.
     replied_to: Option<&'static str>,
 }
@@ -264,11 +277,14 @@ pub fn run<S: Read + Write + Timeouts>(
         timeout: config.timeout,
         deadline,
         timeouts,
+        read_armed: false,
+        unanswered: false,
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
         quarantine: None,
         trace_packets: log_enabled!(Level::Debug),
+        trace_io: log_enabled!(Level::Trace),
         replied_to: None,
     };
     match reused {
@@ -419,7 +435,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         }
         // log! evaluates its arguments whenever the global level allows, which the per-handle
         // dispatcher sets to everything: the names are built only when this handle logs them.
-        if log_enabled!(Level::Debug) {
+        if self.trace_packets {
             debug!(
                 "milter {}: negotiated version {}, actions {}, protocol {}",
                 self.peer,
@@ -788,6 +804,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         if !expect_reply {
             if self.out.len() >= WRITE_HIGH_WATER {
                 self.flush()?;
+                self.unanswered = true;
             }
             return Ok(Answer::Continue);
         }
@@ -937,7 +954,11 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             }
         }
         self.arm()?;
-        if log_enabled!(Level::Trace) {
+        // When every earlier write has been answered, the Milter has read it and the socket's
+        // send buffer is empty: a write this small goes straight into it and returns at once,
+        // and the timeout just set still bounds the reply by the deadline.
+        self.read_armed = self.out.len() <= SMALL_WRITE && !self.unanswered;
+        if self.trace_io {
             trace!(
                 "milter {}: write {} octets\n{}",
                 self.peer,
@@ -983,6 +1004,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     /// read). Memory grows only as the bytes actually arrive.
     fn read_packet(&mut self, what: &'static str) -> Result<(u8, std::ops::Range<usize>)> {
         self.replied_to = Some(what);
+        self.unanswered = false;
         self.fill(4, what)?;
         let p = self.rpos;
         let prefix = [
@@ -1052,7 +1074,9 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                     .min(self.rend + (1 << 16));
                 self.rbuf.resize(grown, 0);
             }
-            self.arm()?;
+            if !std::mem::take(&mut self.read_armed) {
+                self.arm()?;
+            }
             let have = self.rend;
             let got = loop {
                 match self.stream.read(&mut self.rbuf[have..]) {
@@ -1070,7 +1094,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 }
                 Ok(got) => {
                     self.rend += got;
-                    if log_enabled!(Level::Trace) {
+                    if self.trace_io {
                         trace!(
                             "milter {}: read {got} octets\n{}",
                             self.peer,

@@ -430,8 +430,14 @@ fn spamass_milter_flags_gtube_or_rejects_it_with_r() {
     );
     assert_eq!(value_of(&added, "X-Spam-Flag"), "YES");
     let status = value_of(&added, "X-Spam-Status");
+    // The rules that hit, a comma-separated list that may be folded; which others hit besides
+    // GTUBE depends on the day (the fixture's Date gets older: DATE_IN_PAST_*).
+    let rules: Vec<&str> = status
+        .split_once(" tests=")
+        .map(|(_, r)| r.split(|c: char| c == ',' || c.is_whitespace()).collect())
+        .unwrap_or_default();
     assert!(
-        status.starts_with("Yes, score=") && status.contains(" tests=GTUBE"),
+        status.starts_with("Yes, score=") && rules.contains(&"GTUBE"),
         "X-Spam-Status: {status}"
     );
     assert_eq!(value_of(&added, "X-Spam-Level"), "*".repeat(50));

@@ -76,8 +76,8 @@ impl LoadMilter {
                 return Err(format!("{} exited at start: {status}", script.display()));
             }
             // Listening, and not some other server of this test process on the same port.
-            if TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && process::listener_is_ours(port, m.child.id())
+            if process::listener_is_ours(port, m.child.id())
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
             {
                 return Ok(m);
             }

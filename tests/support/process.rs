@@ -112,8 +112,8 @@ impl Group {
             if let Some(how) = self.ended() {
                 return Err(NotListening::Ended(how));
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && listener_is_ours(port, self.child.id())
+            if listener_is_ours(port, self.child.id())
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
             {
                 return Ok(());
             }
@@ -161,14 +161,23 @@ impl Group {
     }
 }
 
-/// False when what listens on 127.0.0.1:`port` belongs to another server this test process
+/// True when a socket listens on `port` and it is not another server this test process
 /// started (a process group whose leader is our child, but not the group led by `leader`): two
 /// servers started at once can be handed the same free port, and the one that lost the bind
-/// would otherwise be taken for ready while the tests talk to the other. True when the listener
-/// is in `leader`'s group, or belongs to anything else (a daemon that left its group, or a
-/// listener /proc does not show), which the caller's own checks then judge.
+/// would otherwise be taken for ready while the tests talk to the other. A listener of
+/// anything else (a daemon that left its group) counts, and so does any answer when /proc
+/// cannot be read; the caller's own checks then judge.
+///
+/// Asked before connecting: a connect to a port nobody listens on can, once in many thousand
+/// tries, be given that same port as its own and connect to itself, and then it holds the port
+/// the server is about to bind ("cannot opensocket") and looks like a listener.
 pub fn listener_is_ours(port: u16, leader: u32) -> bool {
-    let owners = listener_pids(port);
+    let Some(owners) = listener_pids(port) else {
+        return true;
+    };
+    if owners.is_empty() {
+        return false;
+    }
     if owners.iter().any(|&pid| pgid_of(pid) == Some(leader)) {
         return true;
     }
@@ -180,13 +189,17 @@ pub fn listener_is_ours(port: u16, leader: u32) -> bool {
     })
 }
 
-/// The processes holding a socket that listens on `port` (any address), from /proc.
-fn listener_pids(port: u16) -> Vec<u32> {
+/// The processes holding a socket that listens on `port` (any address), from /proc; None when
+/// /proc's socket tables cannot be read, empty when nothing listens. A listener whose holder
+/// cannot be seen (another user's process) is given as pid 0, which is in no group of ours.
+fn listener_pids(port: u16) -> Option<Vec<u32>> {
     let mut inodes: Vec<String> = Vec::new();
+    let mut readable = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
+        readable = true;
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; field 9 is the inode.
@@ -201,12 +214,15 @@ fn listener_pids(port: u16) -> Vec<u32> {
             }
         }
     }
+    if !readable {
+        return None;
+    }
     if inodes.is_empty() {
-        return Vec::new();
+        return Some(Vec::new());
     }
     let mut pids = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return pids;
+        return Some(vec![0]);
     };
     for entry in procs.flatten() {
         let Some(pid) = entry
@@ -229,7 +245,10 @@ fn listener_pids(port: u16) -> Vec<u32> {
             pids.push(pid);
         }
     }
-    pids
+    if pids.is_empty() {
+        pids.push(0);
+    }
+    Some(pids)
 }
 
 /// Field `n` (1-based, after the command name) of /proc/PID/stat.
