@@ -295,7 +295,7 @@ impl Handle {
             Ok((outcome, negotiation, peer)) => {
                 let verdict = verdict::build(&outcome, &self.verdict_options);
                 // Built only when this handle logs at DEBUG≥1: the escaped verdict is not free.
-                if log::log_enabled!(log::Level::Info) {
+                if self.config.debug >= 1 {
                     log::info!(
                         "message {}: milter {peer}: {} in {} ms",
                         id(),

@@ -42,7 +42,7 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
             )?;
         return Ok(Connection {
             stream,
-            peer: addr.to_string(),
+            peer: addr_text(&addr),
             write_timeout: Some(limit),
         });
     }
@@ -98,6 +98,24 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
         peer: format!("{milter} via SOCKS {proxy_addr}"),
         write_timeout: None,
     })
+}
+
+/// `addr` as `SocketAddr`'s text (`127.0.0.1:8891`, `[::1]:8891`), an IPv4 address written
+/// without the formatting machinery: this runs for every message.
+fn addr_text(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => {
+            let ip = crate::protocol::InlineText::v4_text(a.ip());
+            let port = crate::protocol::InlineText::decimal(u32::from(a.port()));
+            let mut s = String::with_capacity(ip.as_bytes().len() + 6);
+            // Both are ASCII digits and dots.
+            s.push_str(std::str::from_utf8(ip.as_bytes()).unwrap_or_default());
+            s.push(':');
+            s.push_str(std::str::from_utf8(port.as_bytes()).unwrap_or_default());
+            s
+        }
+        SocketAddr::V6(_) => addr.to_string(),
+    }
 }
 
 /// `host:port`, with an IPv6 literal in brackets: `[::1]:8891`.
@@ -165,6 +183,10 @@ fn connect_name(
         return Err(Error::timeout(
             "the message deadline passed before connecting",
         ));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        // A literal: nothing to resolve (and no list to build).
+        return connect_addrs(&[SocketAddr::new(ip, port)], connect_timeout, deadline);
     }
     let addrs = resolve(host, port, limit)?;
     connect_addrs(&addrs, connect_timeout, deadline)
@@ -593,6 +615,22 @@ fn authenticate<S: Read + Write>(stream: &mut S, user: &str, password: &str) -> 
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn addresses_read_as_the_standard_library_writes_them() {
+        for text in [
+            "127.0.0.1:8891",
+            "0.0.0.0:1",
+            "255.255.255.255:65535",
+            "10.20.30.40:80",
+            "[::1]:8891",
+            "[2001:db8::5]:25",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(addr_text(&addr), addr.to_string());
+            assert_eq!(addr_text(&addr), text);
+        }
+    }
 
     /// A proxy's side of the conversation in memory: what it will send, and what it received.
     struct Script {

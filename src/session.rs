@@ -15,7 +15,7 @@ use crate::scan::{find_bare_lf, find_lf};
 use crate::verdict::{
     Disposition, Edit, Header, Outcome, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
 };
-use log::{debug, log_enabled, trace, warn, Level};
+use log::{debug, trace, warn};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -283,8 +283,10 @@ pub fn run<S: Read + Write + Timeouts>(
         headers: spare.headers,
         edits: Vec::new(),
         quarantine: None,
-        trace_packets: log_enabled!(Level::Debug),
-        trace_io: log_enabled!(Level::Trace),
+        // The handle's DEBUG level, read from its options: asking the logger goes through its
+        // dispatch on every call.
+        trace_packets: config.debug >= 2,
+        trace_io: config.debug >= 3,
         replied_to: None,
     };
     match reused {
