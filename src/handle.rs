@@ -35,8 +35,9 @@ pub struct Handle {
     config: Config,
     verdict_options: VerdictOptions,
     log: Arc<LogSink>,
-    /// Idle connections kept for the next message (CONNECTION_REUSE), newest last.
-    pool: Mutex<Vec<Pooled>>,
+    /// Idle connections kept for the next message: CONNECTION_REUSE slots, each empty or
+    /// holding one.
+    pool: Vec<Mutex<Option<Pooled>>>,
 }
 
 /// A connection kept open after a message that ended cleanly at end of message.
@@ -50,11 +51,22 @@ struct Pooled {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let pool = std::mem::take(self.pool.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for mut p in pool {
-            session::quit(&mut p.stream);
+        for slot in &mut self.pool {
+            let kept = slot.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(mut p) = kept {
+                session::quit(&mut p.stream);
+            }
         }
     }
+}
+
+/// This thread's place among the pool's slots: threads are numbered as they first filter.
+fn thread_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SLOT.try_with(|s| *s).unwrap_or(0)
 }
 
 /// True when a kept connection is still open with nothing unread: the Milter neither closed it
@@ -71,6 +83,9 @@ impl Handle {
 
     /// A handle for an already validated configuration.
     pub fn new(config: Config) -> Handle {
+        let pool = (0..config.connection_reuse)
+            .map(|_| Mutex::new(None))
+            .collect();
         let log = LogSink::new(&config);
         let verdict_options = VerdictOptions {
             context_edits: config.context_edits,
@@ -86,7 +101,7 @@ impl Handle {
             config,
             verdict_options,
             log,
-            pool: Mutex::new(Vec::new()),
+            pool,
         }
     }
 
@@ -122,23 +137,45 @@ impl Handle {
         })
     }
 
+    /// A kept connection, if one is idle. The slots are looked at from this thread's own one
+    /// on, and one that another thread is using right now is passed over, never waited for: an
+    /// MTA thread usually gets back the connection it used last, and threads never queue on a
+    /// lock whose holder the scheduler has just preempted.
     fn take_pooled(&self) -> Option<Pooled> {
-        if self.config.connection_reuse == 0 {
+        let n = self.pool.len();
+        if n == 0 {
             return None;
         }
-        // A poisoned lock only means another thread panicked while holding it; the Vec is fine.
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.pop()
+        let first = thread_slot();
+        (0..n).find_map(|i| {
+            match self.pool[(first + i) % n].try_lock() {
+                Ok(mut slot) => slot.take(),
+                // A poisoned lock only means another thread panicked holding it; the slot's
+                // value is whole (take and put cannot panic half-way).
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
+        })
     }
 
-    /// Keeps a connection whose conversation ended cleanly at end of message, or closes it
-    /// (with QUIT) when CONNECTION_REUSE connections are already kept.
-    fn give_back(&self, mut p: Pooled) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < self.config.connection_reuse as usize {
-            pool.push(p);
-        } else {
-            drop(pool);
+    /// Keeps a connection whose conversation ended cleanly at end of message in a free slot,
+    /// this thread's own first, or closes it (with QUIT) when every slot is taken.
+    fn give_back(&self, p: Pooled) {
+        let n = self.pool.len();
+        let first = thread_slot();
+        let mut p = Some(p);
+        for i in 0..n {
+            let mut slot = match self.pool[(first + i) % n].try_lock() {
+                Ok(slot) => slot,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            if slot.is_none() {
+                *slot = p.take();
+                return;
+            }
+        }
+        if let Some(mut p) = p {
             session::quit(&mut p.stream);
         }
     }
