@@ -16,7 +16,7 @@ use crate::verdict::{
     Disposition, Edit, Header, Outcome, RecipientReject, Stage, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
 };
 use log::{debug, trace, warn};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,39 @@ pub const MAX_HEADER_SECTION: usize = 4 << 20;
 /// (a long body under NR_BODY).
 const WRITE_HIGH_WATER: usize = 256 << 10;
 
+/// At most this many parts of the message are spliced into one write.
+const MAX_SPLICED: usize = 8;
+
+/// A part of the message this long or longer is spliced into the write instead of copied: a
+/// copy of less costs less than the bookkeeping.
+const SPLICE_MIN: usize = 16 << 10;
+
+/// Message bytes written as they are after the first `at` bytes of the write buffer.
+struct Splice<'m> {
+    at: usize,
+    bytes: &'m [u8],
+}
+
+/// A packet we send, for the transcript and the DEBUG=2 log.
+fn trace_packet(
+    transcript: Option<&mut Vec<String>>,
+    trace_packets: bool,
+    peer: &str,
+    cmd: u8,
+    data: &[u8],
+) {
+    if let Some(t) = transcript {
+        t.push(protocol::trace::describe(true, cmd, data));
+    }
+    if trace_packets {
+        debug!(
+            "milter {peer}: {}\n{}",
+            protocol::trace::describe(true, cmd, data),
+            protocol::trace::hexdump(&data[..data.len().min(4096)])
+        );
+    }
+}
+
 /// A write this small fits in a TCP socket's send buffer (16 KiB by default, and it only grows
 /// from there): when nothing else is unsent it never blocks.
 const SMALL_WRITE: usize = 4096;
@@ -141,12 +174,15 @@ enum Answer {
     Final(Disposition, Option<Vec<u8>>),
 }
 
-struct Conversation<'a, S: Read + Write + Timeouts> {
+struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     stream: &'a mut S,
     /// Every packet, described (the check tool's transcript), when asked for.
     transcript: Option<&'a mut Vec<String>>,
     peer: &'a str,
     out: Vec<u8>,
+    /// Parts of the MTA's message that go out as they are, without a copy: each is written
+    /// after the first `at` bytes of `out` (a BODY packet's header), in order.
+    spliced: Vec<Splice<'m>>,
     /// Replies as read: `rbuf[rpos..rend]` is unread; the storage past `rend` is reused, never
     /// zero-filled again.
     rbuf: Vec<u8>,
@@ -177,12 +213,25 @@ struct Conversation<'a, S: Read + Write + Timeouts> {
 }
 
 /// Stream timeouts, so that the session can bound every read and write.
-pub trait Timeouts {
+pub trait Timeouts: Write {
     fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
     fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
     /// Bytes that can be read without blocking (0 if unknown).
     fn pending(&mut self) -> usize {
         0
+    }
+    /// Writes all of `parts`, in order (as `write_all` of their concatenation).
+    fn send_all_vectored(&mut self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            match self.write_vectored(parts) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
     /// Acknowledge what arrives at once instead of delaying the ACK: a Milter that writes two
     /// reply packets without TCP_NODELAY (opendkim: INSHEADER, then ACCEPT) otherwise has its
@@ -201,6 +250,21 @@ pub struct SocketTimeouts {
 impl Timeouts for std::net::TcpStream {
     fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(timeout))
+    }
+    fn send_all_vectored(&mut self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+        // sendmsg with MSG_NOSIGNAL: writev would raise SIGPIPE in the MTA when the Milter has
+        // gone away, and the MTA's handling of that signal is not ours to change.
+        let socket = socket2::SockRef::from(&*self);
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            match socket.send_vectored_with_flags(parts, libc::MSG_NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
     fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
         self.set_write_timeout(Some(timeout))
@@ -271,6 +335,7 @@ pub fn run<S: Read + Write + Timeouts>(
         transcript,
         peer,
         out: spare.out,
+        spliced: Vec::new(),
         rbuf: spare.rbuf,
         rpos: 0,
         rend: 0,
@@ -364,7 +429,7 @@ fn take_buffers() -> Buffers {
         })
 }
 
-impl<S: Read + Write + Timeouts> Drop for Conversation<'_, S> {
+impl<S: Read + Write + Timeouts> Drop for Conversation<'_, '_, S> {
     fn drop(&mut self) {
         let mut b = Buffers {
             out: std::mem::take(&mut self.out),
@@ -383,7 +448,7 @@ impl<S: Read + Write + Timeouts> Drop for Conversation<'_, S> {
     }
 }
 
-impl<S: Read + Write + Timeouts> Conversation<'_, S> {
+impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
     fn negotiate(&mut self, version: u32) -> Result<()> {
         let offered = offered_protocol(version);
         let start = self.out.len();
@@ -490,7 +555,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         self.neg.protocol & bit != 0
     }
 
-    fn message(&mut self, env: &Envelope, content: Content<'_>) -> Result<Outcome> {
+    fn message(&mut self, env: &Envelope, content: Content<'m>) -> Result<Outcome> {
         let mut values = MacroValues::new(env);
 
         // CONNECT
@@ -670,13 +735,42 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
             let expect = !self.has(SMFIP_NR_BODY);
             let mut body = BodyCrlf::new(body_start);
             loop {
+                if self.spliced.len() == MAX_SPLICED {
+                    self.flush()?;
+                    self.unanswered = true;
+                }
                 let start = self.out.len();
                 self.out.extend_from_slice(&[0, 0, 0, 0, SMFIC_BODY]);
-                let more = body.fill(&mut reader, &mut self.out, start + 5 + MAX_DATA_LEN)?;
-                let len = self.out.len() - start - 4;
+                // A long stretch of a message in memory that is CRLF text already goes out as
+                // it is; anything else is converted into the packet.
+                let (len, more) = match body.take_as_is(&mut reader, MAX_DATA_LEN) {
+                    Some(part) => {
+                        self.spliced.push(Splice {
+                            at: self.out.len(),
+                            bytes: part,
+                        });
+                        (part.len() + 1, true)
+                    }
+                    None => {
+                        let more =
+                            body.fill(&mut reader, &mut self.out, start + 5 + MAX_DATA_LEN)?;
+                        (self.out.len() - start - 4, more)
+                    }
+                };
                 if len > 1 {
                     self.out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-                    self.trace_out(start);
+                    match self.spliced.last() {
+                        Some(sp) if sp.at == self.out.len() => {
+                            trace_packet(
+                                self.transcript.as_deref_mut(),
+                                self.trace_packets,
+                                self.peer,
+                                SMFIC_BODY,
+                                sp.bytes,
+                            );
+                        }
+                        _ => self.trace_out(start),
+                    }
                     match self.answer(Stage::Body, expect)? {
                         Answer::Continue => {}
                         Answer::Skip => break,
@@ -804,7 +898,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     /// After a stage's packets are queued: read its reply if one is due, else maybe write out.
     fn answer(&mut self, stage: Stage, expect_reply: bool) -> Result<Answer> {
         if !expect_reply {
-            if self.out.len() >= WRITE_HIGH_WATER {
+            if self.unsent() >= WRITE_HIGH_WATER {
                 self.flush()?;
                 self.unanswered = true;
             }
@@ -959,7 +1053,7 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
         // When every earlier write has been answered, the Milter has read it and the socket's
         // send buffer is empty: a write this small goes straight into it and returns at once,
         // and the timeout just set still bounds the reply by the deadline.
-        self.read_armed = self.out.len() <= SMALL_WRITE && !self.unanswered;
+        self.read_armed = self.unsent() <= SMALL_WRITE && !self.unanswered;
         if self.trace_io {
             trace!(
                 "milter {}: write {} octets\n{}",
@@ -968,8 +1062,24 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
                 protocol::trace::hexdump(&self.out)
             );
         }
-        let result = self.stream.write_all(&self.out);
+        let result = if self.spliced.is_empty() {
+            self.stream.write_all(&self.out)
+        } else {
+            // The packets with the spliced parts in their places, in one system call.
+            let mut parts = [IoSlice::new(&[]); 2 * MAX_SPLICED + 1];
+            let mut n = 0;
+            let mut from = 0;
+            for sp in &self.spliced {
+                parts[n] = IoSlice::new(&self.out[from..sp.at]);
+                parts[n + 1] = IoSlice::new(sp.bytes);
+                n += 2;
+                from = sp.at;
+            }
+            parts[n] = IoSlice::new(&self.out[from..]);
+            self.stream.send_all_vectored(&mut parts[..n + 1])
+        };
         self.out.clear();
+        self.spliced.clear();
         result.map_err(|e| self.io_error("writing to", e))
     }
 
@@ -1113,25 +1223,20 @@ impl<S: Read + Write + Timeouts> Conversation<'_, S> {
     }
 
     fn trace_out(&mut self, start: usize) {
-        if let Some(t) = self.transcript.as_deref_mut() {
-            if self.out.len() >= start + 5 {
-                t.push(protocol::trace::describe(
-                    true,
-                    self.out[start + 4],
-                    &self.out[start + 5..],
-                ));
-            }
-        }
-        if self.trace_packets && self.out.len() >= start + 5 {
-            let cmd = self.out[start + 4];
-            let data = &self.out[start + 5..];
-            debug!(
-                "milter {}: {}\n{}",
+        if self.out.len() >= start + 5 {
+            trace_packet(
+                self.transcript.as_deref_mut(),
+                self.trace_packets,
                 self.peer,
-                protocol::trace::describe(true, cmd, data),
-                protocol::trace::hexdump(&data[..data.len().min(4096)])
+                self.out[start + 4],
+                &self.out[start + 5..],
             );
         }
+    }
+
+    /// Bytes queued and not yet written: those in `out` and those spliced in.
+    fn unsent(&self) -> usize {
+        self.out.len() + self.spliced.iter().map(|s| s.bytes.len()).sum::<usize>()
     }
 
     fn protocol_error(&self, what: &str) -> Error {
@@ -1437,6 +1542,14 @@ impl<'r> ContentReader<'r> {
         }
     }
 
+    /// For a message in memory, the rest of it, borrowed for as long as the message lives.
+    fn in_memory(&self) -> Option<&'r [u8]> {
+        match self.inner {
+            None => Some(&self.slice[self.pos..]),
+            Some(_) => None,
+        }
+    }
+
     /// The bytes available now.
     fn data(&self) -> &[u8] {
         if self.inner.is_none() {
@@ -1587,6 +1700,23 @@ impl BodyCrlf {
             pending_pos: 0,
             last_cr: false,
         }
+    }
+
+    /// The next `max` bytes of the body (or what is left) when they can go out as they are: a
+    /// message in memory, nothing held back by the header parser, CRLF text throughout, and
+    /// long enough to be worth not copying. They are consumed. None leaves everything as it was.
+    fn take_as_is<'r>(&mut self, reader: &mut ContentReader<'r>, max: usize) -> Option<&'r [u8]> {
+        if self.pending_pos < self.pending.len() {
+            return None;
+        }
+        let rest = reader.in_memory()?;
+        let window = &rest[..rest.len().min(max)];
+        if window.len() < SPLICE_MIN || find_bare_lf(window, self.last_cr).is_some() {
+            return None;
+        }
+        reader.consume(window.len());
+        self.last_cr = window.last() == Some(&b'\r');
+        Some(window)
     }
 
     /// Appends converted bytes to `out` until `out.len()` reaches `max` or the body ends; false

@@ -937,6 +937,69 @@ fn a_large_body_arrives_whole_in_chunks() {
     assert!(chunks.iter().all(|&n| n <= 65535), "chunks {chunks:?}");
 }
 
+/// A large body in memory that is CRLF text already goes out in place (spliced into the write,
+/// not copied); the few bare LFs in it still get their CR, a CRLF that straddles two 64 KiB
+/// chunks stays one line end, and the Milter receives exactly the converted text, whether it
+/// answers every chunk or none.
+#[test]
+fn a_large_crlf_body_in_memory_arrives_exactly_with_its_bare_lfs_fixed() {
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
+    let mut body = Vec::new();
+    while body.len() < 300_000 {
+        body.extend_from_slice(line);
+    }
+    // A CR as the last byte of the first chunk and its LF as the first of the next.
+    body.truncate(65535 - 1);
+    body.extend_from_slice(b"\r\n");
+    while body.len() < 400_000 {
+        body.extend_from_slice(line);
+    }
+    // Bare LFs far into the body, one in the first bytes of a chunk, and one at the end.
+    for at in [150_000usize, 196_606, 333_333] {
+        body[at] = b'\n';
+        body[at - 1] = b'x';
+    }
+    body.extend_from_slice(b"last line\n");
+    let mut want = Vec::new();
+    for (i, &b) in body.iter().enumerate() {
+        if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
+            want.push(b'\r');
+        }
+        want.push(b);
+    }
+    let mut message = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    message.extend_from_slice(&body);
+    for spec in ["{}", r#"{"protocol": ["NR_BODY", "NR_HDR"]}"#] {
+        let m = any_reply(spec);
+        let f = filter(&m, &envelope("crlf"), &message);
+        assert_no_verdict(&f);
+        let r = m.recorded("crlf");
+        let eom = r.first("eom");
+        assert_eq!(
+            eom.get("body_bytes").num(),
+            Some(want.len() as i64),
+            "{spec}"
+        );
+        let got: Vec<u8> = eom
+            .get("body")
+            .text()
+            .expect("body")
+            .chars()
+            .map(|c| c as u32 as u8)
+            .collect();
+        assert!(got == want, "{spec}: the body differs from its CRLF form");
+        let chunks: Vec<i64> = r
+            .all("body")
+            .iter()
+            .map(|e| e.get("bytes").num().unwrap())
+            .collect();
+        assert!(
+            chunks.iter().all(|&n| n <= 65535),
+            "{spec}: chunks {chunks:?}"
+        );
+    }
+}
+
 #[test]
 fn null_sender_ipv6_client_and_local_submission() {
     let m = any_reply("{}");
