@@ -195,6 +195,8 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     /// The last write was armed and small enough never to block, so the read of its reply
     /// may run on the same arming: no second look at the clock (one per round trip).
     read_armed: bool,
+    /// The connection may be kept for the next message (CONNECTION_REUSE).
+    keep: bool,
     /// Bytes were written that no reply has answered yet (a long body under NR_BODY): they may
     /// still fill the socket's send buffer.
     unanswered: bool,
@@ -344,6 +346,7 @@ pub fn run<S: Read + Write + Timeouts>(
         timeouts,
         read_armed: false,
         unanswered: false,
+        keep,
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
@@ -760,6 +763,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 if len > 1 {
                     self.out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
                     match self.spliced.last() {
+                        _ if self.transcript.is_none() && !self.trace_packets => {}
                         Some(sp) if sp.at == self.out.len() => {
                             trace_packet(
                                 self.transcript.as_deref_mut(),
@@ -794,7 +798,14 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             Answer::Final(d, reply) => (d, reply),
             Answer::Continue | Answer::Skip => (Disposition::Continue, None),
         };
-        let unread = self.stream.pending() + self.unread();
+        // Bytes that came with the final reply break "one command, one reply". The socket
+        // itself is looked at too (one system call) only when the connection may be kept: its
+        // next message would pair them with its own commands. One that is closed now can carry
+        // nothing of them into another message.
+        let mut unread = self.unread();
+        if self.keep {
+            unread += self.stream.pending();
+        }
         if unread > 0 {
             return Err(self.protocol_error(&format!(
                 "sent more after its final reply to BODYEOB ({unread} or more unexpected bytes)"
@@ -1223,6 +1234,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
     }
 
     fn trace_out(&mut self, start: usize) {
+        if self.transcript.is_none() && !self.trace_packets {
+            return;
+        }
         if self.out.len() >= start + 5 {
             trace_packet(
                 self.transcript.as_deref_mut(),
@@ -1404,7 +1418,16 @@ struct MacroValues<'e> {
     port: protocol::InlineText,
     /// The recipient of the last RCPT, once there is one.
     rcpt: Option<&'e [u8]>,
+    /// The MTA's macros by bare name, the last of a name first (it wins), worked out once
+    /// instead of for every name looked up; None when there are more than fit.
+    mta: Option<(MtaTable<'e>, usize)>,
 }
+
+/// (bare name, value) pairs.
+type MtaTable<'e> = [(&'e [u8], &'e [u8]); MTA_MACROS];
+
+/// The MTA's macros looked up from a small table when there are at most this many.
+const MTA_MACROS: usize = 16;
 
 impl<'e> MacroValues<'e> {
     fn new(env: &'e Envelope) -> MacroValues<'e> {
@@ -1414,6 +1437,24 @@ impl<'e> MacroValues<'e> {
             addr: env.client_addr.as_ref().map(protocol::InlineText::new),
             port: protocol::InlineText::decimal(u32::from(env.client_port)),
             rcpt: None,
+            mta: (env.macros.len() <= MTA_MACROS).then(|| {
+                let mut table: MtaTable<'_> = [(&[], &[]); MTA_MACROS];
+                for (slot, (name, value)) in table.iter_mut().zip(env.macros.iter().rev()) {
+                    *slot = (bare_macro_name(name), value.as_slice());
+                }
+                (table, env.macros.len())
+            }),
+        }
+    }
+
+    /// The MTA's value of the macro whose bare name is `bare`.
+    fn mta_value(&self, bare: &[u8]) -> Option<&'e [u8]> {
+        match &self.mta {
+            Some((table, n)) => table[..*n]
+                .iter()
+                .find(|(name, _)| *name == bare)
+                .map(|m| m.1),
+            None => self.env.macro_value(bare),
         }
     }
 
@@ -1425,7 +1466,7 @@ impl<'e> MacroValues<'e> {
     /// none. The MTA's value wins over a derived one; an empty value counts as none, except the
     /// null sender's empty `mail_addr`.
     fn value(&self, bare: &[u8], kind: Derived) -> Option<Parts<'_>> {
-        if let Some(v) = self.env.macro_value(bare) {
+        if let Some(v) = self.mta_value(bare) {
             return (!v.is_empty()).then(|| Parts::one(v));
         }
         let env = self.env;
@@ -1986,5 +2027,19 @@ mod tests {
         let v = MacroValues::new(&env);
         assert_eq!(value(&v, "{client_name}").as_deref(), None);
         assert_eq!(value(&v, "_").as_deref(), None);
+
+        // The last of a name wins, braces or not, from the table and without it.
+        for extra in [0usize, MTA_MACROS] {
+            env.macros = (0..extra)
+                .map(|i| (format!("m{i}").into_bytes(), b"v".to_vec()))
+                .collect();
+            env.macros.push((b"x".to_vec(), b"1".to_vec()));
+            env.macros.push((b"{x}".to_vec(), b"2".to_vec()));
+            let v = MacroValues::new(&env);
+            assert_eq!(v.mta.is_some(), extra == 0);
+            assert_eq!(value(&v, "x").as_deref(), Some("2"));
+            assert_eq!(value(&v, "{x}").as_deref(), Some("2"));
+            assert_eq!(value(&v, "{m0}").as_deref(), (extra > 0).then_some("v"));
+        }
     }
 }
