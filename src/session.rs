@@ -195,6 +195,9 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     /// The last write was armed and small enough never to block, so the read of its reply
     /// may run on the same arming: no second look at the clock (one per round trip).
     read_armed: bool,
+    /// Quick exchanges that may still run on the timeouts set without reading the clock (see
+    /// `arm`).
+    quick_exchanges: u32,
     /// The connection may be kept for the next message (CONNECTION_REUSE).
     keep: bool,
     /// Bytes were written that no reply has answered yet (a long body under NR_BODY): they may
@@ -345,6 +348,7 @@ pub fn run<S: Read + Write + Timeouts>(
         deadline,
         timeouts,
         read_armed: false,
+        quick_exchanges: 0,
         unanswered: false,
         keep,
         neg: Negotiation::default(),
@@ -1060,11 +1064,19 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 )));
             }
         }
-        self.arm()?;
         // When every earlier write has been answered, the Milter has read it and the socket's
         // send buffer is empty: a write this small goes straight into it and returns at once,
-        // and the timeout just set still bounds the reply by the deadline.
-        self.read_armed = self.unsent() <= SMALL_WRITE && !self.unanswered;
+        // and the timeout set for it also bounds the reply. Such an exchange lasts at most one
+        // timeout. Any other write may take longer: the clock is read before and after it.
+        let quick = self.unsent() <= SMALL_WRITE && !self.unanswered;
+        if !quick {
+            self.quick_exchanges = 0;
+        }
+        self.arm()?;
+        self.read_armed = quick;
+        if !quick {
+            self.quick_exchanges = 0;
+        }
         if self.trace_io {
             trace!(
                 "milter {}: write {} octets\n{}",
@@ -1095,7 +1107,15 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
     }
 
     /// Sets the socket timeout to min(TIMEOUT, time left before the message deadline).
+    ///
+    /// The clock is read only when needed: while the deadline is more than n + 1 timeouts
+    /// away, n more quick exchanges (a small write and its reply, each bounded by TIMEOUT)
+    /// cannot bring it closer than one timeout, so TIMEOUT stays right for them.
     fn arm(&mut self) -> Result<()> {
+        if self.quick_exchanges > 0 {
+            self.quick_exchanges -= 1;
+            return Ok(());
+        }
         let now = Instant::now();
         let left = self.deadline.saturating_duration_since(now);
         if left.is_zero() {
@@ -1120,6 +1140,13 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             self.stream.set_write_timeout_to(t).map_err(setting)?;
             self.timeouts.write = Some(t);
         }
+        // Whole timeouts left beyond this exchange's, less one for the moments between
+        // exchanges: that many more may run without the clock.
+        self.quick_exchanges = if t == self.timeout {
+            (left.as_nanos() / t.as_nanos()).saturating_sub(2) as u32
+        } else {
+            0
+        };
         Ok(())
     }
 
@@ -1198,6 +1225,8 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 self.rbuf.resize(grown, 0);
             }
             if !std::mem::take(&mut self.read_armed) {
+                // A read of its own (a second packet, PROGRESS): the clock is read for it.
+                self.quick_exchanges = 0;
                 self.arm()?;
             }
             let have = self.rend;

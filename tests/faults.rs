@@ -1038,3 +1038,44 @@ fn a_version_2_answer_to_a_version_6_offer() {
         "{commands}"
     );
 }
+
+/// A Milter that answers every command, each just within TIMEOUT: no single wait runs out, and
+/// the conversation (17 round trips, about 5 s) is still ended at MESSAGE_TIMEOUT, not after
+/// it. The library reads the clock only every few such exchanges; this is the bound it keeps.
+#[test]
+fn every_reply_within_timeout_still_ends_at_message_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let milter = thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        while let Ok((cmd, _)) = read_packet(&mut s) {
+            let reply = match At::of_command(cmd) {
+                None => continue,
+                Some(At::Optneg) => optneg_reply(),
+                Some(_) => packet(b'c', &[]),
+            };
+            thread::sleep(Duration::from_millis(300));
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    // TIMEOUT 0.5 s, MESSAGE_TIMEOUT 2.2 s.
+    let run = run_case(port, "TIMEOUT=50\nMESSAGE_TIMEOUT=220\n");
+    milter.join().expect("the Milter thread");
+    match run.result {
+        Ok(_) => panic!("a 5 s conversation passed a MESSAGE_TIMEOUT of 2.2 s"),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+            assert!(e.message.contains("MESSAGE_TIMEOUT"), "{e}");
+        }
+    }
+    assert!(
+        run.elapsed >= Duration::from_millis(2100) && run.elapsed < Duration::from_millis(2700),
+        "ended after {:?}, not at MESSAGE_TIMEOUT (2.2 s)",
+        run.elapsed
+    );
+}
