@@ -1393,7 +1393,7 @@ static void describe_protocol(uint32_t p, char *out, size_t len)
  * drift and the machine's other load hit both alike. n: messages per client. The ratio is the
  * median of the rounds' ratios (each the library's rate in the round over the ideal client's):
  * a burst of load from elsewhere on a shared machine then moves one round, not the figure. */
-#define ROUNDS 5
+#define ROUNDS 9
 static struct row *run_case(const struct target *t, const struct msgdef *m, int threads, int n,
                             int verbose_fail)
 {
