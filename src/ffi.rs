@@ -412,17 +412,18 @@ pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
         if r.struct_size < RESULT_MIN_SIZE {
             return SpamfilterStatus::ErrArgument;
         }
-        let has_transcript = result_has_transcript(r);
-        let mut owned = vec![&mut r.verdict, &mut r.reply, &mut r.quarantine_reason];
-        if has_transcript {
-            owned.push(&mut r.transcript);
-        }
-        for p in owned {
+        let release = |p: &mut *mut c_char| {
             if !p.is_null() {
                 // SAFETY: every non-NULL pointer here came from CString::into_raw in c_string.
                 drop(unsafe { CString::from_raw(*p) });
                 *p = std::ptr::null_mut();
             }
+        };
+        release(&mut r.verdict);
+        release(&mut r.reply);
+        release(&mut r.quarantine_reason);
+        if result_has_transcript(r) {
+            release(&mut r.transcript);
         }
         r.verdict_len = 0;
         SpamfilterStatus::Ok

@@ -24,7 +24,7 @@ pub struct Filtered {
     /// What the Milter negotiated (effective values).
     pub negotiation: Negotiation,
     /// How the Milter was reached.
-    pub peer: String,
+    pub peer: Arc<str>,
     /// Wall-clock time of the whole conversation.
     pub elapsed: Duration,
 }
@@ -43,7 +43,7 @@ pub struct Handle {
 /// A connection kept open after a message that ended cleanly at end of message.
 struct Pooled {
     stream: TcpStream,
-    peer: String,
+    peer: Arc<str>,
     negotiation: Negotiation,
     /// The timeouts its last conversation left set.
     timeouts: session::SocketTimeouts,
@@ -320,7 +320,7 @@ impl Handle {
                 if ended.reusable {
                     self.give_back(Pooled {
                         stream,
-                        peer: conn.peer.clone(),
+                        peer: Arc::clone(&conn.peer),
                         negotiation: ended.negotiation.clone(),
                         timeouts: ended.timeouts,
                     });

@@ -13,6 +13,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A connected Milter stream.
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 pub struct Connection {
     pub stream: TcpStream,
     /// How the Milter was reached, for messages: `127.0.0.1:8891`, or
-    /// `milter.example:8891 via SOCKS 127.0.0.1:1080`.
-    pub peer: String,
+    /// `milter.example:8891 via SOCKS 127.0.0.1:1080`. Shared: the same text serves message
+    /// after message.
+    pub peer: Arc<str>,
     /// The send timeout the socket has now (the connect's bound), when known: the session then
     /// sets it again only when it needs another.
     pub write_timeout: Option<Duration>,
@@ -42,7 +44,7 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
             )?;
         return Ok(Connection {
             stream,
-            peer: addr_text(&addr),
+            peer: peer_text(&addr),
             write_timeout: Some(limit),
         });
     }
@@ -95,9 +97,30 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
         })?;
     Ok(Connection {
         stream,
-        peer: format!("{milter} via SOCKS {proxy_addr}"),
+        peer: format!("{milter} via SOCKS {proxy_addr}").into(),
         write_timeout: None,
     })
+}
+
+/// The text of `addr` (`addr_text`), made once per thread and address: the same Milter is
+/// connected to message after message.
+fn peer_text(addr: &SocketAddr) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(SocketAddr, Arc<str>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((a, text)) if a == addr => Arc::clone(text),
+            _ => {
+                let text: Arc<str> = addr_text(addr).into();
+                *last = Some((*addr, Arc::clone(&text)));
+                text
+            }
+        }
+    })
+    .unwrap_or_else(|_| addr_text(addr).into())
 }
 
 /// `addr` as `SocketAddr`'s text (`127.0.0.1:8891`, `[::1]:8891`), an IPv4 address written

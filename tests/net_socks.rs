@@ -494,7 +494,7 @@ fn filter_through(proxy: &Proxy, milter: &PyMilter, credentials: Option<(&str, &
         Some(&b"550 5.7.1 rejected load message 1"[..])
     );
     assert_eq!(
-        f.peer,
+        &*f.peer,
         format!(
             "localhost:{} via SOCKS 127.0.0.1:{}",
             milter.port, proxy.port
