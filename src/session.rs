@@ -875,7 +875,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         let mut any = false;
         let mut add = |out: &mut Vec<u8>, name: &[u8], bare: &[u8], kind: Derived| {
             if let Some(v) = values.value(bare, kind) {
-                any |= protocol::push_macro(out, start, name, v.parts());
+                any |= protocol::push_macro_named(out, start, name, v.parts());
             }
         };
         match &self.neg.macros[stage] {
@@ -929,6 +929,10 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         }
         loop {
             let (cmd, at) = self.read_packet(what)?;
+            if cmd == SMFIR_CONTINUE && at.is_empty() {
+                // The usual answer, taken without decoding.
+                return Ok(Answer::Continue);
+            }
             let reply = protocol::decode_reply(cmd, &self.rbuf[at])
                 .map_err(|e| self.protocol_error(&format!("bad reply to {what}: {e}")))?;
             match reply {

@@ -155,6 +155,13 @@ pub fn push_macro(buf: &mut Vec<u8>, start: usize, name: &[u8], value: &[&[u8]])
     if name.is_empty() {
         return false;
     }
+    push_macro_named(buf, start, name, value)
+}
+
+/// `push_macro` for a name known to be neither empty nor to hold a NUL: the default lists, and
+/// the names a Milter asked for (split out of a NUL-terminated list).
+pub fn push_macro_named(buf: &mut Vec<u8>, start: usize, name: &[u8], value: &[&[u8]]) -> bool {
+    debug_assert!(!name.is_empty() && !name.contains(&0));
     // The value ends at the first NUL of any part.
     let mut parts = value.len();
     let mut last_len = 0;
