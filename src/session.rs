@@ -922,12 +922,17 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         }
         self.flush()?;
         let what = stage_command(stage);
-        if stage == Stage::Eom {
-            // Edits and the disposition may come as separate packets here. Once is enough: the
-            // socket stays in quick-ACK mode while we only read.
-            self.stream.quickack();
-        }
+        let mut packets = 0;
         loop {
+            if stage == Stage::Eom && packets == 1 {
+                // Edits and the disposition come as separate packets here, and a libmilter
+                // Milter writes them without TCP_NODELAY: Nagle holds the next one until the
+                // first is ACKed, which Linux delays by about 40 ms. Quick-ACK mode sends the
+                // pending ACK at once and keeps ACKing while we only read. Needed only once a
+                // first packet was not the final reply: the usual single reply costs no call.
+                self.stream.quickack();
+            }
+            packets += 1;
             let (cmd, at) = self.read_packet(what)?;
             if cmd == SMFIR_CONTINUE && at.is_empty() {
                 // The usual answer, taken without decoding.
