@@ -1752,8 +1752,8 @@ static int selected(const char *milter, const char *size)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench [--quick] [--scale F] [--only TEXT] LIBRARY NOOP_MILTER\n"
-                    "       bench --callgrind N [--size BYTES] [--noreply] [--reuse] [--ideal] "
-                    "LIBRARY NOOP_MILTER\n");
+                    "       bench --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] "
+                    "[--ideal] LIBRARY NOOP_MILTER\n");
     exit(2);
 }
 
@@ -1783,15 +1783,22 @@ __attribute__((noinline)) void callgrind_messages(struct target *t, const Spamfi
  * 2048; generated and streamed through the read callback above 1 MiB) to the no-op Milter,
  * 1 thread; with CONNECTION_REUSE=16 (and the ideal client reusing its connection); by the
  * ideal client instead of the library. */
-static int callgrind_main(int n, size_t size, int noreply, int reuse, int ideal, const char *lib,
-                          const char *noop)
+static int callgrind_main(int n, size_t size, int noreply, int reuse, int ideal, int dkim,
+                          const char *lib, const char *noop)
 {
     setup();
     load_library(lib);
-    int port = free_port();
-    const char *name = noreply ? "noop-noreply" : "noop-reply";
-    start_noop(noop, noreply ? "noreply" : "reply", port);
-    struct target t = {.name = name, .port = port, .reuse = reuse ? 16 : 0};
+    int port;
+    const char *name;
+    if (dkim) {
+        name = "opendkim";
+        port = start_opendkim();
+    } else {
+        name = noreply ? "noop-noreply" : "noop-reply";
+        port = free_port();
+        start_noop(noop, noreply ? "noreply" : "reply", port);
+    }
+    struct target t = {.name = name, .port = port, .reuse = reuse ? 16 : 0, .expect_edits = dkim};
     t.h = open_handle(name, port, t.reuse);
     SpamfilterMessage msg = envelope();
     struct msgdef m = {0};
@@ -2000,7 +2007,7 @@ static int callgrind_report(const char *file, long msgs, const char *object)
 int main(int argc, char **argv)
 {
     double scale = 1.0;
-    int callgrind_n = 0, noreply = 0, reuse = 0, ideal = 0;
+    int callgrind_n = 0, noreply = 0, reuse = 0, ideal = 0, dkim = 0;
     size_t size = 2048;
     int argi = 1;
     if (argc == 5 && strcmp(argv[1], "--callgrind-report") == 0)
@@ -2027,6 +2034,9 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[argi], "--ideal") == 0) {
             ideal = 1;
             argi++;
+        } else if (strcmp(argv[argi], "--opendkim") == 0) {
+            dkim = 1;
+            argi++;
         } else if (strcmp(argv[argi], "--only") == 0 && argi + 1 < argc) {
             only = argv[argi + 1];
             argi += 2;
@@ -2038,7 +2048,7 @@ int main(int argc, char **argv)
         usage();
     const char *libpath = argv[argi], *noop = argv[argi + 1];
     if (callgrind_n > 0)
-        return callgrind_main(callgrind_n, size, noreply, reuse, ideal, libpath, noop);
+        return callgrind_main(callgrind_n, size, noreply, reuse, ideal, dkim, libpath, noop);
 
     uint64_t start = now_ns();
     setup();

@@ -377,6 +377,20 @@ pub fn is_addr_spec(a: &[u8]) -> bool {
     local_ok && domain_ok
 }
 
+/// `v` holds "=?", which may start an encoded-word: each '?' found with memchr, the byte before
+/// it looked at (a header value has far fewer '?' than bytes).
+fn has_word_start(v: &[u8]) -> bool {
+    let mut from = 1;
+    while from < v.len() {
+        match crate::scan::find_byte(&v[from..], b'?') {
+            Some(i) if v[from + i - 1] == b'=' => return true,
+            Some(i) => from += i + 1,
+            None => return false,
+        }
+    }
+    false
+}
+
 fn is_wsp(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
@@ -408,27 +422,40 @@ fn header_value(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
         value
     };
     let decoded;
-    let value = if text {
+    // Only a value with "=?" in it can hold an encoded-word.
+    let value = if text && has_word_start(value) {
         decoded = decode_encoded_words(value);
         &decoded[..]
     } else {
         value
     };
-    let clean: Vec<u8> = value
-        .iter()
-        .filter(|&&b| b != 0)
-        .map(|&b| match b {
-            b'\t' | b'\r' | b'\n' => b,
-            0x01..=0x1f | 0x7f => b' ',
-            _ => b,
-        })
-        .collect();
+    let control = |b: u8| b == 0 || b == 0x7f || (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n'));
+    let cleaned: Vec<u8>;
+    let clean: &[u8] = if value.iter().any(|&b| control(b)) {
+        cleaned = value
+            .iter()
+            .filter(|&&b| b != 0)
+            .map(|&b| match b {
+                b'\t' | b'\r' | b'\n' => b,
+                0x01..=0x1f | 0x7f => b' ',
+                _ => b,
+            })
+            .collect();
+        &cleaned
+    } else {
+        value
+    };
     let mut out = Vec::with_capacity(clean.len() + 8);
     let mut i = 0;
     while i < clean.len() {
         if !is_wsp(clean[i]) && !is_break(clean[i]) {
-            out.push(clean[i]);
-            i += 1;
+            // A run of text up to the next white space or line break, copied at once.
+            let end = clean[i..]
+                .iter()
+                .position(|&b| is_wsp(b) || is_break(b))
+                .map_or(clean.len(), |n| i + n);
+            out.extend_from_slice(&clean[i..end]);
+            i = end;
             continue;
         }
         let start = i;
@@ -458,7 +485,7 @@ fn header_value(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
     while out.last().is_some_and(|&b| is_wsp(b)) {
         out.pop();
     }
-    if text && (out.iter().any(|&b| b >= 0x80) || out.windows(2).any(|w| w == b"=?")) {
+    if text && (out.iter().any(|&b| b >= 0x80) || has_word_start(&out)) {
         // The engine encodes this value (RFC 2047); Pigeonhole encodes each folded line on its
         // own, and the white space of a fold between two encoded-words is lost to readers
         // ("café\r\n café" reads "cafécafé"). Unfolded, it is encoded whole and folded by the
@@ -1057,21 +1084,29 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
 /// so that a literal `${` is not read as an encoding; without it they become U+FFFD (callers
 /// check first, so that does not happen).
 pub fn quote(bytes: &[u8], encode: bool) -> String {
-    let mut text: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            0 => {}
-            b'\r' | b'\n' => {
-                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
+    // Line ends become CRLF and NULs go; text without either is taken as it is.
+    let normalized: Vec<u8>;
+    let text: &[u8] = if bytes.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        let mut t = Vec::with_capacity(bytes.len() + 8);
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                0 => {}
+                b'\r' | b'\n' => {
+                    if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                    t.extend_from_slice(b"\r\n");
                 }
-                text.extend_from_slice(b"\r\n");
+                b => t.push(b),
             }
-            b => text.push(b),
+            i += 1;
         }
-        i += 1;
-    }
+        normalized = t;
+        &normalized
+    } else {
+        bytes
+    };
     let mut s = String::with_capacity(text.len() + 2);
     s.push('"');
     let mut hex: Vec<u8> = Vec::new();
@@ -1082,20 +1117,28 @@ pub fn quote(bytes: &[u8], encode: bool) -> String {
             hex.clear();
         }
     };
+    let special = |b: u8| b == b'"' || b == b'\\' || (encode && b == b'$');
     for chunk in text.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '$' if encode => hex.push(b'$'),
-                '"' | '\\' => {
-                    flush_hex(&mut s, &mut hex);
-                    s.push('\\');
-                    s.push(c);
-                }
-                _ => {
-                    flush_hex(&mut s, &mut hex);
-                    s.push(c);
-                }
+        let mut valid = chunk.valid();
+        while !valid.is_empty() {
+            // A run of plain characters at once; the special ones are ASCII, so the run ends
+            // on a character boundary.
+            let n = valid.bytes().position(special).unwrap_or(valid.len());
+            if n > 0 {
+                flush_hex(&mut s, &mut hex);
+                s.push_str(&valid[..n]);
+                valid = &valid[n..];
+                continue;
             }
+            let c = valid.as_bytes()[0];
+            if c == b'$' {
+                hex.push(b'$');
+            } else {
+                flush_hex(&mut s, &mut hex);
+                s.push('\\');
+                s.push(char::from(c));
+            }
+            valid = &valid[1..];
         }
         if encode {
             hex.extend_from_slice(chunk.invalid());
@@ -2075,5 +2118,208 @@ mod tests {
         // A replaced body alone is no verdict.
         let o = edited(three_headers(), vec![Edit::ReplaceBody]);
         assert_eq!(build(&o, &options()).kind, VerdictKind::None);
+    }
+
+    // The versions before the fast paths, as the reference the fast ones must equal.
+    fn header_value_reference(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
+        let value = if leadspc && value.first() == Some(&b' ') {
+            &value[1..]
+        } else {
+            value
+        };
+        let decoded;
+        let value = if text {
+            decoded = decode_encoded_words(value);
+            &decoded[..]
+        } else {
+            value
+        };
+        let clean: Vec<u8> = value
+            .iter()
+            .filter(|&&b| b != 0)
+            .map(|&b| match b {
+                b'\t' | b'\r' | b'\n' => b,
+                0x01..=0x1f | 0x7f => b' ',
+                _ => b,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(clean.len() + 8);
+        let mut i = 0;
+        while i < clean.len() {
+            if !is_wsp(clean[i]) && !is_break(clean[i]) {
+                out.push(clean[i]);
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < clean.len() && (is_wsp(clean[i]) || is_break(clean[i])) {
+                i += 1;
+            }
+            let run = &clean[start..i];
+            let (Some(first), Some(last)) = (
+                run.iter().position(|&b| is_break(b)),
+                run.iter().rposition(|&b| is_break(b)),
+            ) else {
+                out.extend_from_slice(run);
+                continue;
+            };
+            if i == clean.len() {
+                break;
+            }
+            out.extend_from_slice(&run[..first]);
+            out.extend_from_slice(b"\r\n");
+            match &run[last + 1..] {
+                [] => out.push(b' '),
+                after => out.extend_from_slice(after),
+            }
+        }
+        // White space at the end means nothing to a reader, and Pigeonhole 0.5 ends the field in
+        // the middle of the next one when it folds inside such a run.
+        while out.last().is_some_and(|&b| is_wsp(b)) {
+            out.pop();
+        }
+        if text && (out.iter().any(|&b| b >= 0x80) || out.windows(2).any(|w| w == b"=?")) {
+            // The engine encodes this value (RFC 2047); Pigeonhole encodes each folded line on its
+            // own, and the white space of a fold between two encoded-words is lost to readers
+            // ("café\r\n café" reads "cafécafé"). Unfolded, it is encoded whole and folded by the
+            // engine.
+            out = unfold(&out);
+        }
+        out
+    }
+
+    fn quote_reference(bytes: &[u8], encode: bool) -> String {
+        let mut text: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                0 => {}
+                b'\r' | b'\n' => {
+                    if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                    text.extend_from_slice(b"\r\n");
+                }
+                b => text.push(b),
+            }
+            i += 1;
+        }
+        let mut s = String::with_capacity(text.len() + 2);
+        s.push('"');
+        let mut hex: Vec<u8> = Vec::new();
+        let flush_hex = |s: &mut String, hex: &mut Vec<u8>| {
+            if !hex.is_empty() {
+                let parts: Vec<String> = hex.iter().map(|b| format!("{b:02X}")).collect();
+                s.push_str(&format!("${{hex:{}}}", parts.join(" ")));
+                hex.clear();
+            }
+        };
+        for chunk in text.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '$' if encode => hex.push(b'$'),
+                    '"' | '\\' => {
+                        flush_hex(&mut s, &mut hex);
+                        s.push('\\');
+                        s.push(c);
+                    }
+                    _ => {
+                        flush_hex(&mut s, &mut hex);
+                        s.push(c);
+                    }
+                }
+            }
+            if encode {
+                hex.extend_from_slice(chunk.invalid());
+            } else if !chunk.invalid().is_empty() {
+                flush_hex(&mut s, &mut hex);
+                s.push('\u{FFFD}');
+            }
+        }
+        flush_hex(&mut s, &mut hex);
+        s.push('"');
+        s
+    }
+
+    /// header_value and quote skip work on plain text (no encoded-word, no control byte, no
+    /// line end, runs copied at once); on any input they must give what the plain versions give.
+    #[test]
+    fn fast_paths_equal_the_plain_versions() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"Z",
+            b" ",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\0",
+            b"\x01",
+            b"\x7f",
+            b"$",
+            b"\"",
+            b"\\",
+            b"=?",
+            b"?=",
+            b"=?utf-8?q?caf=C3=A9?=",
+            b"=?UTF-8?B?w6k=?=",
+            b"\xc3\xa9",
+            b"\xe9",
+            b"\xff",
+            b"v=1; a=rsa-sha256;",
+            b"${hex:41}",
+        ];
+        let mut cases: Vec<Vec<u8>> = vec![Vec::new(), b" x".to_vec(), b"x \r\n y ".to_vec()];
+        for _ in 0..3000 {
+            let n = (next() % 24) as usize;
+            let mut v = Vec::new();
+            for _ in 0..n {
+                v.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            cases.push(v);
+        }
+        for v in &cases {
+            for leadspc in [false, true] {
+                for text in [false, true] {
+                    assert_eq!(
+                        header_value(v, leadspc, text),
+                        header_value_reference(v, leadspc, text),
+                        "{v:?} {leadspc} {text}"
+                    );
+                }
+            }
+            for encode in [false, true] {
+                assert_eq!(
+                    quote(v, encode),
+                    quote_reference(v, encode),
+                    "{v:?} {encode}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn word_start_found_as_by_windows() {
+        for v in [
+            &b""[..],
+            b"=",
+            b"?",
+            b"=?",
+            b"?=",
+            b"a=?b",
+            b"??=?",
+            b"=a?",
+            b"x=",
+            b"==??",
+        ] {
+            assert_eq!(has_word_start(v), v.windows(2).any(|w| w == b"=?"), "{v:?}");
+        }
     }
 }
