@@ -1463,6 +1463,23 @@ static struct row *run_case(const struct target *t, const struct msgdef *m, int 
     return r;
 }
 
+static void print_row(const struct row *r, double rtmin);
+
+/* One case of a table: `count` messages per client (at least 4 per thread), run, printed;
+ * *all_ok cleared on a failed conversation. */
+static struct row *measure(const struct target *t, const struct msgdef *m, int threads,
+                           double count, double rtmin, int *all_ok)
+{
+    int n = (int)count;
+    if (n < 4 * threads)
+        n = 4 * threads;
+    struct row *r = run_case(t, m, threads, n, 1);
+    print_row(r, rtmin);
+    if (r->failures[0] || r->failures[1])
+        *all_ok = 0;
+    return r;
+}
+
 static void print_row_header(void)
 {
     printf("%-21s %4s %3s | %7s %6s %6s | %7s %6s %6s | %5s | %5s %5s %3s | %5s %5s | %6s %6s"
@@ -2150,13 +2167,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 3; k++) {
                 if (!selected(targets[ti].name, msgs[mi].name))
                     continue;
-                int n = (int)(counts[ti][mi][k] * scale);
-                if (n < 4 * thread_counts[k])
-                    n = 4 * thread_counts[k];
-                struct row *r = run_case(&targets[ti], &msgs[mi], thread_counts[k], n, 1);
-                print_row(r, rtmin);
-                if (r->failures[0] || r->failures[1])
-                    all_ok = 0;
+                struct row *r = measure(&targets[ti], &msgs[mi], thread_counts[k],
+                                        counts[ti][mi][k] * scale, rtmin, &all_ok);
                 double ratio = r->ratio;
                 if (ratio < worst_ratio) {
                     worst_ratio = ratio;
@@ -2233,13 +2245,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 3; k++) {
                 if (!selected(reuse_t[ti].name, msgs[mi].name))
                     continue;
-                int n = (int)(counts[ti][mi][k] * scale);
-                if (n < 4 * thread_counts[k])
-                    n = 4 * thread_counts[k];
-                struct row *r = run_case(&reuse_t[ti], &msgs[mi], thread_counts[k], n, 1);
-                print_row(r, rtmin);
-                if (r->failures[0] || r->failures[1])
-                    all_ok = 0;
+                measure(&reuse_t[ti], &msgs[mi], thread_counts[k], counts[ti][mi][k] * scale,
+                        rtmin, &all_ok);
             }
         }
     }
