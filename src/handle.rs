@@ -60,6 +60,17 @@ impl Drop for Handle {
     }
 }
 
+/// A pool slot, unless another thread is using it right now (never waited for).
+fn free_slot(slot: &Mutex<Option<Pooled>>) -> Option<std::sync::MutexGuard<'_, Option<Pooled>>> {
+    match slot.try_lock() {
+        Ok(guard) => Some(guard),
+        // A poisoned lock only means another thread panicked holding it; the slot's value is
+        // whole (take and put cannot panic half-way).
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// This thread's place among the pool's slots: threads are numbered as they first filter.
 fn thread_slot() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -147,15 +158,7 @@ impl Handle {
             return None;
         }
         let first = thread_slot();
-        (0..n).find_map(|i| {
-            match self.pool[(first + i) % n].try_lock() {
-                Ok(mut slot) => slot.take(),
-                // A poisoned lock only means another thread panicked holding it; the slot's
-                // value is whole (take and put cannot panic half-way).
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().take(),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            }
-        })
+        (0..n).find_map(|i| free_slot(&self.pool[(first + i) % n])?.take())
     }
 
     /// Keeps a connection whose conversation ended cleanly at end of message in a free slot,
@@ -165,10 +168,8 @@ impl Handle {
         let first = thread_slot();
         let mut p = Some(p);
         for i in 0..n {
-            let mut slot = match self.pool[(first + i) % n].try_lock() {
-                Ok(slot) => slot,
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => continue,
+            let Some(mut slot) = free_slot(&self.pool[(first + i) % n]) else {
+                continue;
             };
             if slot.is_none() {
                 *slot = p.take();
