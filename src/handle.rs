@@ -46,7 +46,7 @@ struct Pooled {
     peer: Arc<str>,
     negotiation: Negotiation,
     /// The timeouts its last conversation left set.
-    timeouts: session::SocketTimeouts,
+    timeouts: crate::net::SocketTimeouts,
 }
 
 impl Drop for Handle {
@@ -118,20 +118,16 @@ impl Handle {
 
     /// A connection for the next message: an idle one kept from an earlier message (with what
     /// was negotiated on it), or a new one.
-    fn connection(
-        &self,
-        deadline: Instant,
-    ) -> Result<(Connection, Option<Negotiation>, session::SocketTimeouts)> {
+    fn connection(&self, deadline: Instant) -> Result<(Connection, Option<Negotiation>)> {
         while let Some(p) = self.take_pooled() {
             if alive(&p.stream) {
                 return Ok((
                     Connection {
                         stream: p.stream,
                         peer: p.peer,
-                        write_timeout: p.timeouts.write,
+                        timeouts: p.timeouts,
                     },
                     Some(p.negotiation),
-                    p.timeouts,
                 ));
             }
             log::debug!(
@@ -139,13 +135,7 @@ impl Handle {
                 p.peer
             );
         }
-        crate::net::connect(&self.config, deadline).map(|c| {
-            let timeouts = session::SocketTimeouts {
-                read: None,
-                write: c.write_timeout,
-            };
-            (c, None, timeouts)
-        })
+        crate::net::connect(&self.config, deadline).map(|c| (c, None))
     }
 
     /// A kept connection, if one is idle. The slots are looked at from this thread's own one
@@ -292,42 +282,40 @@ impl Handle {
             ));
         }
         let keep = self.config.connection_reuse > 0;
-        let result = self
-            .connection(deadline)
-            .and_then(|(conn, reused, timeouts)| {
-                if let Some(t) = transcript.as_deref_mut() {
-                    match &reused {
-                        Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
-                        None => t.push(format!(
-                            "connected to {} in {} ms",
-                            conn.peer,
-                            start.elapsed().as_millis()
-                        )),
-                    }
+        let result = self.connection(deadline).and_then(|(conn, reused)| {
+            if let Some(t) = transcript.as_deref_mut() {
+                match &reused {
+                    Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
+                    None => t.push(format!(
+                        "connected to {} in {} ms",
+                        conn.peer,
+                        start.elapsed().as_millis()
+                    )),
                 }
-                let mut stream = conn.stream;
-                let ended = session::run(
-                    &self.config,
-                    &mut stream,
-                    &conn.peer,
-                    envelope,
-                    content,
-                    deadline,
-                    transcript,
-                    reused,
-                    keep,
-                    timeouts,
-                )?;
-                if ended.reusable {
-                    self.give_back(Pooled {
-                        stream,
-                        peer: Arc::clone(&conn.peer),
-                        negotiation: ended.negotiation.clone(),
-                        timeouts: ended.timeouts,
-                    });
-                }
-                Ok((ended.outcome, ended.negotiation, conn.peer))
-            });
+            }
+            let mut stream = conn.stream;
+            let ended = session::run(
+                &self.config,
+                &mut stream,
+                &conn.peer,
+                envelope,
+                content,
+                deadline,
+                transcript,
+                reused,
+                keep,
+                conn.timeouts,
+            )?;
+            if ended.reusable {
+                self.give_back(Pooled {
+                    stream,
+                    peer: Arc::clone(&conn.peer),
+                    negotiation: ended.negotiation.clone(),
+                    timeouts: ended.timeouts,
+                });
+            }
+            Ok((ended.outcome, ended.negotiation, conn.peer))
+        });
         let elapsed = start.elapsed();
         match result {
             Ok((outcome, negotiation, peer)) => {

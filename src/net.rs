@@ -24,9 +24,17 @@ pub struct Connection {
     /// `milter.example:8891 via SOCKS 127.0.0.1:1080`. Shared: the same text serves message
     /// after message.
     pub peer: Arc<str>,
-    /// The send timeout the socket has now (the connect's bound), when known: the session then
-    /// sets it again only when it needs another.
-    pub write_timeout: Option<Duration>,
+    /// The timeouts the socket has now, as far as they are known: the session sets again only
+    /// those it needs otherwise.
+    pub timeouts: SocketTimeouts,
+}
+
+/// The read and write timeouts a socket has now, as far as is known (None: not known, to be set
+/// before the first read or write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketTimeouts {
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
 }
 
 /// Connects to the Milter named by `config`, no later than `deadline` and within
@@ -45,7 +53,11 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
         return Ok(Connection {
             stream,
             peer: peer_text(&addr),
-            write_timeout: Some(limit),
+            // The connect's bound stays set as the send timeout.
+            timeouts: SocketTimeouts {
+                read: None,
+                write: Some(limit),
+            },
         });
     }
 
@@ -98,7 +110,7 @@ pub fn connect(config: &Config, deadline: Instant) -> Result<Connection> {
     Ok(Connection {
         stream,
         peer: format!("{milter} via SOCKS {proxy_addr}").into(),
-        write_timeout: None,
+        timeouts: SocketTimeouts::default(),
     })
 }
 

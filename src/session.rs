@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::escape;
 use crate::error::{Error, Result};
 use crate::message::{bare_macro_name, Content, Envelope};
+use crate::net::SocketTimeouts;
 use crate::protocol::consts::*;
 use crate::protocol::{self, ConnectAddr, Negotiation, Reply, MAX_DATA_LEN};
 use crate::scan::{find_bare_lf, find_lf};
@@ -233,14 +234,6 @@ pub trait Timeouts: Write {
     /// reply packets without TCP_NODELAY (opendkim: INSHEADER, then ACCEPT) otherwise has its
     /// second packet held by Nagle's algorithm until our delayed ACK, 40 ms on every message.
     fn quickack(&mut self) {}
-}
-
-/// The read and write timeouts a stream has now, as far as the session knows (None: not known,
-/// to be set before the first read or write).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SocketTimeouts {
-    pub read: Option<Duration>,
-    pub write: Option<Duration>,
 }
 
 impl Timeouts for std::net::TcpStream {
