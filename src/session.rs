@@ -128,6 +128,18 @@ pub const MAX_HEADER_SECTION: usize = 4 << 20;
 /// (a long body under NR_BODY).
 const WRITE_HIGH_WATER: usize = 256 << 10;
 
+/// What a socket timeout is set for (`Conversation::arm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// A small write with nothing unanswered before it, and the read of its reply: together
+    /// bounded by one timeout.
+    QuickExchange,
+    /// A read of its own (another packet of a reply, PROGRESS): bounded by one timeout.
+    Read,
+    /// Any other write: it may take more than one timeout, so the clock is read after it too.
+    LongWrite,
+}
+
 /// At most this many parts of the message are spliced into one write.
 const MAX_SPLICED: usize = 8;
 
@@ -744,7 +756,8 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 self.out.extend_from_slice(&[0, 0, 0, 0, SMFIC_BODY]);
                 // A long stretch of a message in memory that is CRLF text already goes out as
                 // it is; anything else is converted into the packet.
-                let (len, more) = match body.take_as_is(&mut reader, MAX_DATA_LEN) {
+                let spliced = body.take_as_is(&mut reader, MAX_DATA_LEN);
+                let (len, more) = match spliced {
                     Some(part) => {
                         self.spliced.push(Splice {
                             at: self.out.len(),
@@ -760,18 +773,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 };
                 if len > 1 {
                     self.out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-                    match self.spliced.last() {
-                        _ if self.transcript.is_none() && !self.trace_packets => {}
-                        Some(sp) if sp.at == self.out.len() => {
-                            trace_packet(
-                                self.transcript.as_deref_mut(),
-                                self.trace_packets,
-                                self.peer,
-                                SMFIC_BODY,
-                                sp.bytes,
-                            );
-                        }
-                        _ => self.trace_out(start),
+                    match spliced {
+                        Some(part) => self.trace_data(SMFIC_BODY, part),
+                        None => self.trace_out(start),
                     }
                     match self.answer(Stage::Body, expect)? {
                         Answer::Continue => {}
@@ -1072,14 +1076,12 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         // and the timeout set for it also bounds the reply. Such an exchange lasts at most one
         // timeout. Any other write may take longer: the clock is read before and after it.
         let quick = self.unsent() <= SMALL_WRITE && !self.unanswered;
-        if !quick {
-            self.quick_exchanges = 0;
-        }
-        self.arm()?;
+        self.arm(if quick {
+            Op::QuickExchange
+        } else {
+            Op::LongWrite
+        })?;
         self.read_armed = quick;
-        if !quick {
-            self.quick_exchanges = 0;
-        }
         if self.trace_io {
             trace!(
                 "milter {}: write {} octets\n{}",
@@ -1114,8 +1116,8 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
     /// The clock is read only when needed: while the deadline is more than n + 1 timeouts
     /// away, n more quick exchanges (a small write and its reply, each bounded by TIMEOUT)
     /// cannot bring it closer than one timeout, so TIMEOUT stays right for them.
-    fn arm(&mut self) -> Result<()> {
-        if self.quick_exchanges > 0 {
+    fn arm(&mut self, op: Op) -> Result<()> {
+        if op == Op::QuickExchange && self.quick_exchanges > 0 {
             self.quick_exchanges -= 1;
             return Ok(());
         }
@@ -1145,7 +1147,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         }
         // Whole timeouts left beyond this exchange's, less one for the moments between
         // exchanges: that many more may run without the clock.
-        self.quick_exchanges = if t == self.timeout {
+        self.quick_exchanges = if op != Op::LongWrite && t == self.timeout {
             (left.as_nanos() / t.as_nanos()).saturating_sub(2) as u32
         } else {
             0
@@ -1229,8 +1231,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             }
             if !std::mem::take(&mut self.read_armed) {
                 // A read of its own (a second packet, PROGRESS): the clock is read for it.
-                self.quick_exchanges = 0;
-                self.arm()?;
+                self.arm(Op::Read)?;
             }
             let have = self.rend;
             let got = loop {
@@ -1265,17 +1266,28 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         Ok(())
     }
 
+    /// The packet queued at `start` of `out`, for the transcript and the DEBUG=2 log.
     fn trace_out(&mut self, start: usize) {
-        if self.transcript.is_none() && !self.trace_packets {
-            return;
-        }
-        if self.out.len() >= start + 5 {
+        if (self.transcript.is_some() || self.trace_packets) && self.out.len() >= start + 5 {
             trace_packet(
                 self.transcript.as_deref_mut(),
                 self.trace_packets,
                 self.peer,
                 self.out[start + 4],
                 &self.out[start + 5..],
+            );
+        }
+    }
+
+    /// A packet whose data is not in `out` (a spliced BODY), for the same.
+    fn trace_data(&mut self, cmd: u8, data: &[u8]) {
+        if self.transcript.is_some() || self.trace_packets {
+            trace_packet(
+                self.transcript.as_deref_mut(),
+                self.trace_packets,
+                self.peer,
+                cmd,
+                data,
             );
         }
     }
