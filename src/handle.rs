@@ -80,10 +80,27 @@ fn thread_slot() -> usize {
     SLOT.try_with(|s| *s).unwrap_or(0)
 }
 
-/// True when a kept connection is still open with nothing unread: the Milter neither closed it
-/// nor sent anything since (either makes it unusable).
-fn alive(stream: &TcpStream) -> bool {
-    matches!(session::peek(stream), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+/// Why a kept connection cannot serve another message.
+enum Unusable {
+    /// The Milter closed it (a restart, an idle timeout): nothing wrong.
+    Closed,
+    /// Bytes wait unread: the Milter sent more after its final reply, which the next message
+    /// would pair with its own commands.
+    Unread,
+    /// The socket reports an error.
+    Failed,
+}
+
+/// None when a kept connection can serve another message: still open, with nothing unread. One
+/// system call, made when the connection is taken for a message rather than when it is kept, so
+/// that it sees whatever came in between.
+fn unusable(stream: &TcpStream) -> Option<Unusable> {
+    match session::peek(stream) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Ok(0) => Some(Unusable::Closed),
+        Ok(_) => Some(Unusable::Unread),
+        Err(_) => Some(Unusable::Failed),
+    }
 }
 
 impl Handle {
@@ -120,7 +137,7 @@ impl Handle {
     /// was negotiated on it), or a new one.
     fn connection(&self, deadline: Instant) -> Result<(Connection, Option<Negotiation>)> {
         while let Some(p) = self.take_pooled() {
-            if alive(&p.stream) {
+            let Some(why) = unusable(&p.stream) else {
                 return Ok((
                     Connection {
                         stream: p.stream,
@@ -129,11 +146,23 @@ impl Handle {
                     },
                     Some(p.negotiation),
                 ));
+            };
+            match why {
+                Unusable::Unread => log::warn!(
+                    "milter {}: sent more after its final reply; its kept connection is closed, \
+                     not reused",
+                    p.peer
+                ),
+                Unusable::Closed => {
+                    log::debug!(
+                        "milter {}: the kept connection was closed; not reused",
+                        p.peer
+                    )
+                }
+                Unusable::Failed => {
+                    log::debug!("milter {}: the kept connection failed; not reused", p.peer)
+                }
             }
-            log::debug!(
-                "milter {}: the kept connection was closed; not reused",
-                p.peer
-            );
         }
         crate::net::connect(&self.config, deadline).map(|c| (c, None))
     }

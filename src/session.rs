@@ -211,8 +211,6 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     /// Quick exchanges that may still run on the timeouts set without reading the clock (see
     /// `arm`).
     quick_exchanges: u32,
-    /// The connection may be kept for the next message (CONNECTION_REUSE).
-    keep: bool,
     /// Bytes were written that no reply has answered yet (a long body under NR_BODY): they may
     /// still fill the socket's send buffer.
     unanswered: bool,
@@ -234,10 +232,6 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
 pub trait Timeouts: Write {
     fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
     fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()>;
-    /// Bytes that can be read without blocking (0 if unknown).
-    fn pending(&mut self) -> usize {
-        0
-    }
     /// Writes all of `parts`, in order (as `write_all` of their concatenation).
     fn send_all_vectored(&mut self, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
         all_vectored(parts, |p| self.write_vectored(p))
@@ -266,9 +260,6 @@ impl Timeouts for std::net::TcpStream {
     fn quickack(&mut self) {
         // Only a missed optimisation if it fails.
         let _ = socket2::SockRef::from(&*self).set_tcp_quickack(true);
-    }
-    fn pending(&mut self) -> usize {
-        peek(self).unwrap_or(0)
     }
 }
 
@@ -356,7 +347,6 @@ pub fn run<S: Read + Write + Timeouts>(
         read_armed: false,
         quick_exchanges: 0,
         unanswered: false,
-        keep,
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
@@ -800,14 +790,11 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             Answer::Final(d, reply) => (d, reply),
             Answer::Continue | Answer::Skip => (Disposition::Continue, None),
         };
-        // Bytes that came with the final reply break "one command, one reply". The socket
-        // itself is looked at too (one system call) only when the connection may be kept: its
-        // next message would pair them with its own commands. One that is closed now can carry
-        // nothing of them into another message.
-        let mut unread = self.unread();
-        if self.keep {
-            unread += self.stream.pending();
-        }
+        // Bytes that came with the final reply break "one command, one reply". Bytes that
+        // arrive after it are not waited for: a kept connection is looked at before its next
+        // message (handle::unusable), and one with anything unread is closed, not used; one
+        // closed now can carry nothing into another message.
+        let unread = self.unread();
         if unread > 0 {
             return Err(self.protocol_error(&format!(
                 "sent more after its final reply to BODYEOB ({unread} or more unexpected bytes)"

@@ -1079,3 +1079,88 @@ fn every_reply_within_timeout_still_ends_at_message_timeout() {
         run.elapsed
     );
 }
+
+/// A Milter that sends one more reply after its final one, late (after the library has read the
+/// final reply and kept the connection, CONNECTION_REUSE): the message keeps the Milter's
+/// verdict, and the kept connection, which now has bytes no command asked for, is closed before
+/// the next message instead of pairing them with that message's commands. No real Milter does
+/// this on demand, hence the hand-written one.
+#[test]
+fn a_reply_after_the_final_one_keeps_no_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    // Serves connections one after the other; the first sends a stray CONTINUE 50 ms after its
+    // final reply. Returns the number of connections and of stray replies sent.
+    let milter = thread::spawn(move || {
+        let (mut connections, mut strays) = (0, 0);
+        let _ = listener.set_nonblocking(true);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            connections += 1;
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            while let Ok((cmd, _)) = read_packet(&mut s) {
+                if cmd == b'Q' {
+                    // QUIT: the handle is closing its pool; the test is over.
+                    return (connections, strays);
+                }
+                let reply = match At::of_command(cmd) {
+                    None => continue,
+                    Some(At::Optneg) => optneg_reply(),
+                    Some(_) => packet(b'c', &[]),
+                };
+                if s.write_all(&reply).is_err() {
+                    break;
+                }
+                if cmd == b'E' && connections == 1 {
+                    thread::sleep(Duration::from_millis(50));
+                    strays += 1;
+                    if s.write_all(&packet(b'c', &[])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        (connections, strays)
+    });
+    let text = format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=200\nCONNECTION_REUSE=1\n");
+    let handle = Handle::new(Config::parse("faults.opt", text.as_bytes()).expect("options"));
+    let env = envelope();
+    let reused = |transcript: &[String]| {
+        transcript
+            .iter()
+            .any(|l| l.starts_with("reusing the open connection"))
+    };
+    for (n, expect_reuse) in [(1, false), (2, false), (3, true)] {
+        let (result, transcript) = handle.filter_traced(&env, Content::Buffer(MESSAGE));
+        let f = result.unwrap_or_else(|e| panic!("message {n}: {e}\n{}", transcript.join("\n")));
+        // CONTINUE with no edits: nothing for the MTA to do.
+        assert_eq!(f.verdict.kind, VerdictKind::None, "message {n}");
+        assert_eq!(
+            reused(&transcript),
+            expect_reuse,
+            "message {n}: reused {}, expected {expect_reuse}:\n{}",
+            reused(&transcript),
+            transcript.join("\n")
+        );
+        if n == 1 {
+            // The stray reply arrives while the connection waits in the pool.
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(handle);
+    let (connections, strays) = milter.join().expect("the Milter thread");
+    assert_eq!(strays, 1, "the stray reply was not sent");
+    assert_eq!(
+        connections, 2,
+        "message 2 must open a new connection and message 3 keep using it"
+    );
+}
