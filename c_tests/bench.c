@@ -1580,6 +1580,22 @@ static void judge(struct targets_seen *v, const struct row *r, double rtmin)
         v->wr_ok = 0;
 }
 
+/* Socket calls per message (1 thread, 2K) of the rows from `first` on: where the two clients
+ * differ beside round trips and writes. */
+static void print_other_calls(int first)
+{
+    printf("\nother socket calls per message, 1 thread, 2K (library / ideal): connect, setsockopt, "
+           "reads that return no data (MSG_PEEK probes, EAGAIN)\n");
+    for (int i = first; i < nrows; i++) {
+        struct row *r = &rows[i];
+        if (r->threads == 1 && strcmp(r->size, "2K") == 0)
+            printf("  %-21s connect %.2f / %.2f   setsockopt %.2f / %.2f   no-data reads "
+                   "%.2f / %.2f\n",
+                   r->milter, r->connects[0], r->connects[1], r->sockopts[0], r->sockopts[1],
+                   r->other[0], r->other[1]);
+    }
+}
+
 static void print_row_header(void)
 {
     printf("%-21s %4s %3s | %7s %6s %6s | %7s %6s %6s | %5s | %5s %5s %3s | %5s %5s | %6s %6s"
@@ -2316,17 +2332,7 @@ int main(int argc, char **argv)
         free(sd.lat);
     }
 
-    /* Syscalls per message (1 thread, 2K): where the two clients differ beside RT and writes. */
-    printf("\nother socket calls per message, 1 thread, 2K (library / ideal): connect, setsockopt, "
-           "reads that return no data (MSG_PEEK probes, EAGAIN)\n");
-    for (int i = 0; i < nrows; i++) {
-        struct row *r = &rows[i];
-        if (r->threads == 1 && strcmp(r->size, "2K") == 0)
-            printf("  %-14s connect %.2f / %.2f   setsockopt %.2f / %.2f   no-data reads "
-                   "%.2f / %.2f\n",
-                   r->milter, r->connects[0], r->connects[1], r->sockopts[0], r->sockopts[1],
-                   r->other[0], r->other[1]);
-    }
+    print_other_calls(0);
 
     /* CONNECTION_REUSE=16 against the no-op Milter. */
     printf("\nCONNECTION_REUSE=16 (library) against the ideal client reusing its connection "
@@ -2356,6 +2362,7 @@ int main(int argc, char **argv)
                reuse_in_effect ? "reuse in effect" : "reuse NOT in effect in this build");
     }
     print_row_header();
+    int reuse_rows = nrows;
     for (int ti = 0; ti < 2; ti++) {
         for (int mi = 0; mi < 2; mi++) {
             double rtmin = min_rt(&negs[ti], &msgs[mi], 1);
@@ -2369,6 +2376,7 @@ int main(int argc, char **argv)
             }
         }
     }
+    print_other_calls(reuse_rows);
     for (int ti = 0; ti < 2; ti++)
         api.close(reuse_t[ti].h);
 
