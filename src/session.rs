@@ -415,6 +415,16 @@ thread_local! {
     static SPARE: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
 }
 
+/// The actions that let a Milter send packets before its final reply to end of message.
+const EDIT_ACTIONS: u32 = SMFIF_ADDHDRS
+    | SMFIF_CHGBODY
+    | SMFIF_ADDRCPT
+    | SMFIF_DELRCPT
+    | SMFIF_CHGHDRS
+    | SMFIF_QUARANTINE
+    | SMFIF_CHGFROM
+    | SMFIF_ADDRCPT_PAR;
+
 /// Buffers grown past this are dropped instead of kept, so an idle thread holds little: the
 /// write buffer holds at most `WRITE_HIGH_WATER` and one BODY packet, the others a large header
 /// section or reply.
@@ -907,14 +917,22 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         self.flush()?;
         let what = stage_command(stage);
         let mut packets = 0;
+        // Edits and the disposition come as separate packets at end of message, and a
+        // libmilter Milter writes them without TCP_NODELAY: Nagle holds the next one until the
+        // first is ACKed, which Linux delays by about 40 ms. Quick-ACK mode sends each ACK at
+        // once while we only read. A Milter allowed to edit usually does (opendkim, spamass-
+        // milter, clamav-milter add a header to every message), so it is set before the first
+        // reply, and the Milter's kernel sends the final reply as soon as the edit arrives. A
+        // Milter allowed no edit sends one packet, the final reply, and costs no call; if it
+        // sends another first (PROGRESS), quick-ACK mode is set then.
+        let mut quick = stage == Stage::Eom && self.neg.actions & EDIT_ACTIONS != 0;
+        if quick {
+            self.stream.quickack();
+        }
         loop {
-            if stage == Stage::Eom && packets == 1 {
-                // Edits and the disposition come as separate packets here, and a libmilter
-                // Milter writes them without TCP_NODELAY: Nagle holds the next one until the
-                // first is ACKed, which Linux delays by about 40 ms. Quick-ACK mode sends the
-                // pending ACK at once and keeps ACKing while we only read. Needed only once a
-                // first packet was not the final reply: the usual single reply costs no call.
+            if stage == Stage::Eom && packets == 1 && !quick {
                 self.stream.quickack();
+                quick = true;
             }
             packets += 1;
             let (cmd, at) = self.read_packet(what)?;
@@ -2171,6 +2189,143 @@ mod tests {
             chunks_from(r, start, 1000).concat(),
             b"this is text\r\nmore\r\n"
         );
+    }
+
+    /// A stream that records what the session does with it: writes, reads and quick-ACK.
+    struct Recording {
+        inner: std::os::unix::net::UnixStream,
+        events: Vec<&'static str>,
+    }
+
+    impl Read for Recording {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.events.push("read");
+            self.inner.read(buf)
+        }
+    }
+
+    impl Write for Recording {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.events.push("write");
+            self.inner.write_all(buf).map(|()| buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for Recording {
+        fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+            self.inner.set_read_timeout(Some(timeout))
+        }
+        fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+            self.inner.set_write_timeout(Some(timeout))
+        }
+        fn quickack(&mut self) {
+            self.events.push("quickack");
+        }
+    }
+
+    /// One message against a scripted Milter that negotiates `actions` and asks for nothing
+    /// but end of message, where it sends `eom` (packets: command, data) and then CONTINUE.
+    /// Returns what the session did with its stream.
+    fn events_at_eom(actions: u32, eom: &[(u8, &'static [u8])]) -> Vec<&'static str> {
+        let (ours, mut milter) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let eom: Vec<(u8, &'static [u8])> = eom.to_vec();
+        let script = std::thread::spawn(move || {
+            let packet = |cmd: u8, data: &[u8]| {
+                let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+                p.push(cmd);
+                p.extend_from_slice(data);
+                p
+            };
+            let read = |m: &mut std::os::unix::net::UnixStream| -> Option<u8> {
+                let mut len = [0u8; 4];
+                m.read_exact(&mut len).ok()?;
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                m.read_exact(&mut body).ok()?;
+                Some(body[0])
+            };
+            let nothing_but_eom = SMFIP_NOCONNECT
+                | SMFIP_NOHELO
+                | SMFIP_NOMAIL
+                | SMFIP_NORCPT
+                | SMFIP_NOBODY
+                | SMFIP_NOHDRS
+                | SMFIP_NOEOH
+                | SMFIP_NOUNKNOWN
+                | SMFIP_NODATA;
+            while let Some(cmd) = read(&mut milter) {
+                let reply = match cmd {
+                    SMFIC_OPTNEG => {
+                        let mut d = Vec::new();
+                        for v in [6, actions, nothing_but_eom] {
+                            d.extend_from_slice(&v.to_be_bytes());
+                        }
+                        packet(SMFIC_OPTNEG, &d)
+                    }
+                    SMFIC_BODYEOB => {
+                        for (cmd, data) in &eom {
+                            milter.write_all(&packet(*cmd, data)).unwrap();
+                        }
+                        packet(SMFIR_CONTINUE, &[])
+                    }
+                    _ => continue,
+                };
+                milter.write_all(&reply).unwrap();
+            }
+        });
+        let config = Config::with_host_port("127.0.0.1", 1);
+        let env = Envelope {
+            sender: b"a@example.org".to_vec(),
+            ..Envelope::default()
+        };
+        let mut stream = Recording {
+            inner: ours,
+            events: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let timeouts = SocketTimeouts {
+            read: None,
+            write: None,
+        };
+        let content = Content::Buffer(b"Subject: t\r\n\r\nbody\r\n");
+        run(
+            &config,
+            &mut stream,
+            "test",
+            &env,
+            content,
+            deadline,
+            None,
+            None,
+            false,
+            timeouts,
+        )
+        .expect("the conversation");
+        drop(stream.inner);
+        script.join().expect("the scripted Milter");
+        stream.events
+    }
+
+    #[test]
+    fn quick_ack_before_end_of_message_replies_only_when_edits_may_come_first() {
+        let header: &[u8] = b"X-Test\0yes\0";
+        // Allowed to edit: set before the first reply is read, as edits come first.
+        let e = events_at_eom(SMFIF_ADDHDRS, &[(SMFIR_ADDHEADER, header)]);
+        assert_eq!(e[..4], ["write", "read", "write", "quickack"], "{e:?}");
+        assert_eq!(e.iter().filter(|&&x| x == "quickack").count(), 1, "{e:?}");
+        // Allowed no edit, one final reply: no call at all.
+        let e = events_at_eom(0, &[]);
+        assert!(!e.contains(&"quickack"), "{e:?}");
+        // Allowed no edit, but a PROGRESS comes first: set once that packet is in.
+        let e = events_at_eom(0, &[(SMFIR_PROGRESS, b"")]);
+        let at = e
+            .iter()
+            .position(|&x| x == "quickack")
+            .expect("quick-ACK set");
+        assert_eq!(e[..at], ["write", "read", "write", "read"], "{e:?}");
+        assert_eq!(e.iter().filter(|&&x| x == "quickack").count(), 1, "{e:?}");
     }
 
     #[test]
