@@ -2457,7 +2457,7 @@ int main(int argc, char **argv)
         return all_ok ? 0 : 1;
     }
     printf("\ntargets:\n");
-    printf("  %s throughput ratio >= 0.95 in every case of both tables (worst %.2f: %s)\n",
+    printf("  %s throughput ratio >= 0.95 in every case of both tables (worst %.3f: %s)\n",
            verdicts.worst_ratio >= 0.95 ? "HOLDS " : "MISSED", verdicts.worst_ratio,
            verdicts.worst_where);
     printf("  %s library round trips = minimum the negotiation allows, in every case\n",
