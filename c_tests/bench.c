@@ -1887,6 +1887,16 @@ static double median(double *v, int n)
     return v[n / 2];
 }
 
+/* The median over the rounds of a run's rate (or CPU time, `cpu`), each divided by the same
+ * round's `per` when given (a ratio to the plain copy or to the other client). */
+static double big_median(const struct big_run *runs, int cpu, const double *per)
+{
+    double v[BIG_ROUNDS];
+    for (int i = 0; i < BIG_ROUNDS; i++)
+        v[i] = (cpu ? runs[i].cpu_ms : runs[i].mbs) / (per != NULL ? per[i] : 1.0);
+    return median(v, BIG_ROUNDS);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 
 static int reuse_in_effect = -1;
@@ -2408,29 +2418,16 @@ int main(int argc, char **argv)
         printf("plain loopback socket copy: %.0f MiB/s\n", copy_mbs);
         for (int ti = 0; ti < 2; ti++) {
             struct big_result *br = &big[ti];
-            double lib_mbs, lib_cpu, ideal_mbs, ideal_cpu;
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->lib[i].mbs;
-            lib_mbs = median(v, BIG_ROUNDS);
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->lib[i].cpu_ms;
-            lib_cpu = median(v, BIG_ROUNDS);
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->ideal[i].mbs;
-            ideal_mbs = median(v, BIG_ROUNDS);
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->ideal[i].cpu_ms;
-            ideal_cpu = median(v, BIG_ROUNDS);
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->lib[i].mbs / copy[i];
-            stream_ratio[ti] = median(v, BIG_ROUNDS);
-            for (int i = 0; i < BIG_ROUNDS; i++)
-                v[i] = br->ideal[i].mbs / copy[i];
-            ideal_ratio[ti] = median(v, BIG_ROUNDS);
+            double lib_mbs = big_median(br->lib, 0, NULL);
+            double lib_cpu = big_median(br->lib, 1, NULL);
+            double ideal_mbs = big_median(br->ideal, 0, NULL);
+            double ideal_cpu = big_median(br->ideal, 1, NULL);
+            stream_ratio[ti] = big_median(br->lib, 0, copy);
+            ideal_ratio[ti] = big_median(br->ideal, 0, copy);
             if (ti == 0) {
                 for (int i = 0; i < BIG_ROUNDS; i++)
-                    v[i] = br->lib[i].mbs / br->ideal[i].mbs;
-                reply_vs_ideal = median(v, BIG_ROUNDS);
+                    v[i] = br->ideal[i].mbs;
+                reply_vs_ideal = big_median(br->lib, 0, v);
             }
             printf("%-13s library %4.0f MiB/s (%.2f of the copy, CPU %.0f ms), ideal client "
                    "%4.0f MiB/s (%.2f, CPU %.0f ms);\n              library peak memory growth "

@@ -25,3 +25,18 @@ pub use error::{Error, ErrorKind, Result};
 pub use handle::{Filtered, Handle};
 pub use message::{Content, Envelope, Recipient};
 pub use verdict::{Verdict, VerdictKind};
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+mod test_support {
+    /// A reproducible stream of pseudo-random numbers (xorshift64), for randomized tests that
+    /// must fail the same way twice.
+    pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+}

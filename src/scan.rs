@@ -169,13 +169,7 @@ mod tests {
     /// position relative to the vector blocks, with either byte before the start.
     #[test]
     fn every_search_agrees_with_the_plain_loop() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1du64);
         let mut cases: Vec<Vec<u8>> = vec![
             Vec::new(),
             b"\n".to_vec(),

@@ -415,15 +415,9 @@ thread_local! {
     static SPARE: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The actions that let a Milter send packets before its final reply to end of message.
-const EDIT_ACTIONS: u32 = SMFIF_ADDHDRS
-    | SMFIF_CHGBODY
-    | SMFIF_ADDRCPT
-    | SMFIF_DELRCPT
-    | SMFIF_CHGHDRS
-    | SMFIF_QUARANTINE
-    | SMFIF_CHGFROM
-    | SMFIF_ADDRCPT_PAR;
+/// The actions that let a Milter send packets before its final reply to end of message: all we
+/// offer but SETSYMLIST, which is used at negotiation.
+const EDIT_ACTIONS: u32 = OFFERED_ACTIONS & !SMFIF_SETSYMLIST;
 
 /// Buffers grown past this are dropped instead of kept, so an idle thread holds little: the
 /// write buffer holds at most `WRITE_HIGH_WATER` and one BODY packet, the others a large header
@@ -2069,13 +2063,7 @@ mod tests {
     /// chunk to chunk all give what a byte-by-byte conversion gives.
     #[test]
     fn body_streamed_into_a_reused_buffer_matches_a_plain_conversion() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
         struct Random<'a, F: FnMut() -> u64> {
             data: &'a [u8],
             next: F,

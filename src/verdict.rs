@@ -2245,13 +2245,7 @@ mod tests {
     /// line end, runs copied at once); on any input they must give what the plain versions give.
     #[test]
     fn fast_paths_equal_the_plain_versions() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let alphabet: &[&[u8]] = &[
             b"a",
             b"Z",
