@@ -866,16 +866,23 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 any |= protocol::push_macro_named(out, start, name, v.parts());
             }
         };
+        // Most names have no value: neither derived from the envelope nor among the MTA's
+        // macros (a clear bit in `mta_names` says so without looking).
         match &self.neg.macros[stage] {
             Some(names) => {
                 for name in names {
                     let bare = bare_macro_name(name);
-                    add(&mut self.out, name, bare, Derived::of(bare));
+                    let kind = Derived::of(bare);
+                    if kind != Derived::No || values.mta_names & name_bit(bare) != 0 {
+                        add(&mut self.out, name, bare, kind);
+                    }
                 }
             }
             None => {
                 for m in &default_plan()[stage] {
-                    add(&mut self.out, m.name, m.bare, m.kind);
+                    if m.kind != Derived::No || values.mta_names & m.bit != 0 {
+                        add(&mut self.out, m.name, m.bare, m.kind);
+                    }
                 }
             }
         }
@@ -1399,6 +1406,8 @@ struct Planned {
     name: &'static [u8],
     bare: &'static [u8],
     kind: Derived,
+    /// `name_bit` of the bare name.
+    bit: u64,
 }
 
 /// `DEFAULT_MACROS` with each name's bare form and kind, built once per process.
@@ -1414,6 +1423,7 @@ fn default_plan() -> &'static [Vec<Planned>; 7] {
                         name,
                         bare,
                         kind: Derived::of(bare),
+                        bit: name_bit(bare),
                     }
                 })
                 .collect()
@@ -1464,6 +1474,19 @@ struct MacroValues<'e> {
     /// The MTA's macros by bare name, the last of a name first (it wins), worked out once
     /// instead of for every name looked up; None when there are more than fit.
     mta: Option<(MtaTable<'e>, usize)>,
+    /// A bit per MTA macro name (`name_bit`): most names looked up are none of the MTA's, and
+    /// a clear bit says so without comparing names.
+    mta_names: u64,
+}
+
+/// One of 64 bits for a macro's bare name, from its length and its first and last bytes.
+fn name_bit(bare: &[u8]) -> u64 {
+    let (first, last) = match bare {
+        [] => (0, 0),
+        [f, .., l] => (*f, *l),
+        [f] => (*f, *f),
+    };
+    1 << ((bare.len() as u64 * 7 + u64::from(first) * 3 + u64::from(last)) % 64)
 }
 
 /// (bare name, value) pairs.
@@ -1474,8 +1497,16 @@ const MTA_MACROS: usize = 16;
 
 impl<'e> MacroValues<'e> {
     fn new(env: &'e Envelope) -> MacroValues<'e> {
+        let mta_names = if env.macros.len() <= MTA_MACROS {
+            env.macros
+                .iter()
+                .fold(0, |bits, (name, _)| bits | name_bit(bare_macro_name(name)))
+        } else {
+            u64::MAX
+        };
         MacroValues {
             env,
+            mta_names,
             name: env.client_name.as_deref().filter(|n| !n.is_empty()),
             addr: env.client_addr.as_ref().map(protocol::InlineText::new),
             port: protocol::InlineText::decimal(u32::from(env.client_port)),
@@ -1492,6 +1523,9 @@ impl<'e> MacroValues<'e> {
 
     /// The MTA's value of the macro whose bare name is `bare`.
     fn mta_value(&self, bare: &[u8]) -> Option<&'e [u8]> {
+        if self.mta_names & name_bit(bare) == 0 {
+            return None;
+        }
         match &self.mta {
             Some((table, n)) => table[..*n]
                 .iter()
