@@ -458,33 +458,11 @@ fn header_value(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
             i = end;
             continue;
         }
-        let start = i;
-        while i < clean.len() && (is_wsp(clean[i]) || is_break(clean[i])) {
-            i += 1;
-        }
-        let run = &clean[start..i];
-        let (Some(first), Some(last)) = (
-            run.iter().position(|&b| is_break(b)),
-            run.iter().rposition(|&b| is_break(b)),
-        ) else {
-            out.extend_from_slice(run);
-            continue;
-        };
-        if i == clean.len() {
+        if !fold_run(clean, &mut i, &mut out) {
             break;
         }
-        out.extend_from_slice(&run[..first]);
-        out.extend_from_slice(b"\r\n");
-        match &run[last + 1..] {
-            [] => out.push(b' '),
-            after => out.extend_from_slice(after),
-        }
     }
-    // White space at the end means nothing to a reader, and Pigeonhole 0.5 ends the field in
-    // the middle of the next one when it folds inside such a run.
-    while out.last().is_some_and(|&b| is_wsp(b)) {
-        out.pop();
-    }
+    trim_end_wsp(&mut out);
     if text && (out.iter().any(|&b| b >= 0x80) || has_word_start(&out)) {
         // The engine encodes this value (RFC 2047); Pigeonhole encodes each folded line on its
         // own, and the white space of a fold between two encoded-words is lost to readers
@@ -493,6 +471,43 @@ fn header_value(value: &[u8], leadspc: bool, text: bool) -> Vec<u8> {
         out = unfold(&out);
     }
     out
+}
+
+/// Takes the run of white space and line breaks at `clean[*i]` into `out`. A run without a line
+/// break stays as it is; one with breaks becomes one fold: what precedes the first break, CRLF,
+/// then what follows the last break (a single space when nothing does). False when the run ends
+/// the value: it is dropped, and the value ends.
+fn fold_run(clean: &[u8], i: &mut usize, out: &mut Vec<u8>) -> bool {
+    let start = *i;
+    while *i < clean.len() && (is_wsp(clean[*i]) || is_break(clean[*i])) {
+        *i += 1;
+    }
+    let run = &clean[start..*i];
+    let (Some(first), Some(last)) = (
+        run.iter().position(|&b| is_break(b)),
+        run.iter().rposition(|&b| is_break(b)),
+    ) else {
+        out.extend_from_slice(run);
+        return true;
+    };
+    if *i == clean.len() {
+        return false;
+    }
+    out.extend_from_slice(&run[..first]);
+    out.extend_from_slice(b"\r\n");
+    match &run[last + 1..] {
+        [] => out.push(b' '),
+        after => out.extend_from_slice(after),
+    }
+    true
+}
+
+/// White space at the end means nothing to a reader, and Pigeonhole 0.5 ends the field in the
+/// middle of the next one when it folds inside such a run.
+fn trim_end_wsp(out: &mut Vec<u8>) {
+    while out.last().is_some_and(|&b| is_wsp(b)) {
+        out.pop();
+    }
 }
 
 /// A folded value unfolded (RFC 5322 §2.2.3): each CRLF goes, the white space after it stays.
@@ -1078,6 +1093,36 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
     }
 }
 
+/// Every line break (CR, LF or CRLF) as CRLF, the only one a quoted string may hold, and NULs
+/// left out.
+fn crlf_without_nul(bytes: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(bytes.len() + 8);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => {}
+            b'\r' | b'\n' => {
+                if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                t.extend_from_slice(b"\r\n");
+            }
+            b => t.push(b),
+        }
+        i += 1;
+    }
+    t
+}
+
+/// Writes the bytes held in `hex` as one `${hex:..}` encoding (RFC 5228 §2.4.2.4), if any.
+fn flush_hex(s: &mut String, hex: &mut Vec<u8>) {
+    if !hex.is_empty() {
+        let parts: Vec<String> = hex.iter().map(|b| format!("{b:02X}")).collect();
+        s.push_str(&format!("${{hex:{}}}", parts.join(" ")));
+        hex.clear();
+    }
+}
+
 /// A Sieve quoted string (RFC 5228 §2.4.2): `"` and `\` escaped, every line break CRLF (the only
 /// one a quoted string may hold), NUL left out. With `encode` (the script requires
 /// encoded-character) bytes that are not UTF-8 text are written as `${hex:..}`, and so is `$`,
@@ -1087,22 +1132,7 @@ pub fn quote(bytes: &[u8], encode: bool) -> String {
     // Line ends become CRLF and NULs go; text without either is taken as it is.
     let normalized: Vec<u8>;
     let text: &[u8] = if bytes.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-        let mut t = Vec::with_capacity(bytes.len() + 8);
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                0 => {}
-                b'\r' | b'\n' => {
-                    if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                        i += 1;
-                    }
-                    t.extend_from_slice(b"\r\n");
-                }
-                b => t.push(b),
-            }
-            i += 1;
-        }
-        normalized = t;
+        normalized = crlf_without_nul(bytes);
         &normalized
     } else {
         bytes
@@ -1110,13 +1140,6 @@ pub fn quote(bytes: &[u8], encode: bool) -> String {
     let mut s = String::with_capacity(text.len() + 2);
     s.push('"');
     let mut hex: Vec<u8> = Vec::new();
-    let flush_hex = |s: &mut String, hex: &mut Vec<u8>| {
-        if !hex.is_empty() {
-            let parts: Vec<String> = hex.iter().map(|b| format!("{b:02X}")).collect();
-            s.push_str(&format!("${{hex:{}}}", parts.join(" ")));
-            hex.clear();
-        }
-    };
     let special = |b: u8| b == b'"' || b == b'\\' || (encode && b == b'$');
     for chunk in text.utf8_chunks() {
         let mut valid = chunk.valid();
@@ -2151,33 +2174,11 @@ mod tests {
                 i += 1;
                 continue;
             }
-            let start = i;
-            while i < clean.len() && (is_wsp(clean[i]) || is_break(clean[i])) {
-                i += 1;
-            }
-            let run = &clean[start..i];
-            let (Some(first), Some(last)) = (
-                run.iter().position(|&b| is_break(b)),
-                run.iter().rposition(|&b| is_break(b)),
-            ) else {
-                out.extend_from_slice(run);
-                continue;
-            };
-            if i == clean.len() {
+            if !fold_run(&clean, &mut i, &mut out) {
                 break;
             }
-            out.extend_from_slice(&run[..first]);
-            out.extend_from_slice(b"\r\n");
-            match &run[last + 1..] {
-                [] => out.push(b' '),
-                after => out.extend_from_slice(after),
-            }
         }
-        // White space at the end means nothing to a reader, and Pigeonhole 0.5 ends the field in
-        // the middle of the next one when it folds inside such a run.
-        while out.last().is_some_and(|&b| is_wsp(b)) {
-            out.pop();
-        }
+        trim_end_wsp(&mut out);
         if text && (out.iter().any(|&b| b >= 0x80) || out.windows(2).any(|w| w == b"=?")) {
             // The engine encodes this value (RFC 2047); Pigeonhole encodes each folded line on its
             // own, and the white space of a fold between two encoded-words is lost to readers
@@ -2189,31 +2190,10 @@ mod tests {
     }
 
     fn quote_reference(bytes: &[u8], encode: bool) -> String {
-        let mut text: Vec<u8> = Vec::with_capacity(bytes.len() + 8);
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                0 => {}
-                b'\r' | b'\n' => {
-                    if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                        i += 1;
-                    }
-                    text.extend_from_slice(b"\r\n");
-                }
-                b => text.push(b),
-            }
-            i += 1;
-        }
+        let text = crlf_without_nul(bytes);
         let mut s = String::with_capacity(text.len() + 2);
         s.push('"');
         let mut hex: Vec<u8> = Vec::new();
-        let flush_hex = |s: &mut String, hex: &mut Vec<u8>| {
-            if !hex.is_empty() {
-                let parts: Vec<String> = hex.iter().map(|b| format!("{b:02X}")).collect();
-                s.push_str(&format!("${{hex:{}}}", parts.join(" ")));
-                hex.clear();
-            }
-        };
         for chunk in text.utf8_chunks() {
             for c in chunk.valid().chars() {
                 match c {
