@@ -2176,8 +2176,20 @@ int main(int argc, char **argv)
     int argi = 1;
     if (argc == 5 && strcmp(argv[1], "--callgrind-report") == 0)
         return callgrind_report(argv[2], atol(argv[3]), argv[4]);
+    /* The options that only switch something on. */
+    const struct {
+        const char *name;
+        int *flag;
+    } switches[] = {{"--noreply", &noreply}, {"--reuse", &reuse}, {"--ideal", &ideal},
+                    {"--opendkim", &dkim},   {"--aa", &aa}};
     while (argi < argc && strncmp(argv[argi], "--", 2) == 0) {
-        if (strcmp(argv[argi], "--quick") == 0) {
+        size_t sw = 0;
+        while (sw < sizeof switches / sizeof switches[0] && strcmp(argv[argi], switches[sw].name))
+            sw++;
+        if (sw < sizeof switches / sizeof switches[0]) {
+            *switches[sw].flag = 1;
+            argi++;
+        } else if (strcmp(argv[argi], "--quick") == 0) {
             scale = 0.2;
             argi++;
         } else if (strcmp(argv[argi], "--scale") == 0 && argi + 1 < argc) {
@@ -2189,21 +2201,6 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[argi], "--size") == 0 && argi + 1 < argc) {
             size = (size_t)strtoull(argv[argi + 1], NULL, 10);
             argi += 2;
-        } else if (strcmp(argv[argi], "--noreply") == 0) {
-            noreply = 1;
-            argi++;
-        } else if (strcmp(argv[argi], "--reuse") == 0) {
-            reuse = 1;
-            argi++;
-        } else if (strcmp(argv[argi], "--ideal") == 0) {
-            ideal = 1;
-            argi++;
-        } else if (strcmp(argv[argi], "--opendkim") == 0) {
-            dkim = 1;
-            argi++;
-        } else if (strcmp(argv[argi], "--aa") == 0) {
-            aa = 1;
-            argi++;
         } else if (strcmp(argv[argi], "--only") == 0 && argi + 1 < argc) {
             only = argv[argi + 1];
             argi += 2;
