@@ -226,6 +226,15 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     trace_io: bool,
     /// The command whose reply was read last, once one was.
     replied_to: Option<&'static str>,
+    /// The message is being encoded on the negotiation this thread last had with this Milter,
+    /// while the Milter works on its reply to OPTNEG: the reply is read before anything else
+    /// is written or read (`settle`), and must be the same, byte for byte.
+    assumed: bool,
+    /// The reply to OPTNEG was not the one assumed: what was encoded is void, and the message
+    /// is encoded again on the negotiation it gave.
+    reencode: bool,
+    /// The protocol version offered in OPTNEG.
+    offered_version: u32,
 }
 
 /// Stream timeouts, so that the session can bound every read and write.
@@ -356,6 +365,9 @@ pub fn run<S: Read + Write + Timeouts>(
         trace_packets: config.debug >= 2,
         trace_io: config.debug >= 3,
         replied_to: None,
+        assumed: false,
+        reencode: false,
+        offered_version: config.milter_protocol,
     };
     match reused {
         Some(neg) => {
@@ -365,9 +377,53 @@ pub fn run<S: Read + Write + Timeouts>(
             c.apply(neg);
             c.queue(SMFIC_QUIT_NC, &[]);
         }
-        None => c.negotiate(config.milter_protocol)?,
+        None => {
+            c.send_optneg()?;
+            // A Milter answers OPTNEG the same way every time: the message is encoded on the
+            // negotiation this thread had with it last while it answers, instead of after.
+            // Not when packets are traced: the trace would show them before the reply.
+            let last = match c.trace_packets || c.transcript.is_some() {
+                true => None,
+                false => remembered(peer, c.offered_version),
+            };
+            match last {
+                Some(neg) => {
+                    c.apply(neg);
+                    c.assumed = true;
+                }
+                None => c.read_optneg()?,
+            }
+        }
     }
-    let outcome = c.message(envelope, content)?;
+    let mut content = Some(content);
+    let outcome = loop {
+        match c.message(envelope, &mut content) {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                // An error before anything was written (a bad message): the reply to OPTNEG
+                // still decides, as it would have had it been read first.
+                if c.assumed {
+                    match c.settle() {
+                        Ok(()) => return Err(e),
+                        Err(_) if c.reencode => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !c.reencode {
+                    return Err(e);
+                }
+                // Nothing of the void encoding was written, and nothing of the message read
+                // but what is in memory (`settle` comes before the read callback is called).
+                c.reencode = false;
+                c.out.clear();
+                c.spliced.clear();
+                c.headers.clear();
+                c.edits.clear();
+                c.quarantine = None;
+            }
+        }
+    };
+    debug_assert!(!c.assumed, "a message ended without reading a reply");
     // QUIT_NC is legal only in libmilter's end-of-message state, which a CONTINUE at end of
     // message leaves it in; any other final reply (accept, reject, tempfail, discard) drops it
     // back to its HELO state, where QUIT_NC and the next CONNECT would be ignored, unanswered.
@@ -436,6 +492,51 @@ fn take_buffers() -> Buffers {
         })
 }
 
+/// The last negotiation a thread had with a Milter: its reply to OPTNEG as sent, and what was
+/// made of it.
+struct Remembered {
+    peer: Box<str>,
+    /// The protocol version offered (MILTER_PROTOCOL): what is made of a reply depends on it.
+    version: u32,
+    reply: Vec<u8>,
+    negotiation: Negotiation,
+}
+
+thread_local! {
+    static LAST_NEGOTIATION: std::cell::RefCell<Option<Remembered>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The negotiation to assume with `peer`: the one this thread had with it last.
+fn remembered(peer: &str, version: u32) -> Option<Negotiation> {
+    LAST_NEGOTIATION
+        .try_with(|l| {
+            l.borrow()
+                .as_ref()
+                .filter(|r| r.version == version && *r.peer == *peer)
+                .map(|r| r.negotiation.clone())
+        })
+        .ok()
+        .flatten()
+}
+
+fn remember(peer: &str, version: u32, reply: &[u8], negotiation: &Negotiation) {
+    let _ = LAST_NEGOTIATION.try_with(|l| {
+        let mut l = l.borrow_mut();
+        match l.as_mut() {
+            Some(r) if *r.peer == *peer && r.version == version && r.reply == reply => {}
+            _ => {
+                *l = Some(Remembered {
+                    peer: peer.into(),
+                    version,
+                    reply: reply.to_vec(),
+                    negotiation: negotiation.clone(),
+                })
+            }
+        }
+    });
+}
+
 impl<S: Read + Write + Timeouts> Drop for Conversation<'_, '_, S> {
     fn drop(&mut self) {
         let mut b = Buffers {
@@ -456,14 +557,61 @@ impl<S: Read + Write + Timeouts> Drop for Conversation<'_, '_, S> {
 }
 
 impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
-    fn negotiate(&mut self, version: u32) -> Result<()> {
-        let offered = offered_protocol(version);
+    fn send_optneg(&mut self) -> Result<()> {
+        let version = self.offered_version;
         let start = self.out.len();
-        let actions = offered_actions(version);
-        protocol::encode_optneg(&mut self.out, version, actions, offered);
+        protocol::encode_optneg(
+            &mut self.out,
+            version,
+            offered_actions(version),
+            offered_protocol(version),
+        );
         self.trace_out(start);
-        self.flush()?;
+        self.flush()
+    }
+
+    /// Reads the reply to OPTNEG and takes what it negotiates.
+    fn read_optneg(&mut self) -> Result<()> {
         let (cmd, at) = self.read_packet("OPTNEG")?;
+        let neg = self.negotiated(cmd, at)?;
+        self.apply(neg);
+        Ok(())
+    }
+
+    /// Reads the reply to OPTNEG when the message went ahead on the negotiation assumed: Ok
+    /// when it is the same; otherwise takes the new one, sets `reencode` and returns an
+    /// error that only `run` sees.
+    fn settle(&mut self) -> Result<()> {
+        self.assumed = false;
+        let (cmd, at) = self.read_packet("OPTNEG")?;
+        let same = cmd == SMFIC_OPTNEG
+            && LAST_NEGOTIATION
+                .try_with(|l| {
+                    l.borrow()
+                        .as_ref()
+                        .is_some_and(|r| r.reply[..] == self.rbuf[at.clone()])
+                })
+                .unwrap_or(false);
+        if same {
+            return Ok(());
+        }
+        let neg = self.negotiated(cmd, at)?;
+        debug!(
+            "milter {}: negotiated differently than on this thread's last connection to it; \
+             the message is encoded again",
+            self.peer
+        );
+        self.apply(neg);
+        self.reencode = true;
+        Err(Error::protocol("the negotiation changed".to_string()))
+    }
+
+    /// What a reply to OPTNEG negotiates, checked against what was offered; remembered for
+    /// this thread's next conversation with the same Milter.
+    fn negotiated(&mut self, cmd: u8, at: std::ops::Range<usize>) -> Result<Negotiation> {
+        let version = self.offered_version;
+        let actions = offered_actions(version);
+        let offered = offered_protocol(version);
         if cmd != SMFIC_OPTNEG {
             return Err(self.protocol_error(&format!(
                 "answered OPTNEG with {} ('{}') instead of OPTNEG",
@@ -471,7 +619,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 escape(&[cmd])
             )));
         }
-        let neg = protocol::decode_optneg(&self.rbuf[at])
+        let neg = protocol::decode_optneg(&self.rbuf[at.clone()])
             .map_err(|e| self.protocol_error(&format!("bad OPTNEG reply: {e}")))?;
         if neg.version < 2 || neg.version > version {
             return Err(self.protocol_error(&format!(
@@ -518,8 +666,8 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 protocol_names(neg.protocol)
             );
         }
-        self.apply(neg);
-        Ok(())
+        remember(self.peer, version, &self.rbuf[at], &neg);
+        Ok(neg)
     }
 
     /// Takes the negotiated values: what to send and expect, and the macros per stage.
@@ -562,7 +710,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         self.neg.protocol & bit != 0
     }
 
-    fn message(&mut self, env: &Envelope, content: Content<'m>) -> Result<Outcome> {
+    /// The message's conversation after negotiation. `content` is taken when it is read,
+    /// unless it is in memory: a message in memory can be encoded again (`reencode`).
+    fn message(&mut self, env: &Envelope, content: &mut Option<Content<'m>>) -> Result<Outcome> {
         let mut values = MacroValues::new(env);
 
         // CONNECT
@@ -701,7 +851,19 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             return Ok(self.final_outcome(d, reply, Stage::Data, rejected));
         }
 
-        // Header fields, streamed from the message.
+        // Header fields, streamed from the message. The read callback is called only once
+        // the negotiation is certain: a message read from it cannot be encoded again.
+        let content = match content {
+            Some(Content::Buffer(b)) => Content::Buffer(b),
+            _ => {
+                if self.assumed {
+                    self.settle()?;
+                }
+                content
+                    .take()
+                    .ok_or_else(|| Error::message("the message was read already".to_string()))?
+            }
+        };
         let mut reader = ContentReader::new(content);
         let body_start = reader.read_header_section(&mut self.headers)?;
         let leadspc = self.has(SMFIP_HDR_LEADSPC);
@@ -1055,6 +1217,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
     }
 
     fn flush(&mut self) -> Result<()> {
+        if self.assumed {
+            self.settle()?;
+        }
         if self.out.is_empty() {
             return Ok(());
         }

@@ -1164,3 +1164,78 @@ fn a_reply_after_the_final_one_keeps_no_connection() {
         "message 2 must open a new connection and message 3 keep using it"
     );
 }
+
+/// After a good conversation, the next message on the same thread is encoded on that
+/// negotiation while the Milter answers OPTNEG. When the answer then goes wrong (a version the
+/// library does not speak, or none at all), the error is the one about OPTNEG, as it is without
+/// an earlier conversation, and nothing but OPTNEG was written on that connection: what was
+/// encoded is never sent before the answer is read and found the same.
+#[test]
+fn a_bad_optneg_answer_after_a_good_one_is_the_error_and_nothing_else_is_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    // Connection 1 answers normally; 2 answers OPTNEG with version 1; 3 never answers. Returns
+    // the commands each connection received.
+    let milter = thread::spawn(move || {
+        let mut seen: Vec<String> = Vec::new();
+        for n in 1..=3 {
+            let Ok((mut s, _)) = listener.accept() else {
+                break;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut commands = String::new();
+            while let Ok((cmd, _)) = read_packet(&mut s) {
+                commands.push(cmd as char);
+                let reply = match (n, At::of_command(cmd)) {
+                    (_, None) => continue,
+                    (1, Some(At::Optneg)) => optneg_reply(),
+                    (2, Some(At::Optneg)) => {
+                        let mut d = Vec::new();
+                        for v in [1u32, 0x01, 0] {
+                            d.extend_from_slice(&v.to_be_bytes());
+                        }
+                        packet(b'O', &d)
+                    }
+                    (3, _) => continue,
+                    (_, Some(_)) => packet(b'c', &[]),
+                };
+                if s.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+            seen.push(commands);
+        }
+        seen
+    });
+    let good = run_case(port, PATIENT_TIMEOUT);
+    assert!(good.result.is_ok(), "{:?}", good.result.err());
+    let bad_version = run_case(port, PATIENT_TIMEOUT);
+    let silent = run_case(port, SHORT_TIMEOUT);
+    let seen = milter.join().expect("the Milter thread");
+    match bad_version.result {
+        Ok(_) => panic!("an OPTNEG answer with version 1 was taken"),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+            assert!(e.message.contains("protocol version 1"), "{e}");
+        }
+    }
+    match silent.result {
+        Ok(_) => panic!("a Milter that never answered OPTNEG gave a verdict"),
+        Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+            assert!(e.message.contains("OPTNEG"), "{e}");
+        }
+    }
+    assert!(
+        silent.elapsed < Duration::from_millis(1500),
+        "{:?}",
+        silent.elapsed
+    );
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].starts_with('O') && seen[0].contains('E'),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], "O", "connection 2 got more than OPTNEG: {seen:?}");
+    assert_eq!(seen[2], "O", "connection 3 got more than OPTNEG: {seen:?}");
+}

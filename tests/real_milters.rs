@@ -1159,6 +1159,58 @@ fn no_reply_flags_still_give_the_right_verdict() {
     all_of(cases);
 }
 
+/// While a Milter answers OPTNEG, the library encodes the message on the negotiation its thread
+/// had with that Milter last, and checks the answer before it writes anything. A Milter put in
+/// the place of another (the same address, other flags and macros) gets exactly what it
+/// negotiated: from every no-reply bit to every stage answered and a macro list of its own, and
+/// back, with the message read through the callback.
+#[test]
+fn a_milter_that_negotiates_otherwise_at_the_same_address_gets_what_it_negotiated() {
+    let all_seen = [
+        "connect", "helo", "envfrom", "envrcpt", "data", "header", "header", "header", "header",
+        "header", "eoh", "body", "eom",
+    ];
+    let no_reply =
+        |reply: &str| format!(r#"{{"protocol": [{NR_ALL}], "replies": {{"eom": "{reply}"}}}}"#);
+    let first = any_reply(&no_reply("550 5.7.1 first"));
+    let port = first.port;
+    let handle = first.handle();
+    for tag in ["neg1", "neg2"] {
+        let f = filter_with(&first, &handle, &envelope(tag), MESSAGE);
+        assert_rejected(&f, Stage::Eom, b"550 5.7.1 first");
+        assert_eq!(stages_seen(&first.recorded(tag)), all_seen, "{tag}");
+    }
+    drop(first);
+
+    let second = milters::any_reply_at(
+        port,
+        r#"{"symlist": {"connect": ["j", "{client_addr}"]}, "replies": {"data": "550 5.7.1 second"}}"#,
+    );
+    let f = filter_with(&second, &handle, &envelope("neg3"), MESSAGE);
+    assert_eq!(f.negotiation.protocol & SMFIP_NR_CONN, 0);
+    assert_rejected(&f, Stage::Data, b"550 5.7.1 second");
+    let r = second.recorded("neg3");
+    assert_eq!(
+        stages_seen(&r),
+        ["connect", "helo", "envfrom", "envrcpt", "data"]
+    );
+    assert_eq!(
+        r.macro_at("connect", "{client_addr}").as_deref(),
+        Some("192.0.2.10")
+    );
+    // `_` is in the default list for CONNECT, not in this Milter's.
+    assert_eq!(r.macro_at("connect", "_"), None);
+    drop(second);
+
+    let third = milters::any_reply_at(port, &no_reply("550 5.7.1 third"));
+    let mut reader: &[u8] = MESSAGE;
+    let f = handle
+        .filter(&envelope("neg4"), Content::Reader(&mut reader))
+        .unwrap_or_else(|e| panic!("filter failed: {e}\nthe Milter's stderr:\n{}", third.log()));
+    assert_rejected(&f, Stage::Eom, b"550 5.7.1 third");
+    assert_eq!(stages_seen(&third.recorded("neg4")), all_seen);
+}
+
 #[test]
 fn no_send_flags_leave_those_stages_out() {
     let cases = vec![

@@ -215,29 +215,48 @@ fn start_retrying(
 /// "record" key: the record goes to the server's directory and is read with `recorded`.
 pub fn any_reply(spec: &str) -> Server {
     require_pymilter();
+    start_retrying("any_reply", scratch_dir, true, |port, dir| {
+        any_reply_command(port, dir, spec)
+    })
+}
+
+/// `any_reply` on a given port (another Milter in the place of one that was stopped), without
+/// a retry on another port.
+pub fn any_reply_at(port: u16, spec: &str) -> Server {
+    require_pymilter();
+    let dir = scratch_dir("any_reply");
+    start(
+        any_reply_command(port, &dir, spec),
+        "any_reply",
+        port,
+        dir,
+        true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn any_reply_command(port: u16, dir: &Path, spec: &str) -> Command {
     let body = spec.trim();
     assert!(
         body.starts_with('{') && body.ends_with('}'),
         "an any_reply spec is a JSON object: {spec}"
     );
     let inner = body[1..body.len() - 1].trim();
-    start_retrying("any_reply", scratch_dir, true, |port, dir| {
-        let record = dir.join("record.jsonl");
-        let record = json_string(&record.display().to_string());
-        let full = if inner.is_empty() {
-            format!("{{\"record\": {record}}}")
-        } else {
-            format!("{{\"record\": {record}, {inner}}}")
-        };
-        let path = dir.join("spec.json");
-        std::fs::write(&path, full).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(Path::new(MANIFEST).join("tests/milters/any_reply.py"))
-            .arg(port.to_string())
-            .arg(&path)
-            .arg("--until-stdin-closes");
-        cmd
-    })
+    let record = dir.join("record.jsonl");
+    let record = json_string(&record.display().to_string());
+    let full = if inner.is_empty() {
+        format!("{{\"record\": {record}}}")
+    } else {
+        format!("{{\"record\": {record}, {inner}}}")
+    };
+    let path = dir.join("spec.json");
+    std::fs::write(&path, full).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(Path::new(MANIFEST).join("tests/milters/any_reply.py"))
+        .arg(port.to_string())
+        .arg(&path)
+        .arg("--until-stdin-closes");
+    cmd
 }
 
 /// opendkim signing mail From example.org (selector `test`) for clients in 127.0.0.0/8, with a
