@@ -1515,11 +1515,15 @@ static void warm_up(struct pool *p, const struct msgdef *m, int per_thread)
  * machine's other load tells on the ratio. `--aa` (the ideal client on both sides) shows the
  * noise that is left: on the 2-core VM this was written on, A/A ratios spread 0.97-1.03 in the
  * first table and 0.91-1.07 in the reuse table with 9 rounds and threads started per block,
- * 0.99-1.02 and 0.97-1.05 with 25 rounds and the pool. */
+ * 0.99-1.02 and 0.97-1.05 with 25 rounds and the pool (see REUSE_COUNT_FACTOR for the reuse
+ * table now). */
 #define ROUNDS 25
-/* A message on a kept connection is about twice as fast, so the CONNECTION_REUSE table runs
- * twice the messages of the first for about the same time per case. */
-#define REUSE_COUNT_FACTOR 2
+/* A message on a kept connection is about twice as fast, and the CONNECTION_REUSE table's rounds
+ * vary the most (one round's ratio anywhere in 0.75-1.35 against noop-noreply, where the first
+ * table's stay within a few hundredths): it runs four times the messages of the first, about
+ * twice the time per case. With twice the messages, --aa spread its ratios 0.94-1.04; with four
+ * times, 0.98-1.05. */
+#define REUSE_COUNT_FACTOR 4
 static struct row *run_case(struct target *t, const struct msgdef *m, int threads, int n,
                             int verbose_fail)
 {

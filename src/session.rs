@@ -4,6 +4,10 @@
 //! the edits at end of message, QUIT. Packets that need no reply are held and written together
 //! with the next one that does, so a conversation costs the fewest round trips the negotiation
 //! allows. Any protocol error ends the conversation at once: replies may already be in flight.
+//!
+//! While the Milter answers OPTNEG, the message is already encoded on the negotiation this thread
+//! had with the same Milter last; the answer is read before anything else is written and must be
+//! the same, byte for byte, or the message is encoded again on what it says (`settle`).
 
 use crate::config::Config;
 use crate::error::escape;
