@@ -1397,7 +1397,6 @@ struct row {
     int threads;
     double mps[2], p50[2], p99[2];
     double ratio; /* median of the rounds' library/ideal rate ratios */
-    int reuse;    /* the case keeps connections (renewed between rounds) */
     double rt[2], writes[2], bytes[2], connects[2], sockopts[2], other[2], cpu_us[2];
     int failures[2];
 };
@@ -1571,7 +1570,6 @@ static struct row *run_case(struct target *t, const struct msgdef *m, int thread
     r->milter = t->name;
     r->size = m->name;
     r->threads = threads;
-    r->reuse = t->reuse > 0;
     for (int c = 0; c < 2; c++) {
         struct side *s = &sides[c];
         qsort(s->lat, s->nlat, sizeof s->lat[0], cmp_u64);
@@ -1620,17 +1618,8 @@ struct targets_seen {
     int rt_ok, wr_ok;
 };
 
-/* The fewest round trips per message: what the negotiation allows on a connection (`rtmin`),
- * and on a case that keeps connections, the OPTNEG round trip of each connection the bench made
- * both sides open (the ideal client's connections per message). */
-static double rt_floor(const struct row *r, double rtmin)
-{
-    return r->reuse ? rtmin + r->connects[1] : rtmin;
-}
-
 static void judge(struct targets_seen *v, const struct row *r, double rtmin)
 {
-    rtmin = rt_floor(r, rtmin);
     if (r->ratio < v->worst_ratio) {
         v->worst_ratio = r->ratio;
         snprintf(v->worst_where, sizeof v->worst_where, "%s %s %d threads", r->milter, r->size,
@@ -1660,7 +1649,7 @@ static void print_other_calls(int first)
 
 static void print_row_header(void)
 {
-    printf("%-21s %4s %3s | %7s %6s %6s | %7s %6s %6s | %5s | %5s %5s %5s | %5s %5s | %6s %6s"
+    printf("%-21s %4s %3s | %7s %6s %6s | %7s %6s %6s | %5s | %5s %5s %3s | %5s %5s | %6s %6s"
            " | %5s %5s\n",
            "milter", "size", "thr", "lib/s", "p50 ms", "p99 ms", "ideal/s", "p50 ms", "p99 ms",
            "ratio", "RT", "RT id", "min", "wr", "wr id", "B", "B id", "cpu", "cpu id");
@@ -1668,10 +1657,10 @@ static void print_row_header(void)
 
 static void print_row(const struct row *r, double rtmin)
 {
-    printf("%-21s %4s %3d | %7.0f %6.2f %6.2f | %7.0f %6.2f %6.2f | %5.2f | %5.2f %5.2f %5.2f |"
+    printf("%-21s %4s %3d | %7.0f %6.2f %6.2f | %7.0f %6.2f %6.2f | %5.2f | %5.2f %5.2f %3.0f |"
            " %5.2f %5.2f | %6.0f %6.0f | %5.0f %5.0f%s\n",
            r->milter, r->size, r->threads, r->mps[0], r->p50[0], r->p99[0], r->mps[1], r->p50[1],
-           r->p99[1], r->ratio, r->rt[0], r->rt[1], rt_floor(r, rtmin), r->writes[0],
+           r->p99[1], r->ratio, r->rt[0], r->rt[1], rtmin, r->writes[0],
            r->writes[1], r->bytes[0], r->bytes[1], r->cpu_us[0], r->cpu_us[1],
            (r->failures[0] || r->failures[1]) ? "  FAILURES" : "");
     fflush(stdout);

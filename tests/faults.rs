@@ -139,8 +139,13 @@ fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
 /// The normal OPTNEG answer: version 6, ADDHDRS, every stage sent and answered (protocol 0), so
 /// that each stage of the matrix gets a reply point. SKIP is deliberately not negotiated.
 fn optneg_reply() -> Vec<u8> {
+    optneg_reply_version(6)
+}
+
+/// An OPTNEG answer with `version`, ADDHDRS and protocol 0.
+fn optneg_reply_version(version: u32) -> Vec<u8> {
     let mut d = Vec::new();
-    for v in [6u32, 0x01, 0] {
+    for v in [version, 0x01, 0] {
         d.extend_from_slice(&v.to_be_bytes());
     }
     packet(b'O', &d)
@@ -995,14 +1000,8 @@ fn a_version_2_answer_to_a_version_6_offer() {
         while let Ok((cmd, _)) = read_packet(&mut s) {
             seen.push(cmd);
             let reply = match cmd {
-                b'O' => {
-                    let mut d = Vec::new();
-                    // Version 2, ADDHDRS, every v2 step sent and answered.
-                    for v in [2u32, 0x01, 0] {
-                        d.extend_from_slice(&v.to_be_bytes());
-                    }
-                    packet(b'O', &d)
-                }
+                // Version 2, ADDHDRS, every v2 step sent and answered.
+                b'O' => optneg_reply_version(2),
                 b'E' => [packet(b'h', b"X-V2\0yes\0"), packet(b'c', &[])].concat(),
                 b'D' | b'A' | b'Q' => continue,
                 _ => packet(b'c', &[]),
@@ -1189,13 +1188,7 @@ fn a_bad_optneg_answer_after_a_good_one_is_the_error_and_nothing_else_is_sent() 
                 let reply = match (n, At::of_command(cmd)) {
                     (_, None) => continue,
                     (1, Some(At::Optneg)) => optneg_reply(),
-                    (2, Some(At::Optneg)) => {
-                        let mut d = Vec::new();
-                        for v in [1u32, 0x01, 0] {
-                            d.extend_from_slice(&v.to_be_bytes());
-                        }
-                        packet(b'O', &d)
-                    }
+                    (2, Some(At::Optneg)) => optneg_reply_version(1),
                     (3, _) => continue,
                     (_, Some(_)) => packet(b'c', &[]),
                 };
