@@ -11,7 +11,9 @@ use crate::session;
 use crate::verdict::{self, Outcome, Verdict, VerdictKind, VerdictOptions};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The result of filtering one message.
@@ -37,7 +39,7 @@ pub struct Handle {
     log: Arc<LogSink>,
     /// Idle connections kept for the next message: CONNECTION_REUSE slots, each empty or
     /// holding one.
-    pool: Vec<Mutex<Option<Pooled>>>,
+    pool: Vec<Slot>,
 }
 
 /// A connection kept open after a message that ended cleanly at end of message.
@@ -49,25 +51,63 @@ struct Pooled {
     timeouts: crate::net::SocketTimeouts,
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        for slot in &mut self.pool {
-            let kept = slot.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(mut p) = kept {
-                session::quit(&mut p.stream);
-            }
+/// One slot of the pool: empty (null) or owning one idle connection, boxed. A connection is
+/// taken out or put in with one atomic operation, so a thread looking at a slot sees either
+/// the connection or none, never a slot "in use" by another thread (with a lock per slot, a
+/// thread that found its own slot locked for a moment went on to take another thread's
+/// connection, which then had to connect anew). A cache line each: every thread takes from and
+/// puts into its own slot once a message.
+#[repr(align(64))]
+struct Slot(AtomicPtr<Pooled>);
+
+// A slot hands its connection from one thread to another (AtomicPtr is Send and Sync whatever
+// it points to, so this is checked here).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Pooled>();
+};
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// The connection in the slot, leaving it empty.
+    fn take(&self) -> Option<Box<Pooled>> {
+        // A look before the swap, so that passing over empty slots writes nothing.
+        if self.0.load(Ordering::Relaxed).is_null() {
+            return None;
+        }
+        let p = self.0.swap(ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: a non-null pointer in a slot comes from Box::into_raw in `put`, and the swap
+        // made this thread its one owner.
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// Puts `p` into the slot if it is empty; hands it back if not.
+    fn put(&self, p: Box<Pooled>) -> std::result::Result<(), Box<Pooled>> {
+        if !self.0.load(Ordering::Relaxed).is_null() {
+            return Err(p);
+        }
+        let raw = Box::into_raw(p);
+        match self
+            .0
+            .compare_exchange(ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(()),
+            // SAFETY: `raw` was not published (the exchange failed); this thread still owns it.
+            Err(_) => Err(unsafe { Box::from_raw(raw) }),
         }
     }
 }
 
-/// A pool slot, unless another thread is using it right now (never waited for).
-fn free_slot(slot: &Mutex<Option<Pooled>>) -> Option<std::sync::MutexGuard<'_, Option<Pooled>>> {
-    match slot.try_lock() {
-        Ok(guard) => Some(guard),
-        // A poisoned lock only means another thread panicked holding it; the slot's value is
-        // whole (take and put cannot panic half-way).
-        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
+impl Drop for Handle {
+    fn drop(&mut self) {
+        for slot in &self.pool {
+            if let Some(mut p) = slot.take() {
+                session::quit(&mut p.stream);
+            }
+        }
     }
 }
 
@@ -112,7 +152,7 @@ impl Handle {
     /// A handle for an already validated configuration.
     pub fn new(config: Config) -> Handle {
         let pool = (0..config.connection_reuse)
-            .map(|_| Mutex::new(None))
+            .map(|_| Slot::empty())
             .collect();
         let log = LogSink::new(&config);
         let verdict_options = VerdictOptions {
@@ -168,36 +208,29 @@ impl Handle {
     }
 
     /// A kept connection, if one is idle. The slots are looked at from this thread's own one
-    /// on, and one that another thread is using right now is passed over, never waited for: an
-    /// MTA thread usually gets back the connection it used last, and threads never queue on a
-    /// lock whose holder the scheduler has just preempted.
-    fn take_pooled(&self) -> Option<Pooled> {
+    /// on: an MTA thread usually gets back the connection it used last.
+    fn take_pooled(&self) -> Option<Box<Pooled>> {
         let n = self.pool.len();
         if n == 0 {
             return None;
         }
         let first = thread_slot();
-        (0..n).find_map(|i| free_slot(&self.pool[(first + i) % n])?.take())
+        (0..n).find_map(|i| self.pool[(first + i) % n].take())
     }
 
-    /// Keeps a connection whose conversation ended cleanly at end of message in a free slot,
-    /// this thread's own first, or closes it (with QUIT) when every slot is taken.
+    /// Keeps a connection whose conversation ended cleanly at end of message in an empty slot,
+    /// this thread's own first, or closes it (with QUIT) when every slot holds one.
     fn give_back(&self, p: Pooled) {
         let n = self.pool.len();
         let first = thread_slot();
-        let mut p = Some(p);
+        let mut p = Box::new(p);
         for i in 0..n {
-            let Some(mut slot) = free_slot(&self.pool[(first + i) % n]) else {
-                continue;
-            };
-            if slot.is_none() {
-                *slot = p.take();
-                return;
+            match self.pool[(first + i) % n].put(p) {
+                Ok(()) => return,
+                Err(back) => p = back,
             }
         }
-        if let Some(mut p) = p {
-            session::quit(&mut p.stream);
-        }
+        session::quit(&mut p.stream);
     }
 
     /// The configuration this handle was opened with.
@@ -391,5 +424,115 @@ fn describe_verdict(v: &Verdict) -> String {
             crate::error::escape(v.reply.as_deref().unwrap_or(b""))
         ),
         VerdictKind::Sieve => format!("verdict \"{}\"", crate::error::escape(&v.script)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicBool;
+
+    fn handle(reuse: u32) -> Handle {
+        let text = format!("HOST=127.0.0.1\nPORT=1\nCONNECTION_REUSE={reuse}\n");
+        Handle::new(Config::parse("test.opt", text.as_bytes()).expect("a valid option file"))
+    }
+
+    /// Kept connections to a listener of our own; each one's index is its local port's place.
+    fn kept(n: usize) -> (TcpListener, Vec<Pooled>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pooled = (0..n)
+            .map(|_| Pooled {
+                stream: TcpStream::connect(addr).unwrap(),
+                peer: Arc::from("127.0.0.1"),
+                negotiation: Negotiation::default(),
+                timeouts: Default::default(),
+            })
+            .collect();
+        (listener, pooled)
+    }
+
+    #[test]
+    fn threads_racing_for_slots_never_share_lose_or_double_a_connection() {
+        let h = handle(4);
+        let (_listener, pooled) = kept(4);
+        let ports: Vec<u16> = pooled
+            .iter()
+            .map(|p| p.stream.local_addr().unwrap().port())
+            .collect();
+        for p in pooled {
+            h.give_back(p);
+        }
+        // Which connection is out of the pool right now, by the index of its port.
+        let out: Vec<AtomicBool> = ports.iter().map(|_| AtomicBool::new(false)).collect();
+        let (h, ports, out) = (&h, &ports, &out);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(move || {
+                    // Each thread takes a connection 2,000 times, trying until it gets one.
+                    for _ in 0..2_000 {
+                        let p = loop {
+                            match h.take_pooled() {
+                                Some(p) => break p,
+                                None => std::thread::yield_now(),
+                            }
+                        };
+                        let port = p.stream.local_addr().unwrap().port();
+                        let i = ports.iter().position(|&q| q == port).expect("a known port");
+                        assert!(
+                            !out[i].swap(true, Ordering::SeqCst),
+                            "connection {i} handed to two threads at once"
+                        );
+                        std::thread::yield_now();
+                        out[i].store(false, Ordering::SeqCst);
+                        h.give_back(*p);
+                    }
+                });
+            }
+        });
+        // Four connections and four slots: none was closed for want of a slot, none doubled.
+        let mut left: Vec<u16> = (0..4)
+            .filter_map(|_| h.take_pooled())
+            .map(|p| p.stream.local_addr().unwrap().port())
+            .collect();
+        left.sort_unstable();
+        let mut want = ports.clone();
+        want.sort_unstable();
+        assert_eq!(left, want, "the pool lost or doubled a connection");
+        assert!(h.take_pooled().is_none(), "more connections than were kept");
+    }
+
+    #[test]
+    fn a_full_pool_closes_what_it_cannot_keep() {
+        let h = handle(2);
+        let (listener, pooled) = kept(3);
+        let ports: Vec<u16> = pooled
+            .iter()
+            .map(|p| p.stream.local_addr().unwrap().port())
+            .collect();
+        let accepted: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+        for p in pooled {
+            h.give_back(p);
+        }
+        // The third found both slots taken: it got QUIT and was closed; the others are kept.
+        let mut third = accepted
+            .into_iter()
+            .find(|a| a.peer_addr().unwrap().port() == ports[2])
+            .unwrap();
+        third
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut third, &mut got).unwrap();
+        assert_eq!(
+            got, b"\0\0\0\x01Q",
+            "the connection the pool could not keep"
+        );
+        let mut kept: Vec<u16> = std::iter::from_fn(|| h.take_pooled())
+            .map(|p| p.stream.local_addr().unwrap().port())
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ports[..2].to_vec());
     }
 }
