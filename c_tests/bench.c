@@ -69,6 +69,9 @@ struct iostat {
 
 static __thread int t_mode;
 static __thread struct iostat t_io;
+/* The connection this thread last wrote a message to (the reuse table's ideal client runs on
+ * the connection the library's thread used: see fresh_connections). */
+static __thread int t_lastfd = -1;
 
 #define FD_SLOTS 65536
 /* Per fd: 1 a TCP socket created while a mode was set; 2 also written since its last read. */
@@ -132,6 +135,7 @@ static void count_write(int fd, ssize_t n)
         t_io.writes++;
         t_io.wbytes += (uint64_t)n;
         fd_state[fd] = 2;
+        t_lastfd = fd;
     } else {
         t_io.other++;
     }
@@ -748,6 +752,7 @@ struct conn {
     unsigned char rbuf[4096];
     size_t rlen, rpos;
     int reused; /* the connection is negotiated and past a message */
+    int borrowed; /* the library's connection, used between its blocks: never closed here */
 };
 
 static int write_all_fd(int fd, const unsigned char *p, size_t n)
@@ -1170,6 +1175,7 @@ struct target {
     const char *base;   /* the Milter's name for its option file (reuse: to open it again) */
     SpamfilterHandle *h;
     int expect_edits;   /* opendkim signs: the verdict must add a header */
+    struct neg neg;     /* what the Milter negotiates (the ideal client on borrowed connections) */
 };
 
 struct job {
@@ -1180,6 +1186,8 @@ struct job {
     uint64_t *lat;
     struct iostat io;
     uint64_t cpu_ns;
+    int lastfd; /* the connection its last message was written to */
+    int gather; /* reuse table: the first message waits for every thread's (see gathered_read) */
     int failures;
     char err[256];
 };
@@ -1197,7 +1205,42 @@ struct pool {
     pthread_t tids[64];
     struct job jobs[64];
     struct conn conns[64][2];
+    int libfd[64]; /* reuse table: the connection each thread's library side used last */
+    int gathered;  /* threads whose first warm-up message has begun (see gathered_read) */
+    int gather_next; /* the next block's first messages gather (run_block) */
 };
+
+/* The library's first message of a round of the reuse table (see fresh_connections) is read
+ * through this callback, which waits until every thread's conversation has begun: the library
+ * then holds a connection per thread at once, and each goes back to its own thread's slot. */
+struct gathered {
+    struct pool *pool;
+    const struct msgdef *m;
+    size_t pos;
+    int waited;
+};
+
+static ptrdiff_t gathered_read(void *ctx, uint8_t *buf, size_t len)
+{
+    struct gathered *g = ctx;
+    if (!g->waited) {
+        g->waited = 1;
+        __atomic_add_fetch(&g->pool->gathered, 1, __ATOMIC_SEQ_CST);
+        uint64_t t0 = now_ns();
+        while (__atomic_load_n(&g->pool->gathered, __ATOMIC_SEQ_CST) < g->pool->threads) {
+            if (now_ns() - t0 > 10000000000u)
+                die("reuse warm-up: only %d of %d threads began a conversation within 10 s",
+                    __atomic_load_n(&g->pool->gathered, __ATOMIC_SEQ_CST), g->pool->threads);
+            usleep(100);
+        }
+    }
+    size_t left = g->m->len - g->pos;
+    if (len > left)
+        len = left;
+    memcpy(buf, g->m->data + g->pos, len);
+    g->pos += len;
+    return (ptrdiff_t)len;
+}
 
 static uint64_t thread_cpu_ns(void)
 {
@@ -1234,12 +1277,21 @@ static void work_block(struct job *j, SpamfilterMessage *msg, struct conn *c, st
     msg->data_len = j->m->len;
     struct source src = {.data = j->m->data, .len = j->m->len};
     memset(&t_io, 0, sizeof t_io);
+    t_lastfd = -1;
     t_mode = j->client == CLIENT_LIB ? M_LIB : M_IDEAL;
     uint64_t cpu0 = thread_cpu_ns();
     for (int i = 0; i < j->count; i++) {
         uint64_t t0 = now_ns();
         int r;
-        if (j->client == CLIENT_LIB && !aa) {
+        if (j->client == CLIENT_LIB && !aa && j->gather && i == 0) {
+            struct gathered g = {.pool = j->pool, .m = j->m};
+            SpamfilterMessage gm = *msg;
+            gm.data = NULL;
+            gm.data_len = 0;
+            gm.read = gathered_read;
+            gm.read_ctx = &g;
+            r = lib_message(t, &gm, j->err, sizeof j->err);
+        } else if (j->client == CLIENT_LIB && !aa) {
             r = lib_message(t, msg, j->err, sizeof j->err);
         } else {
             int edits = 0;
@@ -1252,7 +1304,12 @@ static void work_block(struct job *j, SpamfilterMessage *msg, struct conn *c, st
             if (r != 0) {
                 snprintf(j->err, sizeof j->err, "ideal client: conversation failed (%s)",
                          errno ? strerror(errno) : "protocol");
-                if (c->fd >= 0) {
+                if (c->fd >= 0 && c->borrowed) {
+                    /* Not ours to close: shut down, the library then finds it closed. */
+                    shutdown(c->fd, SHUT_RDWR);
+                    c->fd = -1;
+                    c->borrowed = 0;
+                } else if (c->fd >= 0) {
                     close(c->fd);
                     c->fd = -1;
                 }
@@ -1265,6 +1322,7 @@ static void work_block(struct job *j, SpamfilterMessage *msg, struct conn *c, st
     j->cpu_ns = thread_cpu_ns() - cpu0;
     t_mode = M_NONE;
     j->io = t_io;
+    j->lastfd = t_lastfd;
 }
 
 static void *worker(void *arg)
@@ -1336,6 +1394,7 @@ static void run_block(struct pool *p, const struct msgdef *m, int client, int co
     for (int i = 0; i < threads; i++) {
         struct job *j = &p->jobs[i];
         memset(j, 0, sizeof *j);
+        j->gather = p->gather_next;
         j->pool = p;
         j->m = m;
         j->client = client;
@@ -1460,18 +1519,19 @@ static void describe_protocol(uint32_t p, char *out, size_t len)
         snprintf(out, len, "none");
 }
 
-/* On a case with CONNECTION_REUSE, before every block: no kept connection on either side. A
- * kept connection lasts, and with it whatever makes it faster or slower than another: which of
- * the Milter's threads serves it and where the scheduler put that thread. Against noop-noreply
- * at 1 thread a block runs at one of two speeds a third apart, and keeps it as long as its
- * connection: a round's ratio came out at 0.75, 1.00 or 1.33. Kept for a whole case, one side's
- * connections tipped every round the same way (real runs at 0.80-0.88 where the next gave
- * 1.00; --aa, the ideal client on both sides, at 1.07-1.08); renewed every round, a case still
- * missed by a fifth now and then. So every block gets new connections, drawn anew, as an MTA's
- * after a restart: the ideal client closes its connections (QUIT), the library's handle is
- * closed (which sends QUIT on its kept ones) and opened again, and a message per thread and
- * side makes the new ones (see run_case). All outside the blocks' time and for both sides
- * alike: the blocks run on kept connections only. */
+/* The CONNECTION_REUSE table. A kept connection lasts, and with it whatever makes it faster or
+ * slower than another: which of the Milter's threads serves it and where the scheduler put that
+ * thread. With each side on connections of its own, one block's rate differed from the next by
+ * 7-10% (4 threads against noop-noreply) for that alone, and a case's ratio, the median of 75
+ * rounds, moved by a hundredth or two from run to run; kept for a whole case, one side's
+ * connections tipped every round the same way (a real run at 0.80-0.88 where the next gave
+ * 1.00). So both sides now run on the same connections, the library's: in each round its handle
+ * is opened anew (QUIT on the old kept connections) and warmed up until its pool holds a
+ * connection per thread, and the ideal client's thread i then holds its conversations on the
+ * connection the library's thread i last wrote to (the library keeps it idle in its pool
+ * meanwhile; it is never closed here). Each round draws new connections; within a round both
+ * sides meet the same Milter threads, so that the draw cancels out of the round's ratio. With
+ * --aa the left side is the ideal client on connections of its own, renewed the same way. */
 static SpamfilterHandle *open_handle(const char *name, int port, int reuse);
 
 static void fresh_connections(struct pool *p)
@@ -1490,19 +1550,64 @@ static void fresh_connections(struct pool *p)
     free(b.p);
 }
 
+/* Not measured: `per_thread` messages per thread from the side `client`. */
+static void warm_up_side(struct pool *p, const struct msgdef *m, int client, int per_thread)
+{
+    const struct target *t = p->t;
+    struct side w;
+    memset(&w, 0, sizeof w);
+    w.lat = xmalloc(sizeof(uint64_t) * (size_t)p->threads * (size_t)per_thread);
+    run_block(p, m, client, p->threads * per_thread, &w);
+    if (w.failures)
+        die("%s %s %d threads: %s failed in warm-up: %s", t->name, m->name, p->threads,
+            client == CLIENT_LIB ? "library" : "ideal client", w.err);
+    free(w.lat);
+    for (int i = 0; i < p->threads; i++)
+        p->libfd[i] = p->jobs[i].lastfd;
+}
+
 /* Not measured: `per_thread` messages per thread from each side. */
 static void warm_up(struct pool *p, const struct msgdef *m, int per_thread)
 {
-    const struct target *t = p->t;
-    struct side w[2];
-    memset(w, 0, sizeof w);
-    for (int c = 0; c < 2; c++) {
-        w[c].lat = xmalloc(sizeof(uint64_t) * (size_t)p->threads * (size_t)per_thread);
-        run_block(p, m, c, p->threads * per_thread, &w[c]);
-        if (w[c].failures)
-            die("%s %s %d threads: %s failed in warm-up: %s", t->name, m->name, p->threads,
-                c == CLIENT_LIB ? "library" : "ideal client", w[c].err);
-        free(w[c].lat);
+    for (int c = 0; c < 2; c++)
+        warm_up_side(p, m, c, per_thread);
+}
+
+/* Messages per thread that warm up a round of the reuse table: the library's pool opens a
+ * connection only when every kept one is in use, so one message per thread leaves it with
+ * fewer connections than threads (the threads' messages overlap only in part), and the block
+ * then opened the rest inside its time (about one connection per block at 16 threads). Four
+ * leave none to open. */
+#define REUSE_WARM_UP 2
+
+/* The ideal client's thread i takes the connection the library's thread i last used (see
+ * fresh_connections). Two threads on one connection would garble both conversations: the bench
+ * stops instead (the gathered warm-up gives every thread a connection of its own, and a thread
+ * always finds its own again in its slot). */
+static void borrow_connections(struct pool *p)
+{
+    for (int i = 0; i < p->threads; i++) {
+        for (int k = 0; k < i; k++)
+            if (p->libfd[k] == p->libfd[i])
+                die("%s: library threads %d and %d last used the same connection", p->t->name,
+                    k, i);
+        if (p->libfd[i] < 0)
+            die("%s: library thread %d wrote to no connection", p->t->name, i);
+        struct conn *c = &p->conns[i][CLIENT_IDEAL];
+        c->fd = p->libfd[i];
+        c->neg = p->t->neg;
+        c->reused = 1;
+        c->borrowed = 1;
+        c->rlen = c->rpos = 0;
+    }
+}
+
+static void return_connections(struct pool *p)
+{
+    for (int i = 0; i < p->threads; i++) {
+        struct conn *c = &p->conns[i][CLIENT_IDEAL];
+        c->fd = -1;
+        c->borrowed = 0;
     }
 }
 
@@ -1514,19 +1619,15 @@ static void warm_up(struct pool *p, const struct msgdef *m, int per_thread)
  * machine's other load tells on the ratio. `--aa` (the ideal client on both sides) shows the
  * noise that is left: on the 2-core VM this was written on, A/A ratios spread 0.97-1.03 in the
  * first table and 0.91-1.07 in the reuse table with 9 rounds and threads started per block,
- * 0.99-1.02 and 0.97-1.05 with 25 rounds and the pool (see REUSE_COUNT_FACTOR for the reuse
- * table now). */
+ * 0.99-1.02 and 0.97-1.05 with 25 rounds and the pool (the reuse table now: see
+ * fresh_connections). */
 #define ROUNDS 25
-/* A message on a kept connection is about twice as fast, and the CONNECTION_REUSE table's rounds
- * vary the most (one round's ratio anywhere in 0.75-1.35 against noop-noreply, where the first
- * table's stay within a few hundredths): it runs four times the messages of the first, about
- * twice the time per case. With twice the messages, --aa spread its ratios 0.94-1.04; with four
- * times, 0.98-1.05. */
+/* A message on a kept connection is about twice as fast: the CONNECTION_REUSE table runs four
+ * times the messages of the first, */
 #define REUSE_COUNT_FACTOR 4
-/* And three times the rounds, in shorter blocks: a block there draws a speed with its new
- * connections (see fresh_connections), and the median of more rounds averages more draws. --aa
- * on the reuse table: 0.97-1.04 with 25 rounds, 0.98-1.02 with 75. */
-#define REUSE_ROUNDS 75
+/* in three times the rounds (shorter blocks), taken in pairs of opposite order (see
+ * fresh_connections): the median of 38 pairs. */
+#define REUSE_ROUNDS 76
 static struct row *run_case(struct target *t, const struct msgdef *m, int threads, int n,
                             int verbose_fail)
 {
@@ -1544,29 +1645,52 @@ static struct row *run_case(struct target *t, const struct msgdef *m, int thread
     /* Warm-up, not measured: connections, thread stacks, the Milter's threads. */
     warm_up(&pool, m, 2);
     double ratios[REUSE_ROUNDS];
+    int nratios = 0;
+    /* The reuse table's rounds go in pairs, L I I L then I L L I (see fresh_connections), and
+     * a ratio is taken over each pair. */
+    int span = t->reuse ? 2 : 1;
+    uint64_t wall0[2] = {0, 0}, msgs0[2] = {0, 0};
     for (int round = 0; round < rounds; round++) {
-        uint64_t wall0[2] = {sides[0].wall_ns, sides[1].wall_ns};
-        uint64_t msgs0[2] = {sides[0].msgs, sides[1].msgs};
-        static const int order[4] = {CLIENT_LIB, CLIENT_IDEAL, CLIENT_IDEAL, CLIENT_LIB};
-        for (int k = 0; k < 4; k++) {
-            if (t->reuse) {
-                /* New connections on both sides, made outside the blocks' time. */
-                fresh_connections(&pool);
-                warm_up(&pool, m, 1);
+        if (round % span == 0)
+            for (int c = 0; c < 2; c++) {
+                wall0[c] = sides[c].wall_ns;
+                msgs0[c] = sides[c].msgs;
             }
-            run_block(&pool, m, order[k], block, &sides[order[k]]);
+        static const int orders[2][4] = {{CLIENT_LIB, CLIENT_IDEAL, CLIENT_IDEAL, CLIENT_LIB},
+                                         {CLIENT_IDEAL, CLIENT_LIB, CLIENT_LIB, CLIENT_IDEAL}};
+        const int *order = orders[t->reuse ? round % 2 : 0];
+        if (t->reuse) {
+            /* New connections for the round, made outside the blocks' time. */
+            fresh_connections(&pool);
+            pool.gathered = 0;
+            pool.gather_next = 1;
+            warm_up_side(&pool, m, CLIENT_LIB, 1);
+            pool.gather_next = 0;
+            warm_up_side(&pool, m, CLIENT_LIB, REUSE_WARM_UP);
         }
+        for (int k = 0; k < 4; k++) {
+            if (t->reuse && order[k] == CLIENT_IDEAL)
+                borrow_connections(&pool);
+            run_block(&pool, m, order[k], block, &sides[order[k]]);
+            if (t->reuse && order[k] == CLIENT_IDEAL)
+                return_connections(&pool);
+            if (t->reuse && order[k] == CLIENT_LIB)
+                for (int i = 0; i < threads; i++)
+                    pool.libfd[i] = pool.jobs[i].lastfd;
+        }
+        if (round % span != span - 1)
+            continue;
         double rate[2];
         for (int c = 0; c < 2; c++)
             rate[c] = (double)(sides[c].msgs - msgs0[c]) /
                       ((double)(sides[c].wall_ns - wall0[c]) / 1e9);
-        ratios[round] = rate[CLIENT_LIB] / rate[CLIENT_IDEAL];
+        ratios[nratios++] = rate[CLIENT_LIB] / rate[CLIENT_IDEAL];
     }
     pool_stop(&pool);
     struct row *r = &rows[nrows++];
     memset(r, 0, sizeof *r);
-    qsort(ratios, (size_t)rounds, sizeof ratios[0], cmp_double);
-    r->ratio = ratios[rounds / 2];
+    qsort(ratios, (size_t)nratios, sizeof ratios[0], cmp_double);
+    r->ratio = ratios[nratios / 2];
     r->milter = t->name;
     r->size = m->name;
     r->threads = threads;
@@ -2304,6 +2428,7 @@ int main(int argc, char **argv)
         targets[i].h = open_handle(i == 0 ? "noop-reply" : i == 1 ? "noop-noreply" : "opendkim",
                                    targets[i].port, 0);
         negs[i] = probe(targets[i].port);
+        targets[i].neg = negs[i];
         char desc[512];
         describe_protocol(negs[i].protocol, desc, sizeof desc);
         printf("negotiated with %-13s version %u, actions 0x%x, protocol %s\n", targets[i].name,
@@ -2394,7 +2519,7 @@ int main(int argc, char **argv)
 
     /* CONNECTION_REUSE=16 against the no-op Milter. */
     printf("\nCONNECTION_REUSE=16 (library) against the ideal client reusing its connection "
-           "(QUIT_NC, then CONNECT);\nboth sides' connections renewed before every block, outside its time:\n");
+           "(QUIT_NC, then CONNECT);\nboth on the library's connections, renewed every round outside the blocks' time:\n");
     struct target reuse_t[2];
     for (int ti = 0; ti < 2; ti++) {
         reuse_t[ti] = targets[ti];
