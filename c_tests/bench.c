@@ -1195,8 +1195,9 @@ struct job {
 /* The client threads of a case. They live as long as the case, as an MTA's threads live as long
  * as the MTA: created once, then handed block after block. So no block pays for starting and
  * ending threads, and what a thread keeps between messages (the library's per-thread buffers)
- * lasts across blocks for both clients alike. The ideal client's kept connections (one per
- * thread and side) are here, so that a block can start without them (see fresh_connections). */
+ * lasts across blocks for both clients alike. The ideal client's connections (one per thread
+ * and side: its own, or in the reuse table the library's, borrowed) are here, so that they can
+ * be renewed and borrowed between blocks (see fresh_connections). */
 struct pool {
     struct target *t;
     int threads;
@@ -1329,8 +1330,7 @@ static void *worker(void *arg)
 {
     struct job *j = arg;
     struct pool *p = j->pool;
-    /* The ideal client keeps its own connection per thread (CONNECTION_REUSE), one per client
-     * side, as the library's pool does; --aa runs the ideal client on both sides. */
+    /* The ideal client's connection on each side (--aa runs it on both sides). */
     struct conn *conns = p->conns[j - p->jobs];
     SpamfilterMessage msg = envelope();
     struct obuf b = {0};
@@ -1411,6 +1411,8 @@ static void run_block(struct pool *p, const struct msgdef *m, int client, int co
         struct job *j = &p->jobs[i];
         io_add(&s->io, &j->io);
         s->cpu_ns += j->cpu_ns;
+        if (client == CLIENT_LIB)
+            p->libfd[i] = j->lastfd;
         s->failures += j->failures;
         if (j->failures && s->err[0] == '\0')
             snprintf(s->err, sizeof s->err, "%s", j->err);
@@ -1562,8 +1564,6 @@ static void warm_up_side(struct pool *p, const struct msgdef *m, int client, int
         die("%s %s %d threads: %s failed in warm-up: %s", t->name, m->name, p->threads,
             client == CLIENT_LIB ? "library" : "ideal client", w.err);
     free(w.lat);
-    for (int i = 0; i < p->threads; i++)
-        p->libfd[i] = p->jobs[i].lastfd;
 }
 
 /* Not measured: `per_thread` messages per thread from each side. */
@@ -1573,12 +1573,24 @@ static void warm_up(struct pool *p, const struct msgdef *m, int per_thread)
         warm_up_side(p, m, c, per_thread);
 }
 
-/* Messages per thread that warm up a round of the reuse table: the library's pool opens a
- * connection only when every kept one is in use, so one message per thread leaves it with
- * fewer connections than threads (the threads' messages overlap only in part), and the block
- * then opened the rest inside its time (about one connection per block at 16 threads). Four
- * leave none to open. */
+/* Messages per thread after the gathered one (see gathered_read), to warm up a round of the
+ * reuse table. The library's pool opens a connection only when every kept one is in use: with
+ * plain messages, the threads' overlapping only in part, it was left with fewer connections
+ * than threads and the block opened the rest inside its time (about one connection per block
+ * at 16 threads). */
 #define REUSE_WARM_UP 2
+
+/* The start of a round of the reuse table: new connections, a connection per thread in the
+ * library's pool, each in its own thread's slot, all outside the blocks' time. */
+static void reuse_round_start(struct pool *p, const struct msgdef *m)
+{
+    fresh_connections(p);
+    p->gathered = 0;
+    p->gather_next = 1;
+    warm_up_side(p, m, CLIENT_LIB, 1);
+    p->gather_next = 0;
+    warm_up_side(p, m, CLIENT_LIB, REUSE_WARM_UP);
+}
 
 /* The ideal client's thread i takes the connection the library's thread i last used (see
  * fresh_connections). Two threads on one connection would garble both conversations: the bench
@@ -1659,24 +1671,14 @@ static struct row *run_case(struct target *t, const struct msgdef *m, int thread
         static const int orders[2][4] = {{CLIENT_LIB, CLIENT_IDEAL, CLIENT_IDEAL, CLIENT_LIB},
                                          {CLIENT_IDEAL, CLIENT_LIB, CLIENT_LIB, CLIENT_IDEAL}};
         const int *order = orders[t->reuse ? round % 2 : 0];
-        if (t->reuse) {
-            /* New connections for the round, made outside the blocks' time. */
-            fresh_connections(&pool);
-            pool.gathered = 0;
-            pool.gather_next = 1;
-            warm_up_side(&pool, m, CLIENT_LIB, 1);
-            pool.gather_next = 0;
-            warm_up_side(&pool, m, CLIENT_LIB, REUSE_WARM_UP);
-        }
+        if (t->reuse)
+            reuse_round_start(&pool, m);
         for (int k = 0; k < 4; k++) {
             if (t->reuse && order[k] == CLIENT_IDEAL)
                 borrow_connections(&pool);
             run_block(&pool, m, order[k], block, &sides[order[k]]);
             if (t->reuse && order[k] == CLIENT_IDEAL)
                 return_connections(&pool);
-            if (t->reuse && order[k] == CLIENT_LIB)
-                for (int i = 0; i < threads; i++)
-                    pool.libfd[i] = pool.jobs[i].lastfd;
         }
         if (round % span != span - 1)
             continue;

@@ -438,6 +438,11 @@ mod tests {
         Handle::new(Config::parse("test.opt", text.as_bytes()).expect("a valid option file"))
     }
 
+    /// A kept connection's local port: what tells the test's connections apart.
+    fn port(p: &Pooled) -> u16 {
+        p.stream.local_addr().unwrap().port()
+    }
+
     /// Kept connections to a listener of our own; each one's index is its local port's place.
     fn kept(n: usize) -> (TcpListener, Vec<Pooled>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -457,10 +462,7 @@ mod tests {
     fn threads_racing_for_slots_never_share_lose_or_double_a_connection() {
         let h = handle(4);
         let (_listener, pooled) = kept(4);
-        let ports: Vec<u16> = pooled
-            .iter()
-            .map(|p| p.stream.local_addr().unwrap().port())
-            .collect();
+        let ports: Vec<u16> = pooled.iter().map(port).collect();
         for p in pooled {
             h.give_back(p);
         }
@@ -478,7 +480,7 @@ mod tests {
                                 None => std::thread::yield_now(),
                             }
                         };
-                        let port = p.stream.local_addr().unwrap().port();
+                        let port = port(&p);
                         let i = ports.iter().position(|&q| q == port).expect("a known port");
                         assert!(
                             !out[i].swap(true, Ordering::SeqCst),
@@ -494,7 +496,7 @@ mod tests {
         // Four connections and four slots: none was closed for want of a slot, none doubled.
         let mut left: Vec<u16> = (0..4)
             .filter_map(|_| h.take_pooled())
-            .map(|p| p.stream.local_addr().unwrap().port())
+            .map(|p| port(&p))
             .collect();
         left.sort_unstable();
         let mut want = ports.clone();
@@ -507,10 +509,7 @@ mod tests {
     fn a_full_pool_closes_what_it_cannot_keep() {
         let h = handle(2);
         let (listener, pooled) = kept(3);
-        let ports: Vec<u16> = pooled
-            .iter()
-            .map(|p| p.stream.local_addr().unwrap().port())
-            .collect();
+        let ports: Vec<u16> = pooled.iter().map(port).collect();
         let accepted: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
         for p in pooled {
             h.give_back(p);
@@ -530,7 +529,7 @@ mod tests {
             "the connection the pool could not keep"
         );
         let mut kept: Vec<u16> = std::iter::from_fn(|| h.take_pooled())
-            .map(|p| p.stream.local_addr().unwrap().port())
+            .map(|p| port(&p))
             .collect();
         kept.sort_unstable();
         assert_eq!(kept, ports[..2].to_vec());

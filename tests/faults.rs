@@ -526,6 +526,20 @@ struct Run {
     largest_allocation: usize,
 }
 
+impl Run {
+    /// Asserts that the conversation failed with `kind` and an error naming `text`; `if_ok` is
+    /// the complaint when it did not fail.
+    fn assert_failed(&self, kind: ErrorKind, text: &str, if_ok: &str) {
+        match &self.result {
+            Ok(_) => panic!("{if_ok}"),
+            Err(e) => {
+                assert_eq!(e.kind, kind, "{e}");
+                assert!(e.message.contains(text), "{e}");
+            }
+        }
+    }
+}
+
 fn run_case(port: u16, timeouts: &str) -> Run {
     let text = format!("HOST=127.0.0.1\nPORT={port}\n{timeouts}");
     let config = match Config::parse("faults.opt", text.as_bytes()) {
@@ -1065,13 +1079,11 @@ fn every_reply_within_timeout_still_ends_at_message_timeout() {
     // TIMEOUT 0.5 s, MESSAGE_TIMEOUT 2.2 s.
     let run = run_case(port, "TIMEOUT=50\nMESSAGE_TIMEOUT=220\n");
     milter.join().expect("the Milter thread");
-    match run.result {
-        Ok(_) => panic!("a 5 s conversation passed a MESSAGE_TIMEOUT of 2.2 s"),
-        Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-            assert!(e.message.contains("MESSAGE_TIMEOUT"), "{e}");
-        }
-    }
+    run.assert_failed(
+        ErrorKind::Timeout,
+        "MESSAGE_TIMEOUT",
+        "a 5 s conversation passed a MESSAGE_TIMEOUT of 2.2 s",
+    );
     assert!(
         run.elapsed >= Duration::from_millis(2100) && run.elapsed < Duration::from_millis(2700),
         "ended after {:?}, not at MESSAGE_TIMEOUT (2.2 s)",
@@ -1205,20 +1217,16 @@ fn a_bad_optneg_answer_after_a_good_one_is_the_error_and_nothing_else_is_sent() 
     let bad_version = run_case(port, PATIENT_TIMEOUT);
     let silent = run_case(port, SHORT_TIMEOUT);
     let seen = milter.join().expect("the Milter thread");
-    match bad_version.result {
-        Ok(_) => panic!("an OPTNEG answer with version 1 was taken"),
-        Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
-            assert!(e.message.contains("protocol version 1"), "{e}");
-        }
-    }
-    match silent.result {
-        Ok(_) => panic!("a Milter that never answered OPTNEG gave a verdict"),
-        Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-            assert!(e.message.contains("OPTNEG"), "{e}");
-        }
-    }
+    bad_version.assert_failed(
+        ErrorKind::Protocol,
+        "protocol version 1",
+        "an OPTNEG answer with version 1 was taken",
+    );
+    silent.assert_failed(
+        ErrorKind::Timeout,
+        "OPTNEG",
+        "a Milter that never answered OPTNEG gave a verdict",
+    );
     assert!(
         silent.elapsed < Duration::from_millis(1500),
         "{:?}",
