@@ -6,7 +6,7 @@
 use crate::error::{Error, ErrorKind};
 use crate::handle::Handle;
 use crate::message::{Content, Envelope, Recipient};
-use crate::verdict::{Disposition, VerdictKind};
+use crate::verdict::{Disposition, RecipientReject, VerdictKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::Read;
@@ -73,6 +73,21 @@ pub enum SpamfilterDisposition {
     Tempfail = 3,
     /// Discard silently.
     Discard = 4,
+}
+
+/// One recipient's own outcome: the Milter refused it at RCPT, and that stands whatever the
+/// message's result says (sendmail's and Postfix's per-recipient semantics).
+#[repr(C)]
+pub struct SpamfilterRecipientResult {
+    /// Its position in `SpamfilterMessage::recipients` (0-based).
+    pub index: usize,
+    /// Its address as the MTA passed it, NUL-terminated.
+    pub address: *mut c_char,
+    /// `SPAMFILTER_DISPOSITION_REJECT`: refuse it permanently with `reply`;
+    /// `SPAMFILTER_DISPOSITION_TEMPFAIL`: defer it (for it alone) with `reply`.
+    pub disposition: SpamfilterDisposition,
+    /// The SMTP reply for it (`"550 5.1.1 ..."`, `"451 4.7.1 ..."`), NUL-terminated.
+    pub reply: *mut c_char,
 }
 
 /// Reads up to `len` bytes of the message into `buf`. Returns the number of bytes read, 0 at
@@ -167,6 +182,14 @@ pub struct SpamfilterResult {
     /// line per event (how the Milter was reached, what was negotiated, every packet each way),
     /// also when the call failed; else NULL. Present only when `struct_size` covers it.
     pub transcript: *mut c_char,
+    /// Every recipient the Milter refused at RCPT, in envelope order, with its own outcome: the
+    /// MTA applies that to it, and `kind` (with `verdict` or `reply`) to every other recipient.
+    /// NULL when there is none. Present only when `struct_size` covers it and
+    /// `recipient_result_count`; a caller whose struct ends earlier gets `kind` for every
+    /// recipient, a deferral where a recipient was deferred at RCPT (docs/verdicts.md).
+    pub recipient_results: *mut SpamfilterRecipientResult,
+    /// The number of entries in `recipient_results`.
+    pub recipient_result_count: usize,
 }
 
 /// The opaque handle returned by `spamfilter_init`.
@@ -330,7 +353,10 @@ pub unsafe extern "C" fn spamfilter_filter(
             result.transcript = c_string(t.as_bytes()).0;
         }
         match filtered {
-            Ok(f) => {
+            Ok(mut f) => {
+                if !result_has_recipients(result) {
+                    f.verdict = f.verdict.for_kind_only();
+                }
                 result.kind = match f.verdict.kind {
                     VerdictKind::None => SpamfilterKind::None,
                     VerdictKind::Sieve => SpamfilterKind::Verdict,
@@ -356,6 +382,7 @@ pub unsafe extern "C" fn spamfilter_filter(
                 }
                 result.rejected_recipients = f.outcome.rejected_recipients.len();
                 result.elapsed_ms = f.elapsed.as_millis() as u64;
+                write_recipient_results(result, &f.verdict.recipients);
                 SpamfilterStatus::Ok
             }
             Err(e) => fail(e.kind, &e.message),
@@ -375,6 +402,72 @@ fn clear_result(result: &mut SpamfilterResult) {
     if result_has_transcript(result) {
         result.transcript = std::ptr::null_mut();
     }
+    write_recipient_results(result, &[]);
+}
+
+/// True when the caller's struct has room for the per-recipient list (both of its fields).
+fn result_has_recipients(result: &SpamfilterResult) -> bool {
+    present(
+        result.struct_size,
+        offset_of!(SpamfilterResult, recipient_results),
+        size_of::<*mut SpamfilterRecipientResult>(),
+    ) && present(
+        result.struct_size,
+        offset_of!(SpamfilterResult, recipient_result_count),
+        size_of::<usize>(),
+    )
+}
+
+/// Writes the per-recipient list into the result (NULL and 0 for an empty one), when its
+/// `struct_size` covers it; the list is released by `free_recipient_results`.
+fn write_recipient_results(result: &mut SpamfilterResult, list: &[RecipientReject]) {
+    if !result_has_recipients(result) {
+        return;
+    }
+    if list.is_empty() {
+        result.recipient_results = std::ptr::null_mut();
+        result.recipient_result_count = 0;
+        return;
+    }
+    let entries: Box<[SpamfilterRecipientResult]> = list
+        .iter()
+        .map(|r| SpamfilterRecipientResult {
+            index: r.index,
+            address: c_string(&r.address).0,
+            disposition: if r.tempfail {
+                SpamfilterDisposition::Tempfail
+            } else {
+                SpamfilterDisposition::Reject
+            },
+            reply: c_string(&r.reply).0,
+        })
+        .collect();
+    result.recipient_result_count = entries.len();
+    result.recipient_results = Box::into_raw(entries).cast();
+}
+
+/// Releases the per-recipient list written by `write_recipient_results`, when the result's
+/// `struct_size` covers it, and leaves NULL and 0.
+fn free_recipient_results(result: &mut SpamfilterResult) {
+    if !result_has_recipients(result) || result.recipient_results.is_null() {
+        return;
+    }
+    let raw =
+        std::ptr::slice_from_raw_parts_mut(result.recipient_results, result.recipient_result_count);
+    // SAFETY: pointer and count as write_recipient_results made them from a boxed slice (the
+    // caller does not change them, spamfilter_result_free's contract), released once: both
+    // are reset below.
+    let entries = unsafe { Box::from_raw(raw) };
+    for e in entries.iter() {
+        for p in [e.address, e.reply] {
+            if !p.is_null() {
+                // SAFETY: from CString::into_raw in c_string, released once with the list.
+                drop(unsafe { CString::from_raw(p) });
+            }
+        }
+    }
+    result.recipient_results = std::ptr::null_mut();
+    result.recipient_result_count = 0;
 }
 
 fn result_has_transcript(result: &SpamfilterResult) -> bool {
@@ -425,6 +518,7 @@ pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
         if result_has_transcript(r) {
             release(&mut r.transcript);
         }
+        free_recipient_results(r);
         r.verdict_len = 0;
         SpamfilterStatus::Ok
     });
