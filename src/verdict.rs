@@ -225,9 +225,14 @@ fn own_outcomes(refused: &[RecipientReject]) -> Vec<RecipientReject> {
         .collect()
 }
 
-/// The reply the MTA gets: the Milter's text, or `default` when it sent none.
+/// The reply the MTA gets: the Milter's text without NUL, or `default` when nothing is left.
 fn reply_text(r: Option<&[u8]>, default: &[u8]) -> Vec<u8> {
-    without_nul(r.filter(|r| !r.is_empty()).unwrap_or(default))
+    let text = without_nul(r.unwrap_or_default());
+    if text.is_empty() {
+        default.to_vec()
+    } else {
+        text
+    }
 }
 
 /// The guards of the recipients refused at RCPT, in envelope order, before anything else.
