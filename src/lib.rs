@@ -16,6 +16,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod protocol;
+pub mod resolve;
 pub mod scan;
 pub mod session;
 pub mod verdict;
