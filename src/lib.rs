@@ -17,6 +17,7 @@ pub mod message;
 pub mod net;
 pub mod protocol;
 pub mod resolve;
+pub mod resume;
 pub mod scan;
 pub mod session;
 pub mod verdict;
