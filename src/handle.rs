@@ -447,11 +447,11 @@ impl Handle {
         let result = loop {
             let mut touched = Touched::default();
             let answered = Cell::new(false);
-            let (this, reader_read) = match &mut content {
-                Content::Buffer(b) => (Content::Buffer(b), None),
+            let this = match &mut content {
+                Content::Buffer(b) => Content::Buffer(b),
                 Content::Reader(r) => {
                     touched.inner = Some(&mut **r);
-                    (Content::Reader(&mut touched), Some(()))
+                    Content::Reader(&mut touched)
                 }
             };
             let attempt = self.attempt(
@@ -470,7 +470,7 @@ impl Handle {
                 // all of it can be sent again. Once, on a new connection.
                 Err((e, true))
                     if !answered.get()
-                        && !(reader_read.is_some() && touched.read)
+                        && !touched.read
                         && matches!(e.kind, ErrorKind::Io | ErrorKind::Protocol) =>
                 {
                     log::info!("{e}; the message is sent again on a new connection");
