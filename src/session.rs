@@ -239,6 +239,8 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     reencode: bool,
     /// The protocol version offered in OPTNEG.
     offered_version: u32,
+    /// On a kept connection: set when the first reply of this message arrives (see `Resume`).
+    answered: Option<&'a std::cell::Cell<bool>>,
 }
 
 /// Stream timeouts, so that the session can bound every read and write.
@@ -340,7 +342,7 @@ pub fn run<S: Read + Write + Timeouts>(
     content: Content<'_>,
     deadline: Instant,
     transcript: Option<&mut Vec<String>>,
-    reused: Option<Negotiation>,
+    reused: Option<Resume<'_>>,
     keep: bool,
     timeouts: SocketTimeouts,
 ) -> Result<Ended> {
@@ -372,14 +374,23 @@ pub fn run<S: Read + Write + Timeouts>(
         assumed: false,
         reencode: false,
         offered_version: config.milter_protocol,
+        answered: None,
     };
     match reused {
-        Some(neg) => {
+        Some(r) => {
             // The Milter waits in its end-of-message state: QUIT_NC closes that connection's
             // context and the next command is CONNECT. Neither needs a reply of its own, so
             // both go in the first write of this message.
-            c.apply(neg);
             c.queue(SMFIC_QUIT_NC, &[]);
+            if r.prove {
+                // A Milter that answers OPTNEG after QUIT_NC proves the connection in step
+                // before anything of the message goes out: see `Conversation::prove_in_step`.
+                c.send_optneg()?;
+                c.prove_in_step()?;
+            } else {
+                c.apply(r.negotiation);
+            }
+            c.answered = Some(r.answered);
         }
         None => {
             c.send_optneg()?;
@@ -450,6 +461,20 @@ pub fn run<S: Read + Write + Timeouts>(
         reusable,
         timeouts: c.timeouts,
     })
+}
+
+/// How a conversation on a kept connection starts.
+pub struct Resume<'a> {
+    /// What was negotiated on the connection.
+    pub negotiation: Negotiation,
+    /// The Milter answers OPTNEG after QUIT_NC (`crate::resume`): the conversation starts with
+    /// QUIT_NC and OPTNEG and reads up to the OPTNEG reply before anything of the message is
+    /// sent. Otherwise (libmilter) QUIT_NC goes out with the message's first packets.
+    pub prove: bool,
+    /// Set when the first reply of the message arrives (the OPTNEG reply of the proof does not
+    /// count): until then a failure leaves nothing of the message answered, and the handle
+    /// sends the message again on a new connection.
+    pub answered: &'a std::cell::Cell<bool>,
 }
 
 /// Sends QUIT on a connection kept for reuse that is now being closed. Best effort: the
@@ -572,6 +597,27 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         );
         self.trace_out(start);
         self.flush()
+    }
+
+    /// On a kept connection, after QUIT_NC and OPTNEG: the first packet must be the OPTNEG
+    /// reply. OPTNEG is the one command whose reply no other reply can pass for, and the Milter
+    /// sends it after every packet it sent before it read our OPTNEG, so reading it proves that
+    /// nothing from an earlier message is left unread. A packet before it is one an earlier
+    /// message left (a late or extra reply): the connection is out of step, and the error
+    /// (before anything of the message was sent) has the handle send the message anew on a
+    /// new connection. The reply may negotiate differently from the last time; it is taken.
+    fn prove_in_step(&mut self) -> Result<()> {
+        let (cmd, at) = self.read_packet("OPTNEG")?;
+        if cmd != SMFIC_OPTNEG {
+            return Err(self.protocol_error(&format!(
+                "the kept connection is out of step: {} ('{}') came before the reply to OPTNEG;                  it belongs to an earlier message",
+                reply_name(cmd),
+                escape(&[cmd])
+            )));
+        }
+        let neg = self.negotiated(cmd, at)?;
+        self.apply(neg);
+        Ok(())
     }
 
     /// Reads the reply to OPTNEG and takes what it negotiates.
@@ -1336,6 +1382,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         self.replied_to = Some(what);
         self.unanswered = false;
         self.fill(4, what)?;
+        if let Some(answered) = self.answered {
+            answered.set(true);
+        }
         let p = self.rpos;
         let prefix = [
             self.rbuf[p],
