@@ -9,7 +9,7 @@
 #[path = "support/sieve.rs"]
 mod sieve;
 
-use milter_spamfilter::config::SieveDialect;
+use milter_spamfilter::config::{SieveDialect, SieveLimits};
 use milter_spamfilter::verdict::{
     build, Disposition, Edit, Header, Outcome, RecipientReject, Stage, Verdict, VerdictKind,
     VerdictOptions, DEFAULT_REJECT,
@@ -25,11 +25,22 @@ const RECIPIENT: &str = "rcpt@example.org";
 // ---------------------------------------------------------------------------------------------
 // Building outcomes.
 
+/// The engine limits of these checks' Pigeonhole settings (support/sieve.rs, DOVECOT_CONF),
+/// raised so that what is checked is the mapping; the default limits have tests of their own.
+fn roomy() -> SieveLimits {
+    SieveLimits {
+        max_header_size: 1 << 20,
+        max_redirects: 64,
+        max_script_size: 1 << 30,
+    }
+}
+
 fn options(context_edits: bool) -> VerdictOptions {
     VerdictOptions {
         context_edits,
         dialect: SieveDialect::Rfc5293,
         quarantine_folder: QUARANTINE_FOLDER.to_string(),
+        limits: roomy(),
     }
 }
 
@@ -1338,6 +1349,7 @@ fn random_case(seed: u64) -> (Outcome, VerdictOptions, Vec<&'static str>) {
             SieveDialect::Rfc5293
         },
         quarantine_folder: QUARANTINE_FOLDER.to_string(),
+        limits: roomy(),
     };
     (o, opts, redirects)
 }
