@@ -61,3 +61,28 @@ fuzz: fuzz-build
 		$(FUZZ_CARGO) run -O $$t build/fuzz-corpus/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
 	done
+
+# ---------------------------------------------------------------------------------------------
+# test-future: the daemon tests (tests/daemons.rs) with every clock moved FUTURE_DAYS ahead, so
+# that a fixture whose outcome depends on its age shows now rather than in a year. The test
+# binary and every daemon it starts run under libfaketime (Debian: libfaketime); rspamd, which
+# cannot (see tests/support/clock_offset.c), runs under our clock_offset.so with the same offset.
+FUTURE_DAYS    ?= 365
+FAKETIME_LIB   ?= /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+CLOCK_OFFSET_SO := build/clock_offset.so
+
+.PHONY: test-future
+
+$(CLOCK_OFFSET_SO): tests/support/clock_offset.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $<
+
+test-future: $(CLOCK_OFFSET_SO)
+	@test -r $(FAKETIME_LIB) || { echo "test-future: $(FAKETIME_LIB) not found: apt-get install libfaketime" >&2; exit 1; }
+	@set -eo pipefail; \
+	bin=$$($(CARGO) test --release --test daemons --no-run 2>&1 | sed -n 's/.*Executable tests\/daemons.rs (\(.*\))/\1/p'); \
+	test -x "$$bin" || { echo "test-future: no daemons test binary" >&2; exit 1; }; \
+	echo "test-future: $$bin with the clock $(FUTURE_DAYS) days ahead"; \
+	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME=+$(FUTURE_DAYS)d DONT_FAKE_MONOTONIC=1 \
+	CLOCK_OFFSET=$$(( $(FUTURE_DAYS) * 86400 )) RSPAMD_LD_PRELOAD=$(CURDIR)/$(CLOCK_OFFSET_SO) \
+		"$$bin" --test-threads=2
