@@ -167,6 +167,7 @@ impl Handle {
             context_edits: config.context_edits,
             dialect: config.sieve_dialect,
             quarantine_folder: config.quarantine_folder.clone(),
+            limits: config.sieve_limits,
         };
         log.run(|| {
             for warning in &config.warnings {

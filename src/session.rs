@@ -25,6 +25,8 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+mod limits;
+
 /// The actions we offer: all of them, as sendmail and Postfix do. libmilter drops a Milter that
 /// registered an action the MTA did not offer ("does not fulfill action requirements"), and
 /// real ones register what they might use (spamass-milter CHGBODY, mimedefang everything). What
@@ -223,6 +225,10 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     headers: HeaderSection,
     /// Edits, quarantine at end of message.
     edits: Vec<Edit>,
+    /// REPLBODY came (kept once among the edits).
+    body_replaced: bool,
+    /// What the Milter has sent for the verdict, against MAX_EDITS and the other limits.
+    budget: limits::Budget,
     quarantine: Option<Vec<u8>>,
     trace_packets: bool,
     /// Every read and write is logged in hex (DEBUG=3). Asked once per message: the question
@@ -365,6 +371,8 @@ pub fn run<S: Read + Write + Timeouts>(
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
+        body_replaced: false,
+        budget: limits::Budget::new(config.milter_limits),
         quarantine: None,
         // The handle's DEBUG level, read from its options: asking the logger goes through its
         // dispatch on every call.
@@ -434,6 +442,8 @@ pub fn run<S: Read + Write + Timeouts>(
                 c.spliced.clear();
                 c.headers.clear();
                 c.edits.clear();
+                c.body_replaced = false;
+                c.budget = limits::Budget::new(config.milter_limits);
                 c.quarantine = None;
             }
         }
@@ -1162,6 +1172,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 Reply::Tempfail => return Ok(Answer::Final(Disposition::Tempfail, None)),
                 Reply::Discard => return Ok(Answer::Final(Disposition::Discard, None)),
                 Reply::ReplyCode(text) => {
+                    if let Err(e) = self.budget.reply_text(text.len(), what) {
+                        return Err(self.protocol_error(&e));
+                    }
                     let d = if text.first() == Some(&b'4') {
                         Disposition::Tempfail
                     } else {
@@ -1214,13 +1227,14 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                             reply_name(cmd)
                         )));
                     }
-                    self.edit(edit, cmd);
+                    self.edit(edit, cmd)?;
                 }
             }
         }
     }
 
-    fn edit(&mut self, reply: Reply, cmd: u8) {
+    /// Keeps one modification for the verdict, within the Milter limits (`limits.rs`).
+    fn edit(&mut self, reply: Reply, cmd: u8) -> Result<()> {
         let (needs, edit) = match reply {
             Reply::AddHeader { name, value } => (SMFIF_ADDHDRS, Edit::AddHeader { name, value }),
             Reply::InsHeader { index, name, value } => {
@@ -1235,15 +1249,16 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             Reply::ReplBody(_) => {
                 // The new body cannot travel in a verdict; the header edits that describe it
                 // are left out with it (verdict.rs), so the message stays consistent.
-                if !self.edits.contains(&Edit::ReplaceBody) {
+                if !self.body_replaced {
                     log::info!(
                         "milter {}: REPLBODY cannot be expressed in a verdict: the body is kept \
                          as it is",
                         self.peer
                     );
+                    self.body_replaced = true;
                     self.edits.push(Edit::ReplaceBody);
                 }
-                return;
+                return Ok(());
             }
             _ => {
                 // CHGFROM: no verdict can change the envelope sender.
@@ -1252,7 +1267,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                     self.peer,
                     reply_name(cmd)
                 );
-                return;
+                return Ok(());
             }
         };
         if self.neg.actions & needs == 0 {
@@ -1263,7 +1278,11 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 action_names(needs)
             );
         }
+        if let Err(e) = self.budget.edit(&edit, reply_name(cmd)) {
+            return Err(self.protocol_error(&e));
+        }
         self.edits.push(edit);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
