@@ -2,6 +2,7 @@
 # `make fuzz` (every cargo-fuzz target for FUZZ_SECONDS). See docs/reliability.md.
 
 ABUSE          := build/abuse
+GUARD          := build/guard
 LOAD_MILTER    := tests/milters/load_milter.py
 VALGRIND       ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
@@ -20,9 +21,13 @@ $(ABUSE): c_tests/abuse.c include/milter_spamfilter.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ c_tests/abuse.c -ldl -pthread
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/loader.c) under valgrind memcheck against
-## the pymilter load Milter: any memory error or definitely lost block fails.
-memcheck: $(LIB) $(LOADER) $(ABUSE)
+$(GUARD): c_tests/guard.c include/milter_spamfilter.h
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
+
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, c_tests/loader.c) under valgrind
+## memcheck against the pymilter load Milter: any memory error or definitely lost block fails.
+memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
 	@/usr/bin/python3 -c 'import Milter' 2>/dev/null || { echo "memcheck: pymilter missing: apt-get install python3-milter" >&2; exit 1; }
 	@set -e; \
@@ -38,6 +43,8 @@ memcheck: $(LIB) $(LOADER) $(ABUSE)
 	echo "memcheck: abuse suite ($(MEMCHECK_BIG_MB) MB streamed message)"; \
 	$(VALGRIND) $(VALGRIND_FLAGS) $(ABUSE) $(LIB) "$$work/abuse" $$port --big-mb $(MEMCHECK_BIG_MB) --cycles 10 --no-rss; \
 	printf 'HOST=127.0.0.1\nPORT=%s\nTIMEOUT=3000\n' $$port > "$$work/load.opt"; \
+	echo "memcheck: short structs before a guard page (no self-check: its fault is deliberate)"; \
+	$(VALGRIND) $(VALGRIND_FLAGS) $(GUARD) $(LIB) "$$work/load.opt" --no-self-check; \
 	for n in 0 1 2 3; do \
 		printf 'Subject: load %s\r\nFrom: a@example.org\r\n\r\nbody %s\r\n' $$n $$n > "$$work/msg$$n.eml"; \
 		echo "memcheck: loader, message $$n (buffer and stream)"; \

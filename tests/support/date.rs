@@ -57,7 +57,10 @@ pub fn dated(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 16);
     let mut rest = message;
     while !rest.is_empty() {
-        let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         let (line, tail) = rest.split_at(end);
         if line == b"\n" || line == b"\r\n" {
             out.extend_from_slice(rest);
@@ -91,9 +94,13 @@ fn rfc5322_dates_known_instants() {
 
 #[test]
 fn dated_replaces_only_the_header_date() {
-    let msg = b"From: a\r\nDate: Wed, 25 Nov 2026 09:00:00 +0000\r\nSubject: s\r\n\r\nDate: body\r\n";
+    let msg =
+        b"From: a\r\nDate: Wed, 25 Nov 2026 09:00:00 +0000\r\nSubject: s\r\n\r\nDate: body\r\n";
     let out = String::from_utf8(dated(msg)).expect("ASCII");
     assert!(!out.contains("25 Nov 2026"), "{out}");
     assert!(out.starts_with("From: a\r\nDate: "), "{out}");
-    assert!(out.ends_with("\r\nSubject: s\r\n\r\nDate: body\r\n"), "{out}");
+    assert!(
+        out.ends_with("\r\nSubject: s\r\n\r\nDate: body\r\n"),
+        "{out}"
+    );
 }
