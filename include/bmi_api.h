@@ -144,7 +144,8 @@ BmiError bmiCreateStrFromVerdict(const BmiVerdict *verdict, char **text);
 void bmiFreeStr(char *text);
 BmiError bmiCreateVerdictFromStr(const char *text, BmiVerdict **verdict);
 void bmiFreeVerdict(BmiVerdict *verdict);
-/* The older tracking string; *text (a char *) is owned by the verdict. */
+/* The older tracking string: *text (a char *) is set to a static string, never to be freed
+ * (Exim never frees it, and uses it after bmiFreeVerdict). */
 BmiError bmiCreateOldStrFromVerdict(const BmiVerdict *verdict, void *text);
 
 /* One verdict. */
