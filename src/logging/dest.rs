@@ -32,7 +32,8 @@ pub struct Fd {
 enum Open {
     /// A descriptor of our own, non-blocking.
     Own { file: File, pipe: bool },
-    /// Standard error is a socket (a journal stream): send(2) with MSG_DONTWAIT.
+    /// Standard error is a socket (a journal stream): send(2) with MSG_DONTWAIT, and
+    /// MSG_NOSIGNAL for a peer that has gone.
     Socket(socket2::Socket),
     /// A copy of standard error that stays blocking, as the MTA set it: a pipe is polled first.
     Shared { file: File, pipe: bool },
@@ -70,7 +71,7 @@ impl Fd {
                 }
                 file.write(buf)
             }
-            Open::Socket(s) => s.send_with_flags(buf, libc::MSG_DONTWAIT),
+            Open::Socket(s) => s.send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
             Open::Shared { file, pipe: true } => {
                 ready(file.as_fd())?;
                 file.write(&buf[..buf.len().min(libc::PIPE_BUF)])
