@@ -1,19 +1,33 @@
 //! DEBUG output, per handle. The process has one global `log` logger; ours dispatches each record
 //! to the sink of the handle that is working on the current thread, so two handles (two filter
-//! slots) keep their own DEBUG level and destination. Each sink is an `env_logger::Logger`
-//! writing to stderr, a file or syslog. Writing a log line never fails or blocks a message: write
-//! errors are dropped.
+//! slots) keep their own DEBUG level and destination. Each sink writes to stderr, a file or
+//! syslog. Writing a log line never fails or blocks a message: a line the destination will not
+//! take now is dropped and counted, and the count is written when lines go through again
+//! (`writer.rs`, over the non-blocking descriptors of `dest.rs`).
+
+mod dest;
+mod writer;
 
 use crate::config::{Config, LogTarget};
+use dest::{Fd, Place};
 use log::{LevelFilter, Log, Metadata, Record};
 use std::cell::RefCell;
-use std::io::Write;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use writer::LineWriter;
 
 /// One handle's log destination and level.
 pub struct LogSink {
     level: LevelFilter,
-    logger: Option<env_logger::Logger>,
+    output: Output,
+}
+
+enum Output {
+    /// DEBUG=0: nothing is written, nothing opened.
+    Nothing,
+    Syslog,
+    /// The lock is held only while bytes are handed to a descriptor that never waits, so a
+    /// stalled reader cannot hold up a thread that logs.
+    Lines(Mutex<LineWriter<Fd>>),
 }
 
 thread_local! {
@@ -31,62 +45,31 @@ pub fn level_for(debug: u8) -> LevelFilter {
     }
 }
 
+/// What every line written to stderr or a file begins with.
+fn prefix() -> String {
+    format!("milter-spamfilter[{}] ", std::process::id())
+}
+
+fn lines(place: Place, name: String) -> LineWriter<Fd> {
+    LineWriter::new(Fd::new(place), name, prefix())
+}
+
 impl LogSink {
     pub fn new(config: &Config) -> Arc<LogSink> {
         install();
         let level = level_for(config.debug);
-        if level == LevelFilter::Off {
-            return Arc::new(LogSink {
-                level,
-                logger: None,
-            });
-        }
-        let mut builder = env_logger::Builder::new();
-        builder.filter_level(level);
-        let syslog = config.log_target == LogTarget::Syslog;
-        builder.format(move |buf, record| {
-            if syslog {
-                writeln!(buf, "{}: {}", record.level(), record.args())
-            } else {
-                writeln!(
-                    buf,
-                    "milter-spamfilter[{}] {}: {}",
-                    std::process::id(),
-                    record.level(),
-                    record.args()
-                )
-            }
-        });
-        match &config.log_target {
-            LogTarget::Stderr => {
-                builder.target(env_logger::Target::Stderr);
-            }
-            LogTarget::File(path) => match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                Ok(file) => {
-                    builder.target(env_logger::Target::Pipe(Box::new(file)));
+        let output = if level == LevelFilter::Off {
+            Output::Nothing
+        } else {
+            match &config.log_target {
+                LogTarget::Syslog => Output::Syslog,
+                LogTarget::Stderr => {
+                    Output::Lines(Mutex::new(lines(Place::Stderr, "stderr".into())))
                 }
-                Err(e) => {
-                    // The handle still works; its log goes to stderr, saying why.
-                    eprintln!(
-                        "milter-spamfilter: {}: LOG_FILE: cannot open \"{}\": {e}; logging to stderr",
-                        config.path,
-                        path.display()
-                    );
-                    builder.target(env_logger::Target::Stderr);
-                }
-            },
-            LogTarget::Syslog => {
-                builder.target(env_logger::Target::Pipe(Box::new(SyslogWriter::default())));
+                LogTarget::File(path) => Output::Lines(Mutex::new(file_or_stderr(config, path))),
             }
-        }
-        Arc::new(LogSink {
-            level,
-            logger: Some(builder.build()),
-        })
+        };
+        Arc::new(LogSink { level, output })
     }
 
     /// Runs `f` with this sink receiving the current thread's log records.
@@ -113,6 +96,41 @@ impl LogSink {
     pub fn level(&self) -> LevelFilter {
         self.level
     }
+
+    fn write(&self, record: &Record<'_>) {
+        match &self.output {
+            Output::Nothing => {}
+            Output::Syslog => syslog(&format!("{}: {}", record.level(), record.args())),
+            Output::Lines(w) => {
+                let line = format!("{}{}: {}\n", prefix(), record.level(), record.args());
+                // A panic elsewhere while the lock was held leaves the writer whole: each of its
+                // steps completes or is dropped.
+                let mut w = w.lock().unwrap_or_else(PoisonError::into_inner);
+                w.write_record(line.as_bytes());
+            }
+        }
+    }
+}
+
+/// The LOG_FILE's writer; if the file cannot be opened (other than a FIFO without a reader, which
+/// is tried again at each line), the handle still works and logs to stderr, saying why.
+fn file_or_stderr(config: &Config, path: &std::path::Path) -> LineWriter<Fd> {
+    let mut fd = Fd::new(Place::File(path.to_path_buf()));
+    match fd.open_now() {
+        Ok(()) => LineWriter::new(fd, format!("LOG_FILE {}", path.display()), prefix()),
+        Err(e) => {
+            let mut w = lines(Place::Stderr, "stderr".into());
+            w.write_record(
+                format!(
+                    "milter-spamfilter: {}: LOG_FILE: cannot open \"{}\": {e}; logging to stderr\n",
+                    config.path,
+                    path.display()
+                )
+                .as_bytes(),
+            );
+            w
+        }
+    }
 }
 
 struct Dispatcher;
@@ -132,9 +150,7 @@ impl Log for Dispatcher {
         let _ = CURRENT.try_with(|c| {
             if let Some(sink) = c.borrow().last() {
                 if record.level() <= sink.level {
-                    if let Some(logger) = &sink.logger {
-                        logger.log(record);
-                    }
+                    sink.write(record);
                 }
             }
         });
@@ -159,33 +175,18 @@ fn install() {
 /// Sends each line to syslog(3) with facility LOG_MAIL, as Milters themselves log. No openlog(3):
 /// that would change the ident and options of the MTA's own syslog lines, since the process has
 /// only one; the facility goes with each message and the line names the library itself.
-#[derive(Default)]
-struct SyslogWriter {
-    line: Vec<u8>,
-}
-
-impl Write for SyslogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.line.extend_from_slice(buf);
-        while let Some(pos) = self.line.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.line.drain(..=pos).collect();
-            line.pop();
-            line.retain(|&b| b != 0);
-            line.push(0);
-            // SAFETY: the format is a static NUL-terminated "%s" string and the one argument is
-            // NUL-terminated (NULs inside were removed above).
-            unsafe {
-                libc::syslog(
-                    libc::LOG_MAIL | libc::LOG_INFO,
-                    c"milter-spamfilter: %s".as_ptr(),
-                    line.as_ptr() as *const libc::c_char,
-                );
-            }
+fn syslog(text: &str) {
+    for line in text.lines() {
+        let mut line: Vec<u8> = line.bytes().filter(|&b| b != 0).collect();
+        line.push(0);
+        // SAFETY: the format is a static NUL-terminated "%s" string and the one argument is
+        // NUL-terminated (NULs inside were removed above).
+        unsafe {
+            libc::syslog(
+                libc::LOG_MAIL | libc::LOG_INFO,
+                c"milter-spamfilter: %s".as_ptr(),
+                line.as_ptr() as *const libc::c_char,
+            );
         }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
