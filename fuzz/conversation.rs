@@ -249,7 +249,7 @@ struct Stream {
     packet_end: usize,
     plan: Rc<RefCell<Plan>>,
     written: Vec<u8>,
-    /// A write failed or was cut short by the plan: the last packet may be incomplete.
+    /// A write failed (an error or a zero count): the last packet may be incomplete.
     write_failed: bool,
     timeout: Duration,
 }
@@ -278,9 +278,11 @@ impl Stream {
             3 => Ok(0),
             _ => Ok(len.min(count(step, len) * 7)),
         };
-        if !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::Interrupted) {
-            self.write_failed |= r.as_ref().map_or(true, |&n| n < len);
-        }
+        // A short count is taken up by the next write; an error or a zero count ends the write.
+        self.write_failed |= match &r {
+            Ok(n) => *n == 0 && len > 0,
+            Err(e) => e.kind() != io::ErrorKind::Interrupted,
+        };
         r
     }
 }
@@ -469,6 +471,21 @@ fn converse(
                 was_reused.is_some(),
                 &context,
             );
+            if !ended.reusable && !stream.write_failed {
+                assert_eq!(
+                    packets(&stream.written).last().map(|p| p.0),
+                    Some(SMFIC_QUIT),
+                    "a conversation that ended without keeping its connection did not QUIT\n{}",
+                    context()
+                );
+            }
+            if ended.reusable {
+                assert!(
+                    !packets(&stream.written).any(|p| p.0 == SMFIC_QUIT),
+                    "QUIT sent on a connection kept for the next message\n{}",
+                    context()
+                );
+            }
             let how = format!(
                 "ok: {:?} at {:?}{}",
                 ended.outcome.disposition,
