@@ -46,10 +46,12 @@ run: all $(DEMO)
 	@sh scripts/run-demo.sh $(LIB) $(LOADER) $(DEMO)
 
 ## test: the whole suite: Rust unit and integration tests against real Milters, the C tests
-## (c_tests/, driven by tests/abi_abuse.rs), and the C programs under valgrind (make memcheck).
+## (c_tests/, driven by tests/abi_abuse.rs), the daemon tests again with the clock a year ahead
+## (make test-future), and the C programs under valgrind (make memcheck).
 test: all
 	@mkdir -p build
 	@set -o pipefail; $(CARGO) test --release --all-targets 2>&1 | tee build/test.log
+	@set -o pipefail; $(MAKE) --no-print-directory test-future 2>&1 | tee -a build/test.log
 	$(MAKE) --no-print-directory memcheck
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "total: %d passed, %d failed\n", p, f }' build/test.log
 

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef SPAMFILTER_LIBRARY
 #define SPAMFILTER_LIBRARY "/usr/local/lib/libmilter_spamfilter.so"
@@ -28,19 +29,35 @@
 
 static const char *const PROG = "spamfilter-check";
 
-static const char SAMPLE[] =
+/* The built-in sample, dated now: a spam filter scores a message whose Date lies days in the past
+ * (rspamd's DATE_IN_PAST, SpamAssassin's DATE_IN_PAST_*), which would make the check's answer
+ * depend on the age of this program. The two %s are the date, as RFC 5322 writes it. */
+static const char SAMPLE_FORMAT[] =
     "Received: from client.example.org (client.example.org [192.0.2.10])\r\n"
-    "\tby mx.example.net; Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+    "\tby mx.example.net; %s\r\n"
     "From: Alice Example <alice@example.org>\r\n"
     "To: Bob Example <bob@example.net>\r\n"
     "Subject: spamfilter-check sample message\r\n"
-    "Date: Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+    "Date: %s\r\n"
     "Message-ID: <spamfilter-check@example.org>\r\n"
     "MIME-Version: 1.0\r\n"
     "Content-Type: text/plain; charset=us-ascii\r\n"
     "\r\n"
     "This is the built-in sample message of spamfilter-check.\r\n"
     "It should pass any Milter unchanged, or get its usual headers.\r\n";
+
+/* The sample message with the current date and time (UTC) in `buf`; returns its length. */
+static size_t dated_sample(char *buf, size_t size)
+{
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    /* The C locale (this program never calls setlocale): English day and month names. */
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    int n = snprintf(buf, size, SAMPLE_FORMAT, date, date);
+    return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
+}
 
 static void usage(FILE *out)
 {
@@ -155,6 +172,7 @@ int main(int argc, char **argv)
 
     const unsigned char *data;
     unsigned char *file_data = NULL;
+    char sample[sizeof SAMPLE_FORMAT + 128];
     size_t data_len;
     if (message_file != NULL) {
         file_data = sf_read_file(PROG, message_file, &data_len);
@@ -166,8 +184,8 @@ int main(int argc, char **argv)
         data = file_data;
         printf("message: %s (%zu bytes)\n", message_file, data_len);
     } else {
-        data = (const unsigned char *)SAMPLE;
-        data_len = sizeof SAMPLE - 1;
+        data_len = dated_sample(sample, sizeof sample);
+        data = (const unsigned char *)sample;
         printf("message: the built-in sample (%zu bytes)\n", data_len);
     }
 

@@ -184,6 +184,7 @@ fn outcome(i: &mut Input) -> (Outcome, VerdictOptions) {
             SieveDialect::Legacy
         },
         quarantine_folder: String::from_utf8_lossy(&i.bytes()).into_owned(),
+        limits: Default::default(),
     };
     (o, options)
 }

@@ -288,8 +288,10 @@ enum SpamfilterStatus spamfilter_init(const char *option_file,
  * passes unfiltered or is deferred.
  *
  * # Safety
- * `handle` from `spamfilter_init`; `message` and `result` NULL or valid, with their
- * `struct_size` set; every pointer inside `message` valid for its stated length.
+ * `handle` from `spamfilter_init`; `message` and `result` NULL or valid for their
+ * `struct_size` bytes (readable, and writable for `result`), which may be fewer than
+ * `sizeof` in this header (a struct from an older one); every pointer inside `message` valid
+ * for its stated length.
  */
 enum SpamfilterStatus spamfilter_filter(const struct SpamfilterHandle *handle,
                                         const struct SpamfilterMessage *message,

@@ -2,6 +2,7 @@
 # `make fuzz` (every cargo-fuzz target for FUZZ_SECONDS). See docs/reliability.md.
 
 ABUSE          := build/abuse
+GUARD          := build/guard
 LOAD_MILTER    := tests/milters/load_milter.py
 VALGRIND       ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
@@ -20,9 +21,13 @@ $(ABUSE): c_tests/abuse.c include/milter_spamfilter.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ c_tests/abuse.c -ldl -pthread
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/loader.c) under valgrind memcheck against
-## the pymilter load Milter: any memory error or definitely lost block fails.
-memcheck: $(LIB) $(LOADER) $(ABUSE)
+$(GUARD): c_tests/guard.c include/milter_spamfilter.h
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
+
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, c_tests/loader.c) under valgrind
+## memcheck against the pymilter load Milter: any memory error or definitely lost block fails.
+memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
 	@/usr/bin/python3 -c 'import Milter' 2>/dev/null || { echo "memcheck: pymilter missing: apt-get install python3-milter" >&2; exit 1; }
 	@set -e; \
@@ -38,6 +43,8 @@ memcheck: $(LIB) $(LOADER) $(ABUSE)
 	echo "memcheck: abuse suite ($(MEMCHECK_BIG_MB) MB streamed message)"; \
 	$(VALGRIND) $(VALGRIND_FLAGS) $(ABUSE) $(LIB) "$$work/abuse" $$port --big-mb $(MEMCHECK_BIG_MB) --cycles 10 --no-rss; \
 	printf 'HOST=127.0.0.1\nPORT=%s\nTIMEOUT=3000\n' $$port > "$$work/load.opt"; \
+	echo "memcheck: short structs before a guard page (no self-check: its fault is deliberate)"; \
+	$(VALGRIND) $(VALGRIND_FLAGS) $(GUARD) $(LIB) "$$work/load.opt" --no-self-check; \
 	for n in 0 1 2 3; do \
 		printf 'Subject: load %s\r\nFrom: a@example.org\r\n\r\nbody %s\r\n' $$n $$n > "$$work/msg$$n.eml"; \
 		echo "memcheck: loader, message $$n (buffer and stream)"; \
@@ -61,3 +68,28 @@ fuzz: fuzz-build
 		$(FUZZ_CARGO) run -O $$t build/fuzz-corpus/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
 	done
+
+# ---------------------------------------------------------------------------------------------
+# test-future: the daemon tests (tests/daemons.rs) with every clock moved FUTURE_DAYS ahead, so
+# that a fixture whose outcome depends on its age shows now rather than in a year. The test
+# binary and every daemon it starts run under libfaketime (Debian: libfaketime); rspamd, which
+# cannot (see tests/support/clock_offset.c), runs under our clock_offset.so with the same offset.
+FUTURE_DAYS    ?= 365
+FAKETIME_LIB   ?= /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+CLOCK_OFFSET_SO := build/clock_offset.so
+
+.PHONY: test-future
+
+$(CLOCK_OFFSET_SO): tests/support/clock_offset.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -shared -fPIC -o $@ $<
+
+test-future: $(CLOCK_OFFSET_SO)
+	@test -r $(FAKETIME_LIB) || { echo "test-future: $(FAKETIME_LIB) not found: apt-get install libfaketime" >&2; exit 1; }
+	@set -eo pipefail; \
+	bin=$$($(CARGO) test --release --test daemons --no-run 2>&1 | sed -n 's/.*Executable tests\/daemons.rs (\(.*\))/\1/p'); \
+	test -x "$$bin" || { echo "test-future: no daemons test binary" >&2; exit 1; }; \
+	echo "test-future: $$bin with the clock $(FUTURE_DAYS) days ahead"; \
+	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME=+$(FUTURE_DAYS)d DONT_FAKE_MONOTONIC=1 \
+	CLOCK_OFFSET=$$(( $(FUTURE_DAYS) * 86400 )) RSPAMD_LD_PRELOAD=$(CURDIR)/$(CLOCK_OFFSET_SO) \
+		"$$bin" --test-threads=2

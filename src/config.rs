@@ -15,6 +15,64 @@ pub enum SieveDialect {
     Legacy,
 }
 
+/// Limits on what a Milter sends for one message (docs/reliability.md, "Limits"). Each is far
+/// beyond what a real Milter sends (opendkim, rspamd, spamass-milter stay below a tenth of them);
+/// crossing one ends the conversation with an error naming it, and nothing the Milter sent is
+/// kept, so that a flood costs neither memory nor time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MilterLimits {
+    /// MAX_EDITS: modifications (header edits, added and deleted recipients) per message.
+    pub max_edits: usize,
+    /// MAX_VERDICT_SIZE: the bytes the Milter sends for the verdict, together: header names
+    /// and values, recipient addresses and their arguments, reply texts.
+    pub max_verdict_size: usize,
+    /// MAX_HEADER_VALUE: the bytes of one header value.
+    pub max_header_value: usize,
+    /// MAX_ADDED_RECIPIENTS: ADDRCPTs per message.
+    pub max_added_recipients: usize,
+    /// MAX_REPLY_TEXT: the bytes of one REPLYCODE text.
+    pub max_reply_text: usize,
+}
+
+impl Default for MilterLimits {
+    fn default() -> MilterLimits {
+        MilterLimits {
+            max_edits: 10_000,
+            max_verdict_size: 1 << 20,
+            // libmilter sends at most 65535 data bytes in a packet (MILTER_MAX_DATA_SIZE).
+            max_header_value: 65_535,
+            max_added_recipients: 1_000,
+            // libmilter: at most 32 lines of at most 980 bytes (smfi_setmlreply).
+            max_reply_text: 65_535,
+        }
+    }
+}
+
+/// What the Sieve engine that runs the verdict allows; the defaults are Pigeonhole's. What a
+/// Milter asks beyond them is shortened or left out (and logged), so that the verdict still
+/// compiles and runs and its reject, quarantine or refusals are never lost with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SieveLimits {
+    /// SIEVE_MAX_HEADER_SIZE: the longest value `addheader` takes (Pigeonhole's
+    /// sieve_editheader_max_header_size, 2048; a longer literal fails the compilation).
+    pub max_header_size: usize,
+    /// SIEVE_MAX_REDIRECTS: redirects per run (sieve_max_redirects, 4; one more fails the run,
+    /// which then keeps the message: implicit keep).
+    pub max_redirects: usize,
+    /// SIEVE_MAX_SCRIPT_SIZE: the size of the whole verdict (sieve_max_script_size, 1M).
+    pub max_script_size: usize,
+}
+
+impl Default for SieveLimits {
+    fn default() -> SieveLimits {
+        SieveLimits {
+            max_header_size: 2048,
+            max_redirects: 4,
+            max_script_size: 1 << 20,
+        }
+    }
+}
+
 /// Where DEBUG output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
@@ -73,6 +131,10 @@ pub struct Config {
     /// CONNECTION_REUSE: how many idle Milter connections a handle keeps for the next message
     /// (0 = off, the default; at most 256).
     pub connection_reuse: u32,
+    /// MAX_EDITS, MAX_VERDICT_SIZE, MAX_HEADER_VALUE, MAX_ADDED_RECIPIENTS, MAX_REPLY_TEXT.
+    pub milter_limits: MilterLimits,
+    /// SIEVE_MAX_HEADER_SIZE, SIEVE_MAX_REDIRECTS, SIEVE_MAX_SCRIPT_SIZE.
+    pub sieve_limits: SieveLimits,
     /// Every known option with its value as understood, in table order.
     pub sources: Vec<OptionSource>,
     /// Warnings (unknown options, duplicates), each a complete sentence with file and line.
@@ -115,10 +177,18 @@ enum Opt {
     SieveDialect,
     LogFile,
     ConnectionReuse,
+    MaxEdits,
+    MaxVerdictSize,
+    MaxHeaderValue,
+    MaxAddedRecipients,
+    MaxReplyText,
+    SieveMaxHeaderSize,
+    SieveMaxRedirects,
+    SieveMaxScriptSize,
 }
 
 impl Opt {
-    const ALL: [Opt; 16] = [
+    const ALL: [Opt; 24] = [
         Opt::Host,
         Opt::Port,
         Opt::Debug,
@@ -135,6 +205,14 @@ impl Opt {
         Opt::SieveDialect,
         Opt::LogFile,
         Opt::ConnectionReuse,
+        Opt::MaxEdits,
+        Opt::MaxVerdictSize,
+        Opt::MaxHeaderValue,
+        Opt::MaxAddedRecipients,
+        Opt::MaxReplyText,
+        Opt::SieveMaxHeaderSize,
+        Opt::SieveMaxRedirects,
+        Opt::SieveMaxScriptSize,
     ];
 
     fn name(self) -> &'static str {
@@ -155,6 +233,14 @@ impl Opt {
             Opt::SieveDialect => "SIEVE_DIALECT",
             Opt::LogFile => "LOG_FILE",
             Opt::ConnectionReuse => "CONNECTION_REUSE",
+            Opt::MaxEdits => "MAX_EDITS",
+            Opt::MaxVerdictSize => "MAX_VERDICT_SIZE",
+            Opt::MaxHeaderValue => "MAX_HEADER_VALUE",
+            Opt::MaxAddedRecipients => "MAX_ADDED_RECIPIENTS",
+            Opt::MaxReplyText => "MAX_REPLY_TEXT",
+            Opt::SieveMaxHeaderSize => "SIEVE_MAX_HEADER_SIZE",
+            Opt::SieveMaxRedirects => "SIEVE_MAX_REDIRECTS",
+            Opt::SieveMaxScriptSize => "SIEVE_MAX_SCRIPT_SIZE",
         }
     }
 
@@ -307,6 +393,27 @@ fn int_in(value: &str, lo: i64, hi: i64) -> std::result::Result<i64, String> {
     }
 }
 
+/// A count in `lo..=hi`.
+fn size_in(value: &str, lo: i64, hi: i64) -> std::result::Result<usize, String> {
+    Ok(int_in(value, lo, hi)? as usize)
+}
+
+/// A size in bytes in `lo..=hi`, optionally followed by `k` (KiB) or `M` (MiB) as Pigeonhole
+/// writes its limits (`sieve_max_script_size = 1M`), so that its values can be copied.
+fn bytes_in(value: &str, lo: i64, hi: i64) -> std::result::Result<usize, String> {
+    let (digits, unit) = match value.as_bytes().last() {
+        Some(b'k' | b'K') => (&value[..value.len() - 1], 1 << 10),
+        Some(b'm' | b'M') => (&value[..value.len() - 1], 1 << 20),
+        _ => (value, 1),
+    };
+    match parse_int(digits).and_then(|n| n.checked_mul(unit)) {
+        Some(n) if (lo..=hi).contains(&n) => Ok(n as usize),
+        _ => Err(format!(
+            "is not a size from {lo} to {hi} bytes (a number, optionally with k or M)"
+        )),
+    }
+}
+
 fn hundredths(n: i64) -> Duration {
     Duration::from_millis(n.unsigned_abs() * 10)
 }
@@ -395,6 +502,8 @@ impl Builder {
                 sieve_dialect: SieveDialect::Rfc5293,
                 log_target: LogTarget::Stderr,
                 connection_reuse: 0,
+                milter_limits: MilterLimits::default(),
+                sieve_limits: SieveLimits::default(),
                 sources: Vec::new(),
                 warnings: Vec::new(),
             },
@@ -568,6 +677,24 @@ impl Builder {
                 };
             }
             Opt::ConnectionReuse => c.connection_reuse = int_in(value, 0, 256)? as u32,
+            Opt::MaxEdits => c.milter_limits.max_edits = size_in(value, 1, 1_000_000)?,
+            Opt::MaxVerdictSize => {
+                c.milter_limits.max_verdict_size = bytes_in(value, 1024, 64 << 20)?;
+            }
+            // A packet holds at most 1 MiB (protocol::MAX_REPLY_LEN).
+            Opt::MaxHeaderValue => c.milter_limits.max_header_value = bytes_in(value, 1, 1 << 20)?,
+            Opt::MaxAddedRecipients => {
+                c.milter_limits.max_added_recipients = size_in(value, 0, 100_000)?;
+            }
+            Opt::MaxReplyText => c.milter_limits.max_reply_text = bytes_in(value, 16, 1 << 20)?,
+            Opt::SieveMaxHeaderSize => {
+                c.sieve_limits.max_header_size = bytes_in(value, 64, 1 << 30)?;
+            }
+            // 0: redirect is not allowed at all (as Pigeonhole takes it).
+            Opt::SieveMaxRedirects => c.sieve_limits.max_redirects = size_in(value, 0, 10_000)?,
+            Opt::SieveMaxScriptSize => {
+                c.sieve_limits.max_script_size = bytes_in(value, 4096, 1 << 30)?;
+            }
         }
         Ok(())
     }
@@ -642,6 +769,14 @@ impl Builder {
                     LogTarget::File(f) => f.display().to_string(),
                 },
                 Opt::ConnectionReuse => c.connection_reuse.to_string(),
+                Opt::MaxEdits => c.milter_limits.max_edits.to_string(),
+                Opt::MaxVerdictSize => c.milter_limits.max_verdict_size.to_string(),
+                Opt::MaxHeaderValue => c.milter_limits.max_header_value.to_string(),
+                Opt::MaxAddedRecipients => c.milter_limits.max_added_recipients.to_string(),
+                Opt::MaxReplyText => c.milter_limits.max_reply_text.to_string(),
+                Opt::SieveMaxHeaderSize => c.sieve_limits.max_header_size.to_string(),
+                Opt::SieveMaxRedirects => c.sieve_limits.max_redirects.to_string(),
+                Opt::SieveMaxScriptSize => c.sieve_limits.max_script_size.to_string(),
             };
             sources.push(OptionSource {
                 name: opt.name(),
@@ -724,6 +859,25 @@ mod tests {
         assert_eq!(c.sieve_dialect, SieveDialect::Rfc5293);
         assert_eq!(c.log_target, LogTarget::Stderr);
         assert_eq!(c.connection_reuse, 0);
+        assert_eq!(
+            c.milter_limits,
+            MilterLimits {
+                max_edits: 10_000,
+                max_verdict_size: 1 << 20,
+                max_header_value: 65_535,
+                max_added_recipients: 1_000,
+                max_reply_text: 65_535,
+            }
+        );
+        // Pigeonhole's defaults.
+        assert_eq!(
+            c.sieve_limits,
+            SieveLimits {
+                max_header_size: 2048,
+                max_redirects: 4,
+                max_script_size: 1 << 20,
+            }
+        );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(
             c,
@@ -763,7 +917,15 @@ mod tests {
                     QUARANTINE_FOLDER=Junk/Held\n\
                     SIEVE_DIALECT=LEGACY\n\
                     LOG_FILE=/var/log/milter.log\n\
-                    CONNECTION_REUSE=256\n");
+                    CONNECTION_REUSE=256\n\
+                    MAX_EDITS=50\n\
+                    MAX_VERDICT_SIZE=2048\n\
+                    MAX_HEADER_VALUE=100\n\
+                    MAX_ADDED_RECIPIENTS=0\n\
+                    MAX_REPLY_TEXT=512\n\
+                    SIEVE_MAX_HEADER_SIZE=1k\n\
+                    SIEVE_MAX_REDIRECTS=0\n\
+                    SIEVE_MAX_SCRIPT_SIZE=65536\n");
         assert_eq!(c.host, "milter.example");
         assert_eq!(c.port, 8891);
         assert_eq!(c.debug, 2);
@@ -780,13 +942,31 @@ mod tests {
         assert_eq!(c.sieve_dialect, SieveDialect::Legacy);
         assert_eq!(c.log_target, LogTarget::File("/var/log/milter.log".into()));
         assert_eq!(c.connection_reuse, 256);
+        assert_eq!(
+            c.milter_limits,
+            MilterLimits {
+                max_edits: 50,
+                max_verdict_size: 2048,
+                max_header_value: 100,
+                max_added_recipients: 0,
+                max_reply_text: 512,
+            }
+        );
+        assert_eq!(
+            c.sieve_limits,
+            SieveLimits {
+                max_header_size: 1024,
+                max_redirects: 0,
+                max_script_size: 65536,
+            }
+        );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
         // sources: table order, every line, values as understood, the password hidden.
         let names: Vec<_> = c.sources.iter().map(|s| s.name).collect();
         assert_eq!(names, option_names().collect::<Vec<_>>());
         let lines: Vec<_> = c.sources.iter().map(|s| s.line).collect();
-        assert_eq!(lines, (1..=16).map(Some).collect::<Vec<_>>());
+        assert_eq!(lines, (1..=24).map(Some).collect::<Vec<_>>());
         let values: Vec<_> = c.sources.iter().map(|s| s.value.as_str()).collect();
         assert_eq!(
             values,
@@ -807,8 +987,57 @@ mod tests {
                 "legacy",
                 "/var/log/milter.log",
                 "256",
+                "50",
+                "2048",
+                "100",
+                "0",
+                "512",
+                "1024",
+                "0",
+                "65536",
             ]
         );
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_option_and_the_range() {
+        for (line, expected) in [
+            (
+                "MAX_EDITS=0",
+                "milter.opt:3: MAX_EDITS: \"0\" is not a number from 1 to 1000000",
+            ),
+            (
+                "MAX_VERDICT_SIZE=65M",
+                "milter.opt:3: MAX_VERDICT_SIZE: \"65M\" is not a size from 1024 to 67108864 \
+                 bytes (a number, optionally with k or M)",
+            ),
+            (
+                "MAX_HEADER_VALUE=2M",
+                "milter.opt:3: MAX_HEADER_VALUE: \"2M\" is not a size from 1 to 1048576 bytes \
+                 (a number, optionally with k or M)",
+            ),
+            (
+                "SIEVE_MAX_HEADER_SIZE=1x",
+                "milter.opt:3: SIEVE_MAX_HEADER_SIZE: \"1x\" is not a size from 64 to \
+                 1073741824 bytes (a number, optionally with k or M)",
+            ),
+            (
+                "SIEVE_MAX_REDIRECTS=-1",
+                "milter.opt:3: SIEVE_MAX_REDIRECTS: \"-1\" is not a number from 0 to 10000",
+            ),
+            (
+                "SIEVE_MAX_SCRIPT_SIZE=99999999999999999999k",
+                "milter.opt:3: SIEVE_MAX_SCRIPT_SIZE: \"99999999999999999999k\" is not a size \
+                 from 4096 to 1073741824 bytes (a number, optionally with k or M)",
+            ),
+        ] {
+            assert_eq!(err(format!("{MIN}{line}\n")), expected);
+        }
+        let c = ok(&format!(
+            "{MIN}SIEVE_MAX_SCRIPT_SIZE=1M\nMAX_REPLY_TEXT=4k\n"
+        ));
+        assert_eq!(c.sieve_limits.max_script_size, 1 << 20);
+        assert_eq!(c.milter_limits.max_reply_text, 4096);
     }
 
     #[test]
@@ -1293,7 +1522,7 @@ mod tests {
         let c = Config::with_host_port("[::1]", 9);
         assert_eq!((c.host.as_str(), c.port), ("::1", 9));
         assert_eq!(c.path, "<built-in>");
-        assert_eq!(c.sources.len(), 16);
+        assert_eq!(c.sources.len(), Opt::ALL.len());
         assert_eq!(source(&c, "PORT").value, "9");
     }
 }

@@ -1,7 +1,10 @@
 //! The C ABI: the only place that knows about C. Every exported function runs inside `guard`,
 //! which catches a panic (it becomes `SPAMFILTER_STATUS_ERR_INTERNAL`), so nothing ever unwinds
 //! into the MTA; pointers are checked before anything else happens. Caller-filled structs carry
-//! their size, and fields past that size are treated as absent, so the structs can grow.
+//! their size, and fields past that size are treated as absent, so the structs can grow. A
+//! caller's struct may therefore be shorter than ours (built against an older header): it is
+//! never turned into a Rust reference, only copied within its size (the message) or written
+//! field by field within its size (the result).
 
 use crate::error::{Error, ErrorKind};
 use crate::handle::Handle;
@@ -10,9 +13,10 @@ use crate::verdict::{Disposition, VerdictKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::Read;
-use std::mem::{offset_of, size_of};
+use std::mem::{offset_of, size_of, size_of_val, MaybeUninit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::ptr::{addr_of_mut, copy_nonoverlapping};
 
 /// Status of every call. Stable numbers; `spamfilter_status_text` describes each.
 #[repr(C)]
@@ -46,6 +50,9 @@ pub const SPAMFILTER_FLAG_TRANSCRIPT: u32 = 1;
 /// The smallest `SpamfilterResult::struct_size` accepted: the fields up to `elapsed_ms`
 /// (the first version of the struct). Fields past `struct_size` are neither written nor read.
 const RESULT_MIN_SIZE: usize = offset_of!(SpamfilterResult, elapsed_ms) + size_of::<u64>();
+
+/// The smallest `SpamfilterMessage::struct_size` accepted: the envelope up to the recipients.
+const MESSAGE_MIN_SIZE: usize = offset_of!(SpamfilterMessage, recipient_count) + size_of::<usize>();
 
 /// What the MTA should do with the message.
 #[repr(C)]
@@ -268,8 +275,10 @@ pub unsafe extern "C" fn spamfilter_init(
 /// passes unfiltered or is deferred.
 ///
 /// # Safety
-/// `handle` from `spamfilter_init`; `message` and `result` NULL or valid, with their
-/// `struct_size` set; every pointer inside `message` valid for its stated length.
+/// `handle` from `spamfilter_init`; `message` and `result` NULL or valid for their
+/// `struct_size` bytes (readable, and writable for `result`), which may be fewer than
+/// `sizeof` in this header (a struct from an older one); every pointer inside `message` valid
+/// for its stated length.
 #[no_mangle]
 pub unsafe extern "C" fn spamfilter_filter(
     handle: *const SpamfilterHandle,
@@ -280,106 +289,243 @@ pub unsafe extern "C" fn spamfilter_filter(
         if result.is_null() {
             return argument_error("spamfilter_filter: result is NULL");
         }
-        // SAFETY: non-NULL; the caller promises a writable struct of at least struct_size bytes.
-        let result = unsafe { &mut *result };
-        if result.struct_size < RESULT_MIN_SIZE {
+        // SAFETY: non-NULL; every result holds at least its struct_size.
+        let size = unsafe { caller_struct_size(result) };
+        if size < RESULT_MIN_SIZE {
             return argument_error(&format!(
-                "spamfilter_filter: result struct_size is {}, expected at least {}",
-                result.struct_size, RESULT_MIN_SIZE
+                "spamfilter_filter: result struct_size is {size}, expected at least {RESULT_MIN_SIZE}"
             ));
         }
-        let has_transcript = result_has_transcript(result);
-        clear_result(result);
-        if handle.is_null() {
-            return argument_error("spamfilter_filter: handle is NULL");
-        }
-        if message.is_null() {
-            return argument_error("spamfilter_filter: message is NULL");
-        }
-        // SAFETY: non-NULL handle from spamfilter_init, not yet closed (caller's promise).
-        let handle = unsafe { &(*handle).inner };
-        // SAFETY: non-NULL; fields are read only within struct_size.
-        let msg = unsafe { &*message };
-        let mut envelope = take_envelope();
-        // SAFETY: the caller promises the pointers inside the message are valid.
-        let source = match unsafe { envelope_of(msg, &mut envelope) } {
-            Ok(v) => v,
-            Err(e) => return fail(e.kind, &e.message),
-        };
-        let want_transcript =
-            has_transcript && message_flags(msg) & SPAMFILTER_FLAG_TRANSCRIPT != 0;
-        let run = |content: Content<'_>| {
-            if want_transcript {
-                let (r, t) = handle.filter_traced(&envelope, content);
-                let mut text = t.join("\n");
-                text.push('\n');
-                (r, Some(text))
-            } else {
-                (handle.filter(&envelope, content), None)
-            }
-        };
-        let (filtered, transcript) = match source {
-            Source::Buffer(bytes) => run(Content::Buffer(bytes)),
-            Source::Callback(read, ctx) => {
-                let mut reader = CallbackReader { read, ctx };
-                run(Content::Reader(&mut reader))
-            }
-        };
-        give_back_envelope(envelope);
-        if let Some(t) = transcript {
-            result.transcript = c_string(t.as_bytes()).0;
-        }
-        match filtered {
-            Ok(f) => {
-                result.kind = match f.verdict.kind {
-                    VerdictKind::None => SpamfilterKind::None,
-                    VerdictKind::Sieve => SpamfilterKind::Verdict,
-                    VerdictKind::Defer => SpamfilterKind::Defer,
-                };
-                if f.verdict.kind == VerdictKind::Sieve {
-                    let (ptr, len) = c_string(&f.verdict.script);
-                    result.verdict = ptr;
-                    result.verdict_len = len;
-                }
-                result.disposition = match f.outcome.disposition {
-                    Disposition::Continue => SpamfilterDisposition::Continue,
-                    Disposition::Accept => SpamfilterDisposition::Accept,
-                    Disposition::Reject => SpamfilterDisposition::Reject,
-                    Disposition::Tempfail => SpamfilterDisposition::Tempfail,
-                    Disposition::Discard => SpamfilterDisposition::Discard,
-                };
-                if let Some(reply) = f.verdict.reply.as_ref().or(f.outcome.reply.as_ref()) {
-                    result.reply = c_string(reply).0;
-                }
-                if let Some(q) = &f.outcome.quarantine {
-                    result.quarantine_reason = c_string(q).0;
-                }
-                result.rejected_recipients = f.outcome.rejected_recipients.len();
-                result.elapsed_ms = f.elapsed.as_millis() as u64;
-                SpamfilterStatus::Ok
-            }
-            Err(e) => fail(e.kind, &e.message),
-        }
+        // Cleared first, so that the caller finds no stale pointers whatever happens next.
+        // SAFETY (both stores): non-NULL, writable for its `size` bytes (caller's promise).
+        unsafe { store_result(result, size, EMPTY_RESULT) };
+        let mut out = EMPTY_RESULT;
+        // SAFETY: the caller's promises on handle and message, passed on.
+        let status = unsafe { filter_into(handle, message, result_has_transcript(size), &mut out) };
+        unsafe { store_result(result, size, out) };
+        status
     })
 }
 
-fn clear_result(result: &mut SpamfilterResult) {
-    result.kind = SpamfilterKind::None;
-    result.verdict = std::ptr::null_mut();
-    result.verdict_len = 0;
-    result.disposition = SpamfilterDisposition::Continue;
-    result.reply = std::ptr::null_mut();
-    result.quarantine_reason = std::ptr::null_mut();
-    result.rejected_recipients = 0;
-    result.elapsed_ms = 0;
-    if result_has_transcript(result) {
-        result.transcript = std::ptr::null_mut();
+/// The work of `spamfilter_filter`, into `out` (our own, full-size result).
+/// `has_transcript`: the caller's result has room for a transcript.
+///
+/// # Safety
+/// As `spamfilter_filter` for `handle` and `message`.
+unsafe fn filter_into(
+    handle: *const SpamfilterHandle,
+    message: *const SpamfilterMessage,
+    has_transcript: bool,
+    out: &mut SpamfilterResult,
+) -> SpamfilterStatus {
+    if handle.is_null() {
+        return argument_error("spamfilter_filter: handle is NULL");
+    }
+    if message.is_null() {
+        return argument_error("spamfilter_filter: message is NULL");
+    }
+    // SAFETY: non-NULL handle from spamfilter_init, not yet closed (caller's promise).
+    let handle = unsafe { &(*handle).inner };
+    // SAFETY: non-NULL, readable for its struct_size bytes (caller's promise).
+    let msg = match unsafe { read_message(message) } {
+        Ok(m) => m,
+        Err(e) => return fail(e.kind, &e.message),
+    };
+    let mut envelope = take_envelope();
+    // SAFETY: the caller promises the pointers inside the message are valid.
+    let source = match unsafe { envelope_of(&msg, &mut envelope) } {
+        Ok(v) => v,
+        Err(e) => return fail(e.kind, &e.message),
+    };
+    let want_transcript = has_transcript && message_flags(&msg) & SPAMFILTER_FLAG_TRANSCRIPT != 0;
+    let run = |content: Content<'_>| {
+        if want_transcript {
+            let (r, t) = handle.filter_traced(&envelope, content);
+            let mut text = t.join("\n");
+            text.push('\n');
+            (r, Some(text))
+        } else {
+            (handle.filter(&envelope, content), None)
+        }
+    };
+    let (filtered, transcript) = match source {
+        Source::Buffer(bytes) => run(Content::Buffer(bytes)),
+        Source::Callback(read, ctx) => {
+            let mut reader = CallbackReader { read, ctx };
+            run(Content::Reader(&mut reader))
+        }
+    };
+    give_back_envelope(envelope);
+    if let Some(t) = transcript {
+        out.transcript = c_string(t.as_bytes()).0;
+    }
+    match filtered {
+        Ok(f) => {
+            out.kind = match f.verdict.kind {
+                VerdictKind::None => SpamfilterKind::None,
+                VerdictKind::Sieve => SpamfilterKind::Verdict,
+                VerdictKind::Defer => SpamfilterKind::Defer,
+            };
+            if f.verdict.kind == VerdictKind::Sieve {
+                (out.verdict, out.verdict_len) = c_string(&f.verdict.script);
+            }
+            out.disposition = match f.outcome.disposition {
+                Disposition::Continue => SpamfilterDisposition::Continue,
+                Disposition::Accept => SpamfilterDisposition::Accept,
+                Disposition::Reject => SpamfilterDisposition::Reject,
+                Disposition::Tempfail => SpamfilterDisposition::Tempfail,
+                Disposition::Discard => SpamfilterDisposition::Discard,
+            };
+            if let Some(reply) = f.verdict.reply.as_ref().or(f.outcome.reply.as_ref()) {
+                out.reply = c_string(reply).0;
+            }
+            if let Some(q) = &f.outcome.quarantine {
+                out.quarantine_reason = c_string(q).0;
+            }
+            out.rejected_recipients = f.outcome.rejected_recipients.len();
+            out.elapsed_ms = f.elapsed.as_millis() as u64;
+            SpamfilterStatus::Ok
+        }
+        Err(e) => fail(e.kind, &e.message),
     }
 }
 
-fn result_has_transcript(result: &SpamfilterResult) -> bool {
+// Caller structs. The caller's struct may be shorter than ours (an MTA built against an older
+// header), so a `&SpamfilterMessage` or `&mut SpamfilterResult` to it would be undefined
+// behaviour: the compiler may load any field of a reference, also one past the caller's end (and
+// did: the guard-page test in c_tests/guard.c faulted). So `struct_size` is read alone, the
+// message is copied within it, and the result is written a field at a time within it.
+
+/// A result holding nothing; also what `result_field!` measures a field by.
+const EMPTY_RESULT: SpamfilterResult = SpamfilterResult {
+    struct_size: size_of::<SpamfilterResult>(),
+    kind: SpamfilterKind::None,
+    verdict: std::ptr::null_mut(),
+    verdict_len: 0,
+    disposition: SpamfilterDisposition::Continue,
+    reply: std::ptr::null_mut(),
+    quarantine_reason: std::ptr::null_mut(),
+    rejected_recipients: 0,
+    elapsed_ms: 0,
+    transcript: std::ptr::null_mut(),
+};
+
+/// The `struct_size` a caller's struct begins with, read alone.
+///
+/// # Safety
+/// `ptr` non-NULL and readable for one `usize` (every sized struct begins with it).
+unsafe fn caller_struct_size<T>(ptr: *const T) -> usize {
+    // SAFETY: as the caller promises; unaligned, as it costs nothing and asks nothing more.
+    unsafe { ptr.cast::<usize>().read_unaligned() }
+}
+
+/// The caller's message by value: its first min(struct_size, sizeof) bytes over a zeroed struct,
+/// so the fields an older struct lacks are NULL or 0 and nothing past its end is read.
+///
+/// # Safety
+/// `message` non-NULL and readable for its `struct_size` bytes.
+unsafe fn read_message(message: *const SpamfilterMessage) -> Result<SpamfilterMessage, Error> {
+    // SAFETY: as the caller promises.
+    let size = unsafe { caller_struct_size(message) };
+    if size < MESSAGE_MIN_SIZE {
+        return Err(Error::new(
+            ErrorKind::Message,
+            format!(
+                "message struct_size is {size}, expected at least {MESSAGE_MIN_SIZE} (sizeof(SpamfilterMessage) is {})",
+                size_of::<SpamfilterMessage>()
+            ),
+        ));
+    }
+    let mut copy = MaybeUninit::<SpamfilterMessage>::zeroed();
+    let len = size.min(size_of::<SpamfilterMessage>());
+    // SAFETY: `len` bytes are readable at `message` (caller's promise) and fit in `copy`.
+    unsafe { copy_nonoverlapping(message.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), len) };
+    // SAFETY: every field (pointers, integers, an optional function pointer) is valid all-zero
+    // and for any bytes the caller wrote; a function pointer is only called as the caller's.
+    Ok(unsafe { copy.assume_init() })
+}
+
+/// `Some(&raw mut (*$result).$field)` when a caller's result of `$size` bytes holds the whole
+/// field, else None: the address is formed only within the caller's struct.
+macro_rules! result_field {
+    ($result:expr, $size:expr, $field:ident) => {
+        if present(
+            $size,
+            offset_of!(SpamfilterResult, $field),
+            size_of_val(&EMPTY_RESULT.$field),
+        ) {
+            // Callers are often inside an unsafe block already; this one stays for the SAFETY.
+            #[allow(unused_unsafe)]
+            // SAFETY: the field lies within the `$size` bytes of the caller's struct.
+            let p = unsafe { addr_of_mut!((*$result).$field) };
+            Some(p)
+        } else {
+            None
+        }
+    };
+}
+
+/// Writes `value` to a caller's field, if there is one; returns whether there was.
+///
+/// # Safety
+/// `field` from `result_field!` on a writable result.
+unsafe fn put<T>(field: Option<*mut T>, value: T) -> bool {
+    let Some(p) = field else { return false };
+    // SAFETY: within the caller's struct, writable (caller's promise).
+    unsafe { p.write_unaligned(value) };
+    true
+}
+
+/// Releases the string in a caller's field, if there is one, and leaves NULL there.
+///
+/// # Safety
+/// `field` from `result_field!` on a writable result; its string NULL or from `c_string`.
+unsafe fn release_string(field: Option<*mut *mut c_char>) {
+    let Some(p) = field else { return };
+    // SAFETY: within the caller's struct (caller's promise).
+    let s = unsafe { p.read_unaligned() };
+    if !s.is_null() {
+        // SAFETY: from CString::into_raw in c_string, released once: NULL is left behind.
+        drop(unsafe { CString::from_raw(s) });
+    }
+    // SAFETY: as above.
+    unsafe { p.write_unaligned(std::ptr::null_mut()) };
+}
+
+/// Writes `out` into the caller's result field by field, within its `size` bytes (never its
+/// `struct_size`, which is the caller's). A string without a field to hold it is released.
+///
+/// # Safety
+/// `result` non-NULL and writable for `size` bytes.
+unsafe fn store_result(result: *mut SpamfilterResult, size: usize, out: SpamfilterResult) {
+    // SAFETY (every put): fields of the caller's writable result.
+    unsafe {
+        put(result_field!(result, size, kind), out.kind);
+        put(result_field!(result, size, verdict), out.verdict);
+        put(result_field!(result, size, verdict_len), out.verdict_len);
+        put(result_field!(result, size, disposition), out.disposition);
+        put(result_field!(result, size, reply), out.reply);
+        put(
+            result_field!(result, size, quarantine_reason),
+            out.quarantine_reason,
+        );
+        put(
+            result_field!(result, size, rejected_recipients),
+            out.rejected_recipients,
+        );
+        put(result_field!(result, size, elapsed_ms), out.elapsed_ms);
+        if !put(result_field!(result, size, transcript), out.transcript) {
+            let mut orphan = out.transcript;
+            // SAFETY: NULL or from c_string, and stored nowhere.
+            release_string(Some(&mut orphan));
+        }
+    }
+}
+
+/// True when a result of `size` bytes has room for the transcript.
+fn result_has_transcript(size: usize) -> bool {
     present(
-        result.struct_size,
+        size,
         offset_of!(SpamfilterResult, transcript),
         size_of::<*mut c_char>(),
     )
@@ -407,25 +553,20 @@ pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
         if result.is_null() {
             return SpamfilterStatus::Ok;
         }
-        // SAFETY: non-NULL; the caller promises a result it got from spamfilter_filter.
-        let r = unsafe { &mut *result };
-        if r.struct_size < RESULT_MIN_SIZE {
+        // SAFETY: non-NULL; every result holds at least its struct_size.
+        let size = unsafe { caller_struct_size(result) };
+        if size < RESULT_MIN_SIZE {
             return SpamfilterStatus::ErrArgument;
         }
-        let release = |p: &mut *mut c_char| {
-            if !p.is_null() {
-                // SAFETY: every non-NULL pointer here came from CString::into_raw in c_string.
-                drop(unsafe { CString::from_raw(*p) });
-                *p = std::ptr::null_mut();
-            }
-        };
-        release(&mut r.verdict);
-        release(&mut r.reply);
-        release(&mut r.quarantine_reason);
-        if result_has_transcript(r) {
-            release(&mut r.transcript);
+        // SAFETY: a result from spamfilter_filter (or zeroed), writable for its `size` bytes;
+        // its non-NULL strings came from c_string.
+        unsafe {
+            release_string(result_field!(result, size, verdict));
+            release_string(result_field!(result, size, reply));
+            release_string(result_field!(result, size, quarantine_reason));
+            release_string(result_field!(result, size, transcript));
+            put(result_field!(result, size, verdict_len), 0);
         }
-        r.verdict_len = 0;
         SpamfilterStatus::Ok
     });
 }
@@ -658,8 +799,8 @@ fn give_back_envelope(env: Envelope) {
     }
 }
 
-/// Fills `env` from the C struct, reading only fields within `struct_size`, and returns where
-/// the message's bytes come from. Every field of `env` is set: nothing of an earlier message
+/// Fills `env` from our copy of the message (`read_message`, which checked its minimum size),
+/// using only fields within `struct_size`, and returns where the message's bytes come from. Every field of `env` is set: nothing of an earlier message
 /// stays.
 ///
 /// # Safety
@@ -668,17 +809,6 @@ unsafe fn envelope_of<'m>(
     msg: &'m SpamfilterMessage,
     env: &mut Envelope,
 ) -> Result<Source<'m>, Error> {
-    let minimum = offset_of!(SpamfilterMessage, recipient_count) + size_of::<usize>();
-    if msg.struct_size < minimum {
-        return Err(Error::new(
-            ErrorKind::Message,
-            format!(
-                "message struct_size is {}, expected at least {minimum} (sizeof(SpamfilterMessage) is {})",
-                msg.struct_size,
-                size_of::<SpamfilterMessage>()
-            ),
-        ));
-    }
     // SAFETY (every c_bytes and set_opt_bytes below): the struct's strings are valid C strings
     // or NULL, as the caller promises.
     unsafe { set_opt_bytes(&mut env.client_name, msg.client_name) };
@@ -730,8 +860,8 @@ unsafe fn envelope_of<'m>(
     }
     env.recipients.truncate(count);
     for i in 0..count {
-        // SAFETY: within the caller's array.
-        let r = unsafe { &*msg.recipients.add(i) };
+        // SAFETY: within the caller's array of fixed-size elements; read by value.
+        let r = unsafe { msg.recipients.add(i).read() };
         let address = unsafe { c_bytes(r.address) }
             .ok_or_else(|| Error::message(format!("recipients[{i}].address is NULL")))?;
         if env.recipients.len() == i {
@@ -782,8 +912,8 @@ unsafe fn envelope_of<'m>(
                 )));
             }
             for i in 0..count {
-                // SAFETY: within the caller's array.
-                let m = unsafe { &*ptr.add(i) };
+                // SAFETY: within the caller's array of fixed-size elements; read by value.
+                let m = unsafe { ptr.add(i).read() };
                 let name = unsafe { c_bytes(m.name) }
                     .filter(|n| !n.is_empty())
                     .ok_or_else(|| Error::message(format!("macros[{i}].name is NULL or empty")))?;

@@ -2,17 +2,19 @@
 //! This is the safe Rust API that `ffi.rs` wraps; tests and Rust callers use it directly.
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::logging::LogSink;
 use crate::message::{Content, Envelope};
 use crate::net::Connection;
 use crate::protocol::Negotiation;
 use crate::session;
 use crate::verdict::{self, Outcome, Verdict, VerdictKind, VerdictOptions};
+use std::cell::Cell;
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,13 @@ pub struct Handle {
     /// Idle connections kept for the next message: CONNECTION_REUSE slots, each empty or
     /// holding one.
     pool: Vec<Slot>,
+    /// Whether the Milter answers OPTNEG after QUIT_NC: UNKNOWN, ANSWERS or SILENT.
+    optneg_after_quit_nc: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const ANSWERS: u8 = 1;
+const SILENT: u8 = 2;
 
 /// A connection kept open after a message that ended cleanly at end of message.
 struct Pooled {
@@ -159,6 +167,7 @@ impl Handle {
             context_edits: config.context_edits,
             dialect: config.sieve_dialect,
             quarantine_folder: config.quarantine_folder.clone(),
+            limits: config.sieve_limits,
         };
         log.run(|| {
             for warning in &config.warnings {
@@ -170,14 +179,20 @@ impl Handle {
             verdict_options,
             log,
             pool,
+            optneg_after_quit_nc: AtomicU8::new(UNKNOWN),
         }
     }
 
     /// A connection for the next message: an idle one kept from an earlier message (with what
     /// was negotiated on it), or a new one.
-    fn connection(&self, deadline: Instant) -> Result<(Connection, Option<Negotiation>)> {
-        while let Some(p) = self.take_pooled() {
+    fn connection(
+        &self,
+        deadline: Instant,
+        fresh: bool,
+    ) -> Result<(Connection, Option<Negotiation>)> {
+        while let Some(p) = self.take_pooled().filter(|_| !fresh) {
             let Some(why) = unusable(&p.stream) else {
+                self.learn_whether_it_proves_step(deadline);
                 return Ok((
                     Connection {
                         stream: p.stream,
@@ -205,6 +220,36 @@ impl Handle {
             }
         }
         crate::net::connect(&self.config, deadline).map(|c| (c, None))
+    }
+
+    /// Asks the Milter, the first time a kept connection is used, whether it answers OPTNEG
+    /// after QUIT_NC (`crate::resume`): then every reused message proves its connection in
+    /// step first. A failure to ask leaves the question for the next time.
+    fn learn_whether_it_proves_step(&self, deadline: Instant) {
+        if self.optneg_after_quit_nc.load(Ordering::Relaxed) != UNKNOWN {
+            return;
+        }
+        match crate::resume::answers_optneg_after_quit_nc(&self.config, deadline) {
+            Ok(answers) => {
+                log::info!(
+                    "milter {}:{}: {}",
+                    self.config.host,
+                    self.config.port,
+                    if answers {
+                        "answers OPTNEG after QUIT_NC: each reused connection is proven in \
+                         step with it first"
+                    } else {
+                        "does not answer OPTNEG after QUIT_NC (libmilter): reused connections \
+                         go on without that proof"
+                    }
+                );
+                let v = if answers { ANSWERS } else { SILENT };
+                self.optneg_after_quit_nc.store(v, Ordering::Relaxed);
+            }
+            Err(e) => {
+                log::debug!("cannot ask whether the Milter answers OPTNEG after QUIT_NC: {e}")
+            }
+        }
     }
 
     /// A kept connection, if one is idle. The slots are looked at from this thread's own one
@@ -314,6 +359,61 @@ impl Handle {
         })
     }
 
+    /// One try at the message's conversation: on a kept connection unless `fresh`. The error
+    /// says whether the connection was a kept one.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        content: Content<'_>,
+        deadline: Instant,
+        start: Instant,
+        mut transcript: Option<&mut Vec<String>>,
+        fresh: bool,
+        answered: &Cell<bool>,
+    ) -> std::result::Result<(Outcome, Negotiation, Arc<str>), (crate::Error, bool)> {
+        let (conn, reused) = self.connection(deadline, fresh).map_err(|e| (e, false))?;
+        let kept = reused.is_some();
+        if let Some(t) = transcript.as_deref_mut() {
+            match &reused {
+                Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
+                None => t.push(format!(
+                    "connected to {} in {} ms",
+                    conn.peer,
+                    start.elapsed().as_millis()
+                )),
+            }
+        }
+        let prove = self.optneg_after_quit_nc.load(Ordering::Relaxed) == ANSWERS;
+        let mut stream = conn.stream;
+        let ended = session::run(
+            &self.config,
+            &mut stream,
+            &conn.peer,
+            envelope,
+            content,
+            deadline,
+            transcript,
+            reused.map(|negotiation| session::Resume {
+                negotiation,
+                prove,
+                answered,
+            }),
+            self.config.connection_reuse > 0,
+            conn.timeouts,
+        )
+        .map_err(|e| (e, kept))?;
+        if ended.reusable {
+            self.give_back(Pooled {
+                stream,
+                peer: Arc::clone(&conn.peer),
+                negotiation: ended.negotiation.clone(),
+                timeouts: ended.timeouts,
+            });
+        }
+        Ok((ended.outcome, ended.negotiation, conn.peer))
+    }
+
     fn filter_logged(
         &self,
         envelope: &Envelope,
@@ -343,41 +443,49 @@ impl Handle {
                 }
             ));
         }
-        let keep = self.config.connection_reuse > 0;
-        let result = self.connection(deadline).and_then(|(conn, reused)| {
-            if let Some(t) = transcript.as_deref_mut() {
-                match &reused {
-                    Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
-                    None => t.push(format!(
-                        "connected to {} in {} ms",
-                        conn.peer,
-                        start.elapsed().as_millis()
-                    )),
+        let mut content = content;
+        let mut fresh = false;
+        let result = loop {
+            let mut touched = Touched::default();
+            let answered = Cell::new(false);
+            let this = match &mut content {
+                Content::Buffer(b) => Content::Buffer(b),
+                Content::Reader(r) => {
+                    touched.inner = Some(&mut **r);
+                    Content::Reader(&mut touched)
                 }
-            }
-            let mut stream = conn.stream;
-            let ended = session::run(
-                &self.config,
-                &mut stream,
-                &conn.peer,
+            };
+            let attempt = self.attempt(
                 envelope,
-                content,
+                this,
                 deadline,
-                transcript,
-                reused,
-                keep,
-                conn.timeouts,
-            )?;
-            if ended.reusable {
-                self.give_back(Pooled {
-                    stream,
-                    peer: Arc::clone(&conn.peer),
-                    negotiation: ended.negotiation.clone(),
-                    timeouts: ended.timeouts,
-                });
+                start,
+                transcript.as_deref_mut(),
+                fresh,
+                &answered,
+            );
+            match attempt {
+                // A kept connection that failed before any reply of this message arrived (the
+                // Milter closed it between the look at it and its use, or it was out of step):
+                // nothing of the message was answered, and unless the MTA's reader was read,
+                // all of it can be sent again. Once, on a new connection.
+                Err((e, true))
+                    if !answered.get()
+                        && !touched.read
+                        && matches!(e.kind, ErrorKind::Io | ErrorKind::Protocol) =>
+                {
+                    log::info!("{e}; the message is sent again on a new connection");
+                    if let Some(t) = transcript.as_deref_mut() {
+                        t.push(format!(
+                            "the kept connection failed before any reply to this message: {e}; \
+                             connecting anew"
+                        ));
+                    }
+                    fresh = true;
+                }
+                other => break other.map_err(|(e, _)| e),
             }
-            Ok((ended.outcome, ended.negotiation, conn.peer))
-        });
+        };
         let elapsed = start.elapsed();
         match result {
             Ok((outcome, negotiation, peer)) => {
@@ -412,6 +520,23 @@ impl Handle {
                 );
                 Err(e)
             }
+        }
+    }
+}
+
+/// The MTA's reader, noting whether it was read at all (then the message cannot be sent again).
+#[derive(Default)]
+struct Touched<'r> {
+    inner: Option<&'r mut dyn Read>,
+    read: bool,
+}
+
+impl Read for Touched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read = true;
+        match self.inner.as_deref_mut() {
+            Some(r) => r.read(buf),
+            None => Ok(0),
         }
     }
 }

@@ -16,6 +16,8 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod protocol;
+pub mod resolve;
+pub mod resume;
 pub mod scan;
 pub mod session;
 pub mod verdict;

@@ -11,8 +11,7 @@ use crate::error::{escape, Error, ErrorKind, Result};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::mpsc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,38 +170,17 @@ fn seconds(d: Duration) -> String {
 }
 
 /// Resolves `host` with the system resolver (getaddrinfo), keeping its order, within `limit`.
-///
-/// getaddrinfo has no timeout of its own (only resolv.conf's, which can add up to minutes), so
-/// a name is resolved on a helper thread that we stop waiting for after `limit`; the thread ends
-/// when the resolver gives up and its late answer is dropped. Literals need no thread.
+/// Literals need no resolver. Names go through the process's bounded resolver table
+/// (`crate::resolve`): one lookup thread per name at a time, a few in all, answers kept 30 s.
 pub fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let (tx, rx) = mpsc::channel();
-    let name = host.to_string();
-    std::thread::Builder::new()
-        .name("milter-resolve".to_string())
-        .spawn(move || {
-            let result = (name.as_str(), port)
-                .to_socket_addrs()
-                .map(|addrs| addrs.collect::<Vec<_>>());
-            // The caller may have stopped waiting; then nobody needs the answer.
-            let _ = tx.send(result);
-        })
-        .map_err(|e| Error::connect(format!("cannot start a thread to resolve {host}: {e}")))?;
-    match rx.recv_timeout(limit) {
-        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(Error::connect(format!("{host} has no address"))),
-        Ok(Err(e)) => Err(Error::connect(format!("cannot resolve {host}: {e}"))),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::timeout(format!(
-            "cannot resolve {host}: the resolver did not answer within {}",
-            seconds(limit)
-        ))),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::connect(format!(
-            "cannot resolve {host}: the resolver thread ended without an answer"
-        ))),
-    }
+    let ips = crate::resolve::global().resolve(host, limit, crate::resolve::system_lookup)?;
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// Resolves `host` and connects to its addresses in order; the first that answers wins. Returns

@@ -25,6 +25,8 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+mod limits;
+
 /// The actions we offer: all of them, as sendmail and Postfix do. libmilter drops a Milter that
 /// registered an action the MTA did not offer ("does not fulfill action requirements"), and
 /// real ones register what they might use (spamass-milter CHGBODY, mimedefang everything). What
@@ -223,6 +225,10 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     headers: HeaderSection,
     /// Edits, quarantine at end of message.
     edits: Vec<Edit>,
+    /// REPLBODY came (kept once among the edits).
+    body_replaced: bool,
+    /// What the Milter has sent for the verdict, against MAX_EDITS and the other limits.
+    budget: limits::Budget,
     quarantine: Option<Vec<u8>>,
     trace_packets: bool,
     /// Every read and write is logged in hex (DEBUG=3). Asked once per message: the question
@@ -239,6 +245,8 @@ struct Conversation<'a, 'm, S: Read + Write + Timeouts> {
     reencode: bool,
     /// The protocol version offered in OPTNEG.
     offered_version: u32,
+    /// On a kept connection: set when the first reply of this message arrives (see `Resume`).
+    answered: Option<&'a std::cell::Cell<bool>>,
 }
 
 /// Stream timeouts, so that the session can bound every read and write.
@@ -340,7 +348,7 @@ pub fn run<S: Read + Write + Timeouts>(
     content: Content<'_>,
     deadline: Instant,
     transcript: Option<&mut Vec<String>>,
-    reused: Option<Negotiation>,
+    reused: Option<Resume<'_>>,
     keep: bool,
     timeouts: SocketTimeouts,
 ) -> Result<Ended> {
@@ -363,6 +371,8 @@ pub fn run<S: Read + Write + Timeouts>(
         neg: Negotiation::default(),
         headers: spare.headers,
         edits: Vec::new(),
+        body_replaced: false,
+        budget: limits::Budget::new(config.milter_limits),
         quarantine: None,
         // The handle's DEBUG level, read from its options: asking the logger goes through its
         // dispatch on every call.
@@ -372,14 +382,23 @@ pub fn run<S: Read + Write + Timeouts>(
         assumed: false,
         reencode: false,
         offered_version: config.milter_protocol,
+        answered: None,
     };
     match reused {
-        Some(neg) => {
+        Some(r) => {
             // The Milter waits in its end-of-message state: QUIT_NC closes that connection's
             // context and the next command is CONNECT. Neither needs a reply of its own, so
             // both go in the first write of this message.
-            c.apply(neg);
             c.queue(SMFIC_QUIT_NC, &[]);
+            if r.prove {
+                // A Milter that answers OPTNEG after QUIT_NC proves the connection in step
+                // before anything of the message goes out: see `Conversation::prove_in_step`.
+                c.send_optneg()?;
+                c.prove_in_step()?;
+            } else {
+                c.apply(r.negotiation);
+            }
+            c.answered = Some(r.answered);
         }
         None => {
             c.send_optneg()?;
@@ -423,6 +442,8 @@ pub fn run<S: Read + Write + Timeouts>(
                 c.spliced.clear();
                 c.headers.clear();
                 c.edits.clear();
+                c.body_replaced = false;
+                c.budget = limits::Budget::new(config.milter_limits);
                 c.quarantine = None;
             }
         }
@@ -450,6 +471,20 @@ pub fn run<S: Read + Write + Timeouts>(
         reusable,
         timeouts: c.timeouts,
     })
+}
+
+/// How a conversation on a kept connection starts.
+pub struct Resume<'a> {
+    /// What was negotiated on the connection.
+    pub negotiation: Negotiation,
+    /// The Milter answers OPTNEG after QUIT_NC (`crate::resume`): the conversation starts with
+    /// QUIT_NC and OPTNEG and reads up to the OPTNEG reply before anything of the message is
+    /// sent. Otherwise (libmilter) QUIT_NC goes out with the message's first packets.
+    pub prove: bool,
+    /// Set when the first reply of the message arrives (the OPTNEG reply of the proof does not
+    /// count): until then a failure leaves nothing of the message answered, and the handle
+    /// sends the message again on a new connection.
+    pub answered: &'a std::cell::Cell<bool>,
 }
 
 /// Sends QUIT on a connection kept for reuse that is now being closed. Best effort: the
@@ -572,6 +607,27 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         );
         self.trace_out(start);
         self.flush()
+    }
+
+    /// On a kept connection, after QUIT_NC and OPTNEG: the first packet must be the OPTNEG
+    /// reply. OPTNEG is the one command whose reply no other reply can pass for, and the Milter
+    /// sends it after every packet it sent before it read our OPTNEG, so reading it proves that
+    /// nothing from an earlier message is left unread. A packet before it is one an earlier
+    /// message left (a late or extra reply): the connection is out of step, and the error
+    /// (before anything of the message was sent) has the handle send the message anew on a
+    /// new connection. The reply may negotiate differently from the last time; it is taken.
+    fn prove_in_step(&mut self) -> Result<()> {
+        let (cmd, at) = self.read_packet("OPTNEG")?;
+        if cmd != SMFIC_OPTNEG {
+            return Err(self.protocol_error(&format!(
+                "the kept connection is out of step: {} ('{}') came before the reply to OPTNEG;                  it belongs to an earlier message",
+                reply_name(cmd),
+                escape(&[cmd])
+            )));
+        }
+        let neg = self.negotiated(cmd, at)?;
+        self.apply(neg);
+        Ok(())
     }
 
     /// Reads the reply to OPTNEG and takes what it negotiates.
@@ -1116,6 +1172,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 Reply::Tempfail => return Ok(Answer::Final(Disposition::Tempfail, None)),
                 Reply::Discard => return Ok(Answer::Final(Disposition::Discard, None)),
                 Reply::ReplyCode(text) => {
+                    if let Err(e) = self.budget.reply_text(text.len(), what) {
+                        return Err(self.protocol_error(&e));
+                    }
                     let d = if text.first() == Some(&b'4') {
                         Disposition::Tempfail
                     } else {
@@ -1168,13 +1227,14 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                             reply_name(cmd)
                         )));
                     }
-                    self.edit(edit, cmd);
+                    self.edit(edit, cmd)?;
                 }
             }
         }
     }
 
-    fn edit(&mut self, reply: Reply, cmd: u8) {
+    /// Keeps one modification for the verdict, within the Milter limits (`limits.rs`).
+    fn edit(&mut self, reply: Reply, cmd: u8) -> Result<()> {
         let (needs, edit) = match reply {
             Reply::AddHeader { name, value } => (SMFIF_ADDHDRS, Edit::AddHeader { name, value }),
             Reply::InsHeader { index, name, value } => {
@@ -1189,15 +1249,16 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             Reply::ReplBody(_) => {
                 // The new body cannot travel in a verdict; the header edits that describe it
                 // are left out with it (verdict.rs), so the message stays consistent.
-                if !self.edits.contains(&Edit::ReplaceBody) {
+                if !self.body_replaced {
                     log::info!(
                         "milter {}: REPLBODY cannot be expressed in a verdict: the body is kept \
                          as it is",
                         self.peer
                     );
+                    self.body_replaced = true;
                     self.edits.push(Edit::ReplaceBody);
                 }
-                return;
+                return Ok(());
             }
             _ => {
                 // CHGFROM: no verdict can change the envelope sender.
@@ -1206,7 +1267,7 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                     self.peer,
                     reply_name(cmd)
                 );
-                return;
+                return Ok(());
             }
         };
         if self.neg.actions & needs == 0 {
@@ -1217,7 +1278,11 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 action_names(needs)
             );
         }
+        if let Err(e) = self.budget.edit(&edit, reply_name(cmd)) {
+            return Err(self.protocol_error(&e));
+        }
         self.edits.push(edit);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -1336,6 +1401,9 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
         self.replied_to = Some(what);
         self.unanswered = false;
         self.fill(4, what)?;
+        if let Some(answered) = self.answered {
+            answered.set(true);
+        }
         let p = self.rpos;
         let prefix = [
             self.rbuf[p],

@@ -3,7 +3,10 @@
 //! encoded-character, fileinto as needed) that the MTA runs through `spamfilterN_string_action`.
 //! docs/verdicts.md has the mapping and its rules; tests/sieve.rs proves them with Pigeonhole.
 
-use crate::config::SieveDialect;
+use crate::config::{SieveDialect, SieveLimits};
+use std::collections::HashSet;
+
+mod replay;
 
 /// Where in the conversation a decision was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -128,6 +131,8 @@ pub struct VerdictOptions {
     pub context_edits: bool,
     pub dialect: SieveDialect,
     pub quarantine_folder: String,
+    /// What the Sieve engine allows: the verdict stays within it.
+    pub limits: SieveLimits,
 }
 
 /// The kind of result handed to the MTA.
@@ -183,7 +188,17 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
         Disposition::Reject => {
             let text = reply(outcome.reply.as_deref(), DEFAULT_REJECT);
             actions.push(Action::Ereject(text.clone()));
-            return render(&actions, options, Some(text));
+            let v = render(&actions, options, Some(text));
+            if v.script.len() > options.limits.max_script_size {
+                log::error!(
+                    "the reject's reply text makes a verdict of {} bytes, more than \
+                     SIEVE_MAX_SCRIPT_SIZE ({}): the message is deferred",
+                    v.script.len(),
+                    options.limits.max_script_size
+                );
+                return too_large();
+            }
+            return v;
         }
         Disposition::Discard => {
             actions.push(Action::Discard);
@@ -200,36 +215,16 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
             reply: reply(Some(&r.reply), DEFAULT_REJECT),
         });
     }
+    let headers_from = actions.len();
     header_actions(outcome, options, &mut actions);
-    for e in &outcome.edits {
-        if let Edit::AddRcpt { rcpt, .. } = e {
-            let addr = strip_angle(rcpt);
-            let again = actions
-                .iter()
-                .any(|a| matches!(a, Action::Redirect(r) if r == addr));
-            if again {
-                // The same recipient twice is one recipient, as in sendmail.
-                continue;
-            }
-            if is_addr_spec(addr) {
-                actions.push(Action::Redirect(addr.to_vec()));
-            } else {
-                // A Sieve engine refuses the whole script when one redirect address is not an
-                // address; the other decisions are worth more than this one recipient.
-                log::warn!(
-                    "ADDRCPT \"{}\" left out: not an address that redirect accepts",
-                    crate::error::escape(rcpt)
-                );
-            }
-        }
-    }
+    let headers = headers_from..actions.len();
+    redirect_actions(outcome, options, &mut actions);
+    // Each address once: the same recipient twice is one recipient, as in sendmail.
+    let mut removed: HashSet<&[u8]> = HashSet::new();
     for e in &outcome.edits {
         if let Edit::DelRcpt { rcpt } = e {
             let addr = strip_angle(rcpt);
-            let again = actions
-                .iter()
-                .any(|a| matches!(a, Action::RemoveRecipient(r) if r == addr));
-            if again {
+            if !removed.insert(addr) {
                 continue;
             }
             if is_addr_spec(addr) {
@@ -244,6 +239,11 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
     }
     if let Some(reason) = &outcome.quarantine {
         let reason = header_value(reason, false, options.dialect == SieveDialect::Rfc5293);
+        let reason = shortened(
+            QUARANTINE_HEADER.as_bytes(),
+            reason,
+            options.limits.max_header_size,
+        );
         if !reason.is_empty() {
             actions.push(Action::AddHeader {
                 last: false,
@@ -262,7 +262,100 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
             reply: None,
         };
     }
-    render(&actions, options, None)
+    within_script_size(actions, headers, options)
+}
+
+/// ADDRCPT as `redirect :copy`, each address once (the same recipient twice is one recipient,
+/// as in sendmail), at most SIEVE_MAX_REDIRECTS of them: one more and the engine fails the run
+/// and keeps the message (implicit keep), which would deliver it to a recipient the Milter
+/// deleted and lose a quarantine.
+fn redirect_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec<Action>) {
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut left_out = 0usize;
+    for e in &outcome.edits {
+        let Edit::AddRcpt { rcpt, .. } = e else {
+            continue;
+        };
+        let addr = strip_angle(rcpt);
+        if !is_addr_spec(addr) {
+            // A Sieve engine refuses the whole script when one redirect address is not an
+            // address; the other decisions are worth more than this one recipient.
+            log::warn!(
+                "ADDRCPT \"{}\" left out: not an address that redirect accepts",
+                crate::error::escape(rcpt)
+            );
+            continue;
+        }
+        if !seen.insert(addr) {
+            continue;
+        }
+        if seen.len() > options.limits.max_redirects {
+            left_out += 1;
+            continue;
+        }
+        actions.push(Action::Redirect(addr.to_vec()));
+    }
+    if left_out > 0 {
+        log::warn!(
+            "{left_out} ADDRCPT left out: the verdict may redirect to at most {} addresses \
+             (SIEVE_MAX_REDIRECTS)",
+            options.limits.max_redirects
+        );
+    }
+}
+
+/// The reply of a verdict that cannot be written within SIEVE_MAX_SCRIPT_SIZE even without its
+/// header edits: the message is deferred, so that no decision of the Milter is lost.
+pub const TOO_LARGE: &[u8] =
+    b"451 4.3.0 The spam filter's verdict is larger than its Sieve engine allows";
+
+/// The verdict, written within SIEVE_MAX_SCRIPT_SIZE (an engine refuses a larger script whole,
+/// and every decision in it with it). Too large, it leaves out the header edits (`headers`, the
+/// least of what the Milter decided: all or none, so that a changed field is never deleted
+/// without being added again); still too large, the message is deferred.
+fn within_script_size(
+    mut actions: Vec<Action>,
+    headers: std::ops::Range<usize>,
+    options: &VerdictOptions,
+) -> Verdict {
+    let max = options.limits.max_script_size;
+    let v = render(&actions, options, None);
+    if v.script.len() <= max {
+        return v;
+    }
+    if !headers.is_empty() {
+        log::warn!(
+            "the verdict would be {} bytes, more than SIEVE_MAX_SCRIPT_SIZE ({max}): its {} \
+             header edits are left out",
+            v.script.len(),
+            headers.len()
+        );
+        actions.drain(headers);
+        if actions.is_empty() {
+            return Verdict {
+                kind: VerdictKind::None,
+                script: Vec::new(),
+                reply: None,
+            };
+        }
+        let v = render(&actions, options, None);
+        if v.script.len() <= max {
+            return v;
+        }
+    }
+    log::error!(
+        "the verdict's decisions alone are more than SIEVE_MAX_SCRIPT_SIZE ({max} bytes): the \
+         message is deferred"
+    );
+    too_large()
+}
+
+fn too_large() -> Verdict {
+    Verdict {
+        kind: VerdictKind::Defer,
+        script: Vec::new(),
+        reply: Some(TOO_LARGE.to_vec()),
+    }
 }
 
 /// One Sieve action, with its strings still as raw bytes.
@@ -510,6 +603,32 @@ fn trim_end_wsp(out: &mut Vec<u8>) {
     }
 }
 
+/// `value` as `header_value` writes it, cut to at most `max` bytes as the engine counts them
+/// (the bytes of the string after its escapes: a fold's CRLF is two, a `${hex:..}` byte one;
+/// Pigeonhole refuses a longer value, and with it the whole verdict). The cut does not split a
+/// UTF-8 character, and white space or a fold left at the end goes. Logged.
+fn shortened(name: &[u8], mut value: Vec<u8>, max: usize) -> Vec<u8> {
+    if value.len() <= max {
+        return value;
+    }
+    let full = value.len();
+    let mut end = max;
+    // At most three continuation bytes back to the start of a character.
+    while end + 3 > max && end > 0 && value[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    value.truncate(end);
+    while value.last().is_some_and(|&b| is_wsp(b) || is_break(b)) {
+        value.pop();
+    }
+    log::warn!(
+        "header \"{}\": the value of {full} bytes is cut to {} (SIEVE_MAX_HEADER_SIZE is {max})",
+        crate::error::escape(name),
+        value.len()
+    );
+    value
+}
+
 /// A folded value unfolded (RFC 5322 §2.2.3): each CRLF goes, the white space after it stays.
 fn unfold(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len());
@@ -749,12 +868,8 @@ fn describes_body(name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"MIME-Version")
 }
 
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    a.eq_ignore_ascii_case(b)
-}
-
-/// Replays the header edits on a model of the header with sendmail's semantics, then writes the
-/// difference between the original and the result as editheader actions.
+/// Replays the header edits on a model of the header with sendmail's semantics (replay.rs), then
+/// writes the difference between the original and the result as editheader actions.
 ///
 /// Sendmail's semantics: CHGHEADER's index is 1-based among the fields of that name, 0 counts as
 /// 1, a field removed earlier still counts, a change of a field that is not there adds it at the
@@ -775,23 +890,22 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
         return;
     }
     let body_replaced = outcome.edits.iter().any(|e| matches!(e, Edit::ReplaceBody));
-    let mut fields: Vec<Field> = outcome
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Field {
-            name: h.name.clone(),
-            value: Vec::new(),
-            origin: Origin::Original(i),
-            deleted: false,
-            changed: false,
-        })
-        .collect();
+    let mut edits = Vec::new();
     for e in &outcome.edits {
-        let (name, raw) = match e {
-            Edit::AddHeader { name, value }
-            | Edit::InsHeader { name, value, .. }
-            | Edit::ChgHeader { name, value, .. } => (name, value),
+        let (name, raw, kind) = match e {
+            Edit::AddHeader { name, value } => (name, value, replay::Kind::Add),
+            Edit::InsHeader { index, name, value } => (name, value, replay::Kind::Insert(*index)),
+            Edit::ChgHeader { index, name, value } => {
+                let delete = value.is_empty();
+                (
+                    name,
+                    value,
+                    replay::Kind::Change {
+                        index: *index,
+                        delete,
+                    },
+                )
+            }
             Edit::AddRcpt { .. } | Edit::DelRcpt { .. } | Edit::ReplaceBody => continue,
         };
         if body_replaced && describes_body(name) {
@@ -814,48 +928,11 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
             outcome.leadspc,
             options.dialect == SieveDialect::Rfc5293,
         );
-        let added = |top: bool, value: Vec<u8>| Field {
-            name: name.clone(),
-            value,
-            origin: Origin::Added { top },
-            deleted: false,
-            changed: false,
-        };
-        match e {
-            Edit::AddHeader { .. } => fields.push(added(false, value)),
-            Edit::InsHeader { index, .. } => {
-                let pos = usize::try_from(*index)
-                    .unwrap_or(usize::MAX)
-                    .min(fields.len());
-                let top = pos < fields.len();
-                fields.insert(pos, added(top, value));
-            }
-            Edit::ChgHeader { index, .. } => {
-                let want = usize::try_from((*index).max(1)).unwrap_or(usize::MAX);
-                let target = fields
-                    .iter_mut()
-                    .filter(|f| same_name(&f.name, name))
-                    .nth(want - 1);
-                match target {
-                    Some(f) if matches!(f.origin, Origin::Original(_)) && is_undeletable(name) => {
-                        log::warn!(
-                            "CHGHEADER of \"{}\" left out: Sieve may not delete that field",
-                            crate::error::escape(name)
-                        );
-                    }
-                    Some(f) => {
-                        f.deleted = raw.is_empty();
-                        f.value = value;
-                        f.changed = true;
-                    }
-                    None if !raw.is_empty() => fields.push(added(false, value)),
-                    None => {}
-                }
-            }
-            Edit::AddRcpt { .. } | Edit::DelRcpt { .. } | Edit::ReplaceBody => {}
-        }
+        let value = shortened(name, value, options.limits.max_header_size);
+        edits.push(replay::HeaderEdit { name, value, kind });
     }
-    delete_actions(outcome, options, &fields, actions);
+    let fields = replay::replay(&outcome.headers, edits);
+    replay::delete_actions(&outcome.headers, options, &fields, actions);
 
     let top: Vec<&Field> = fields
         .iter()
@@ -884,73 +961,6 @@ fn header_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec
         // Each addheader at the top goes above the last one: the last first.
         actions.extend(top.iter().rev().map(|f| add(f, false)));
         actions.extend(end.iter().map(|f| add(f, true)));
-    }
-}
-
-/// The deletions, before any addition and against the header as it came, last field first, so
-/// that an earlier field's position is still its original one. With CONTEXT_EDITS a field is
-/// named by its value alone when that value can delete no field that stays; otherwise, and
-/// without CONTEXT_EDITS, by its position (`:index`) among the fields of its name at that point.
-fn delete_actions(
-    outcome: &Outcome,
-    options: &VerdictOptions,
-    fields: &[Field],
-    actions: &mut Vec<Action>,
-) {
-    let originals = &outcome.headers;
-    let mut doomed = vec![false; originals.len()];
-    for f in fields {
-        if let Origin::Original(i) = f.origin {
-            doomed[i] = f.changed;
-        }
-    }
-    let mut present = vec![true; originals.len()];
-    for i in (0..originals.len()).rev() {
-        if !doomed[i] || !present[i] {
-            continue;
-        }
-        let name = &originals[i].name;
-        let same: Vec<usize> = (0..originals.len())
-            .filter(|&j| present[j] && same_name(&originals[j].name, name))
-            .collect();
-        let position = same.iter().position(|&j| j == i).map_or(1, |p| p + 1);
-        present[i] = false;
-        if !options.context_edits {
-            actions.push(Action::DeleteHeader {
-                index: Some(position),
-                name: name.clone(),
-                value: None,
-            });
-            continue;
-        }
-        let wanted = original_match(&originals[i].value);
-        let mut index = Some(position);
-        if let ValueMatch::Is(v) = &wanted {
-            // Alone, the value deletes every field of that name and value: fine when each of
-            // them goes anyway, not when one of them stays or might match (a pattern).
-            let others: Vec<(usize, ValueMatch)> = same
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| (j, original_match(&originals[j].value)))
-                .collect();
-            let alone = others.iter().all(|(j, m)| match m {
-                ValueMatch::Is(w) => w != v || doomed[*j],
-                ValueMatch::Matches(_) => false,
-            });
-            if alone {
-                index = None;
-                for (j, m) in &others {
-                    if *m == wanted {
-                        present[*j] = false;
-                    }
-                }
-            }
-        }
-        actions.push(Action::DeleteHeader {
-            index,
-            name: name.clone(),
-            value: Some(wanted),
-        });
     }
 }
 
@@ -1184,6 +1194,7 @@ mod tests {
             context_edits: true,
             dialect: SieveDialect::Rfc5293,
             quarantine_folder: "Quarantine".to_string(),
+            limits: SieveLimits::default(),
         }
     }
 
@@ -1917,17 +1928,183 @@ mod tests {
     }
 
     #[test]
-    fn a_very_long_value_is_written_whole() {
+    fn a_very_long_value_is_written_whole_within_the_engine_limit() {
         let long = vec![b'x'; 5000];
         let o = edited(three_headers(), vec![add("X-Long", &long)]);
-        let s = script(&o, &options());
+        let roomy = VerdictOptions {
+            limits: SieveLimits {
+                max_header_size: 5000,
+                ..SieveLimits::default()
+            },
+            ..options()
+        };
         assert_eq!(
-            s,
+            script(&o, &roomy),
             format!(
                 "require [\"editheader\"];\naddheader :last \"X-Long\" \"{}\";\n",
                 "x".repeat(5000)
             )
         );
+    }
+
+    // The Sieve engine's limits (Pigeonhole's defaults).
+
+    /// A value longer than SIEVE_MAX_HEADER_SIZE is cut to it (Pigeonhole refuses the whole
+    /// script otherwise), at a character boundary and never inside a fold.
+    #[test]
+    fn a_value_longer_than_the_engine_takes_is_cut() {
+        let value = |s: &str| -> String {
+            let o = edited(three_headers(), vec![add("X-Long", s.as_bytes())]);
+            let s = build(&o, &options()).script;
+            let s = String::from_utf8(s).expect("UTF-8");
+            let start = s.find("\"X-Long\" \"").expect("the addheader") + 10;
+            s[start..s.len() - 4].replace("\r\n", "\n")
+        };
+        assert_eq!(value(&"x".repeat(5000)), "x".repeat(2048));
+        assert_eq!(value(&"x".repeat(2048)), "x".repeat(2048));
+        // 2047 bytes of x, then a two-byte character across the limit: it goes whole.
+        assert_eq!(
+            value(&format!("{}é{}", "x".repeat(2047), "y".repeat(9))),
+            "x".repeat(2047)
+        );
+        // A fold across the limit goes, with the white space before it.
+        let folded = format!("{} \n more", "x".repeat(2046));
+        assert_eq!(value(&folded), "x".repeat(2046));
+        // The quarantine reason is a header value too.
+        let mut o = Outcome::new(Disposition::Accept, Stage::Eom);
+        o.quarantine = Some(vec![b'q'; 3000]);
+        let s = script(&o, &options());
+        assert!(s.contains(&format!("\"{}\";", "q".repeat(2048))), "{s}");
+        assert!(s.ends_with("fileinto \"Quarantine\";\n"), "{s}");
+    }
+
+    /// At most SIEVE_MAX_REDIRECTS redirects: the first distinct addresses, in order.
+    #[test]
+    fn redirects_stop_at_the_engine_limit() {
+        let rcpt = |a: &str| Edit::AddRcpt {
+            rcpt: a.as_bytes().to_vec(),
+            args: None,
+        };
+        let mut o = edited(
+            three_headers(),
+            vec![
+                rcpt("<a@example.org>"),
+                rcpt("bad address"),
+                rcpt("a@example.org"),
+                rcpt("b@example.org"),
+                rcpt("c@example.org"),
+                rcpt("d@example.org"),
+                rcpt("e@example.org"),
+            ],
+        );
+        o.quarantine = Some(b"held".to_vec());
+        let s = script(&o, &options());
+        let redirects: Vec<&str> = s.lines().filter(|l| l.starts_with("redirect")).collect();
+        assert_eq!(
+            redirects,
+            [
+                "redirect :copy \"a@example.org\";",
+                "redirect :copy \"b@example.org\";",
+                "redirect :copy \"c@example.org\";",
+                "redirect :copy \"d@example.org\";"
+            ]
+        );
+        assert!(s.ends_with("fileinto \"Quarantine\";\n"), "{s}");
+        let none = VerdictOptions {
+            limits: SieveLimits {
+                max_redirects: 0,
+                ..SieveLimits::default()
+            },
+            ..options()
+        };
+        assert!(!script(&o, &none).contains("redirect"));
+    }
+
+    /// A verdict beyond SIEVE_MAX_SCRIPT_SIZE leaves out its header edits, never a decision;
+    /// when the decisions alone are too large the message is deferred.
+    #[test]
+    fn a_verdict_too_large_for_the_engine_keeps_its_decisions() {
+        let small = VerdictOptions {
+            limits: SieveLimits {
+                max_script_size: 4096,
+                ..SieveLimits::default()
+            },
+            ..options()
+        };
+        let mut o = edited(
+            three_headers(),
+            (0..10)
+                .map(|i| add(&format!("X-Big-{i}"), &[b'v'; 1000]))
+                .collect(),
+        );
+        o.rejected_recipients.push(RecipientReject {
+            address: b"bad@example.org".to_vec(),
+            tempfail: false,
+            reply: b"550 5.1.1 No".to_vec(),
+        });
+        o.quarantine = Some(b"spam".to_vec());
+        assert!(build(&o, &options()).script.len() > 10_000);
+        assert_eq!(
+            script(&o, &small),
+            "require [\"editheader\", \"envelope\", \"ereject\", \"fileinto\"];\n\
+             if envelope :is \"to\" \"bad@example.org\" {\n  ereject \"550 5.1.1 No\";\n  stop;\n}\n\
+             addheader \"X-Milter-Quarantine\" \"spam\";\n\
+             fileinto \"Quarantine\";\n"
+        );
+        // Header edits alone, too large: nothing is left, no verdict.
+        let only = edited(three_headers(), o.edits.clone());
+        assert_eq!(build(&only, &small).kind, VerdictKind::None);
+        // Decisions too large: a deferral, not a verdict the engine refuses.
+        o.rejected_recipients[0].reply = vec![b'n'; 5000];
+        let v = build(&o, &small);
+        assert_eq!(v.kind, VerdictKind::Defer);
+        assert_eq!(v.reply.as_deref(), Some(TOO_LARGE));
+        let mut r = Outcome::new(Disposition::Reject, Stage::Eom);
+        r.reply = Some(vec![b'n'; 5000]);
+        assert_eq!(build(&r, &small).kind, VerdictKind::Defer);
+        r.reply = Some(b"550 5.7.1 short".to_vec());
+        assert_eq!(build(&r, &small).kind, VerdictKind::Sieve);
+    }
+
+    /// The replay and the deletions are O(n log n): floods at the Milter limits (MAX_EDITS) on
+    /// a large header take well under a second (each took minutes when every edit walked the
+    /// header). Not timed: a quadratic builder would make this test run for hours.
+    #[test]
+    fn the_builder_is_not_quadratic() {
+        let n = 20_000;
+        let headers: Vec<Header> = (0..n)
+            .map(|i| h("X-F", format!(" v{}", i % 7).as_bytes()))
+            .collect();
+        // 10,000 deletions of fields of one name, 10,000 inserts at the top, 10,000 changes far
+        // past the last field, 10,000 additions, 10,000 deletions and 10,000 recipients.
+        let edits: Vec<Vec<Edit>> = vec![
+            (0..10_000).map(|i| chg(2 * i + 1, "X-F", b"")).collect(),
+            (0..10_000).map(|i| ins(i, "X-I", b"i")).collect(),
+            (0..10_000)
+                .map(|_| chg(i32::MAX as u32, "X-C", b"c"))
+                .collect(),
+            (0..10_000)
+                .map(|i| add("X-A", format!("{i}").as_bytes()))
+                .collect(),
+            (0..10_000)
+                .map(|i| Edit::AddRcpt {
+                    rcpt: format!("r{i}@example.org").into_bytes(),
+                    args: None,
+                })
+                .collect(),
+            (0..10_000)
+                .map(|i| Edit::DelRcpt {
+                    rcpt: format!("r{i}@example.org").into_bytes(),
+                })
+                .collect(),
+        ];
+        for (k, e) in edits.into_iter().enumerate() {
+            for opts in [options(), by_position()] {
+                let o = edited(headers.clone(), e.clone());
+                let v = build(&o, &opts);
+                assert_ne!(v.kind, VerdictKind::None, "case {k}");
+            }
+        }
     }
 
     // ADDRCPT, QUARANTINE, dialects.

@@ -26,6 +26,10 @@ struct Tracking;
 thread_local! {
     static TRACKING: Cell<bool> = const { Cell::new(false) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated less bytes freed by this thread since tracking began, and the most
+    /// that ever was: the peak growth of the library's memory for one message.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
@@ -37,21 +41,38 @@ fn note(size: usize) {
     });
 }
 
+/// `delta` bytes more (or fewer) live on this thread.
+fn live(delta: isize) {
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let _ = LIVE.try_with(|l| {
+                let now = l.get() + delta;
+                l.set(now);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+            });
+        }
+    });
+}
+
 // SAFETY: every call is passed through to the system allocator unchanged.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as isize);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        live(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -524,6 +545,8 @@ struct Run {
     result: Result<Filtered, Error>,
     elapsed: Duration,
     largest_allocation: usize,
+    /// The most the filtering thread's memory grew during the call.
+    peak_growth: usize,
 }
 
 impl Run {
@@ -541,23 +564,30 @@ impl Run {
 }
 
 fn run_case(port: u16, timeouts: &str) -> Run {
-    let text = format!("HOST=127.0.0.1\nPORT={port}\n{timeouts}");
+    run_message(port, timeouts, &envelope(), MESSAGE)
+}
+
+/// One message through the library with these options, its allocations tracked.
+fn run_message(port: u16, options: &str, env: &Envelope, message: &[u8]) -> Run {
+    let text = format!("HOST=127.0.0.1\nPORT={port}\n{options}");
     let config = match Config::parse("faults.opt", text.as_bytes()) {
         Ok(c) => c,
         Err(e) => panic!("the test's option text was refused: {e}"),
     };
     let handle = Handle::new(config);
-    let env = envelope();
     LARGEST.with(|l| l.set(0));
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
     TRACKING.with(|t| t.set(true));
     let start = Instant::now();
-    let result = handle.filter(&env, Content::Buffer(MESSAGE));
+    let result = handle.filter(env, Content::Buffer(message));
     let elapsed = start.elapsed();
     TRACKING.with(|t| t.set(false));
     Run {
         result,
         elapsed,
         largest_allocation: LARGEST.with(|l| l.get()),
+        peak_growth: PEAK.with(|p| p.get()).max(0) as usize,
     }
 }
 
@@ -1239,4 +1269,312 @@ fn a_bad_optneg_answer_after_a_good_one_is_the_error_and_nothing_else_is_sent() 
     );
     assert_eq!(seen[1], "O", "connection 2 got more than OPTNEG: {seen:?}");
     assert_eq!(seen[2], "O", "connection 3 got more than OPTNEG: {seen:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floods: a Milter that sends far more than any real one (no real Milter floods on demand).
+// Each must end within TIMEOUT in an error that names the limit crossed and what was sent, with
+// the library's memory grown by less than FLOOD_MEMORY (docs/reliability.md, "Limits").
+
+/// The most a flood may make the library's memory grow, on the filtering thread.
+const FLOOD_MEMORY: usize = 16 << 20;
+
+/// TIMEOUT 5 s: a flood must end before one timeout passes.
+const FLOOD_TIMEOUT: &str = "TIMEOUT=500\n";
+const FLOOD_WITHIN: Duration = Duration::from_secs(5);
+
+/// What a flooding Milter sends.
+#[derive(Clone)]
+enum Flood {
+    /// At end of message, this packet `count` times, then CONTINUE.
+    AtEom { packet: Vec<u8>, count: usize },
+    /// At every RCPT but the last, a REPLYCODE with a text of this many bytes.
+    RcptReplies { text_len: usize },
+}
+
+fn add_header(name: &str, value: &[u8]) -> Vec<u8> {
+    packet(b'h', &[name.as_bytes(), b"\0", value, b"\0"].concat())
+}
+
+fn index_header(cmd: u8, index: u32, name: &str, value: &[u8]) -> Vec<u8> {
+    let data = [
+        &index.to_be_bytes()[..],
+        name.as_bytes(),
+        b"\0",
+        value,
+        b"\0",
+    ]
+    .concat();
+    packet(cmd, &data)
+}
+
+/// A flooding Milter on a loopback port, in a thread that ends when the library hangs up.
+fn flood_milter(flood: Flood) -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    let thread = thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+        let _ = serve_flood(&mut s, &flood);
+    });
+    (port, thread)
+}
+
+fn serve_flood(s: &mut TcpStream, flood: &Flood) -> io::Result<()> {
+    let mut rcpts = 0;
+    loop {
+        let (cmd, _) = read_packet(s)?;
+        let reply = match cmd {
+            // Version 6, every action, no HEADER packets (NOHDRS): the header is not the point.
+            b'O' => {
+                let mut d = Vec::new();
+                for v in [6u32, 0x1ff, 0x20] {
+                    d.extend_from_slice(&v.to_be_bytes());
+                }
+                packet(b'O', &d)
+            }
+            b'R' => {
+                rcpts += 1;
+                match flood {
+                    Flood::RcptReplies { text_len } if rcpts < RCPTS => {
+                        let mut text = b"550 5.7.1 ".to_vec();
+                        text.resize(*text_len, b'x');
+                        text.push(0);
+                        packet(b'y', &text)
+                    }
+                    _ => packet(b'c', &[]),
+                }
+            }
+            b'E' => {
+                if let Flood::AtEom { packet: p, count } = flood {
+                    // In writes of about 1 MiB, whatever the packets' size.
+                    let per_write = ((1 << 20) / p.len()).max(1);
+                    let batch = p.repeat(per_write);
+                    let mut left = *count;
+                    while left > 0 {
+                        let n = left.min(per_write);
+                        s.write_all(&batch[..n * p.len()])?;
+                        left -= n;
+                    }
+                }
+                packet(b'c', &[])
+            }
+            b'C' | b'H' | b'M' | b'T' | b'L' | b'N' | b'B' => packet(b'c', &[]),
+            _ => continue,
+        };
+        s.write_all(&reply)?;
+    }
+}
+
+/// The recipients of the refused-recipients floods: all but the last refused.
+const RCPTS: usize = 300;
+
+/// Runs a flood with these extra options on this envelope and message; asserts that it ended
+/// within TIMEOUT with a protocol error naming `limit`, and within the memory bound.
+fn check_flood(flood: Flood, options: &str, env: &Envelope, message: &[u8], limit: &str) -> Run {
+    let (port, milter) = flood_milter(flood);
+    let run = run_message(port, &format!("{FLOOD_TIMEOUT}{options}"), env, message);
+    run.assert_failed(
+        ErrorKind::Protocol,
+        limit,
+        &format!(
+            "the flood was taken whole: {:?}",
+            run.result.as_ref().map(|f| &f.verdict)
+        ),
+    );
+    assert!(run.elapsed < FLOOD_WITHIN, "took {:?}", run.elapsed);
+    assert!(
+        run.peak_growth < FLOOD_MEMORY,
+        "the library's memory grew by {} bytes",
+        run.peak_growth
+    );
+    // The library hung up: the Milter's writes fail and its thread ends.
+    let _ = milter.join();
+    run
+}
+
+fn flood_at_eom(packet: Vec<u8>, count: usize, limit: &str) -> Run {
+    let flood = Flood::AtEom { packet, count };
+    check_flood(flood, "", &envelope(), MESSAGE, limit)
+}
+
+#[test]
+fn a_million_addheaders_end_at_max_edits() {
+    let run = flood_at_eom(add_header("X-Flood", b"v"), 1_000_000, "MAX_EDITS (10000)");
+    run.assert_failed(ErrorKind::Protocol, "the next was ADDHEADER", "no error");
+}
+
+#[test]
+fn header_values_of_1_mib_and_64_mib_are_refused() {
+    // 1 MiB fits a packet: MAX_HEADER_VALUE refuses the value.
+    let value = vec![b'v'; (1 << 20) - 64];
+    let run = flood_at_eom(add_header("X-Big", &value), 400, "MAX_HEADER_VALUE (65535)");
+    run.assert_failed(
+        ErrorKind::Protocol,
+        "sent ADDHEADER \"X-Big\" with a value of 1048512 bytes",
+        "no error",
+    );
+    // 64 MiB does not: the packet's length is refused before anything of it is read.
+    let mut huge = ((64u32 << 20) + 10).to_be_bytes().to_vec();
+    huge.push(b'h');
+    huge.extend_from_slice(b"X-Huge\0");
+    huge.resize(huge.len() + (64 << 20), b'v');
+    huge.extend_from_slice(b"\0");
+    let run = flood_at_eom(huge, 1, "packet length 67108874 is larger than the limit");
+    assert!(run.largest_allocation < ALLOCATION_LIMIT);
+}
+
+#[test]
+fn a_hundred_thousand_addrcpts_end_at_max_added_recipients() {
+    let rcpt = packet(b'+', b"<flood@example.org>\0");
+    flood_at_eom(rcpt, 100_000, "MAX_ADDED_RECIPIENTS (1000)");
+}
+
+#[test]
+fn floods_of_insheaders_addrcpts_and_chgheaders_end_at_their_limits() {
+    let ins = index_header(b'i', 0, "X-Top", b"t");
+    flood_at_eom(ins, 200_000, "MAX_EDITS (10000)");
+    let rcpt = packet(b'+', b"<flood@example.org>\0");
+    flood_at_eom(rcpt, 200_000, "MAX_ADDED_RECIPIENTS (1000)");
+    let chg = index_header(b'm', i32::MAX as u32, "X-Far", b"c");
+    flood_at_eom(chg, 1_000_000, "MAX_EDITS (10000)");
+}
+
+/// A message with `n` header fields of one name, each with its own value.
+fn many_fields(n: usize) -> Vec<u8> {
+    let mut m = Vec::new();
+    for i in 0..n {
+        m.extend_from_slice(format!("X-F: value {i}\r\n").as_bytes());
+    }
+    m.extend_from_slice(b"\r\nbody\r\n");
+    m
+}
+
+/// Deleting 20,000 fields: past MAX_EDITS an error; with MAX_EDITS raised, a verdict of 20,000
+/// deletions, built at once (the builder took 36 s when it walked the header for each).
+#[test]
+fn deleting_20000_fields() {
+    let message = many_fields(20_000);
+    // CHGHEADER X-F 1, 2, ... 20,000 with an empty value: a removed field still counts.
+    let deletions: Vec<u8> = (1..=20_000u32)
+        .flat_map(|i| index_header(b'm', i, "X-F", b""))
+        .collect();
+    let flood = Flood::AtEom {
+        packet: deletions.clone(),
+        count: 1,
+    };
+    check_flood(flood, "", &envelope(), &message, "MAX_EDITS (10000)");
+
+    let (port, milter) = flood_milter(Flood::AtEom {
+        packet: deletions,
+        count: 1,
+    });
+    let options = format!("{FLOOD_TIMEOUT}MAX_EDITS=20000\nSIEVE_MAX_SCRIPT_SIZE=16M\n");
+    let run = run_message(port, &options, &envelope(), &message);
+    let _ = milter.join();
+    let filtered = match run.result {
+        Ok(f) => f,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(run.elapsed < FLOOD_WITHIN, "took {:?}", run.elapsed);
+    assert_eq!(filtered.verdict.kind, VerdictKind::Sieve);
+    let script = String::from_utf8_lossy(&filtered.verdict.script);
+    assert_eq!(script.matches("deleteheader").count(), 20_000);
+}
+
+fn many_recipients() -> Envelope {
+    Envelope {
+        recipients: (0..RCPTS)
+            .map(|i| Recipient::new(format!("rcpt{i}@example.net").into_bytes()))
+            .collect(),
+        ..envelope()
+    }
+}
+
+/// 299 of 300 recipients refused with reply texts of 1 MiB (MAX_REPLY_TEXT refuses the first),
+/// or of 60 KB each (MAX_VERDICT_SIZE ends them at the 18th): 1.2 GB were kept before.
+#[test]
+fn refused_recipients_with_long_reply_texts() {
+    let env = many_recipients();
+    let flood = Flood::RcptReplies {
+        text_len: (1 << 20) - 8,
+    };
+    let run = check_flood(flood, "", &env, MESSAGE, "MAX_REPLY_TEXT (65535)");
+    run.assert_failed(
+        ErrorKind::Protocol,
+        "answered RCPT with a reply text of 1048568 bytes",
+        "no error",
+    );
+    let flood = Flood::RcptReplies { text_len: 60_000 };
+    let run = check_flood(flood, "", &env, MESSAGE, "MAX_VERDICT_SIZE (1048576)");
+    run.assert_failed(
+        ErrorKind::Protocol,
+        "1080000 with the reply to RCPT",
+        "no error",
+    );
+}
+
+/// The row "400 ADDHEADERs of 1 MiB under a 1 GiB address space": the process aborted
+/// ("memory allocation failed"). Run in a child process of this test binary with
+/// RLIMIT_AS at 1 GiB, it must exit normally, having seen the limit error.
+#[test]
+fn header_floods_under_a_1_gib_address_space_end_in_the_limit_error() {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "address_space_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FAULTS_ADDRESS_SPACE_CHILD", "1")
+        .output()
+        .expect("running the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the child failed: {}\n{text}",
+        out.status
+    );
+    assert!(text.contains("1 passed"), "{text}");
+    assert!(text.contains("limit error: milter 127.0.0.1:"), "{text}");
+    assert!(text.contains("MAX_HEADER_VALUE (65535)"), "{text}");
+}
+
+/// The child of the test above (run only by it: `--ignored`).
+#[test]
+#[ignore = "run by header_floods_under_a_1_gib_address_space_end_in_the_limit_error"]
+fn address_space_child() {
+    assert!(
+        std::env::var_os("FAULTS_ADDRESS_SPACE_CHILD").is_some(),
+        "run only as the child of header_floods_under_a_1_gib_address_space_end_in_the_limit_error"
+    );
+    let limit = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+    assert_eq!(set, 0, "setrlimit: {}", io::Error::last_os_error());
+    let value = vec![b'v'; (1 << 20) - 64];
+    let flood = Flood::AtEom {
+        packet: add_header("X-Big", &value),
+        count: 400,
+    };
+    let (port, milter) = flood_milter(flood);
+    let run = run_message(port, FLOOD_TIMEOUT, &envelope(), MESSAGE);
+    let _ = milter.join();
+    match &run.result {
+        Ok(f) => panic!("400 values of 1 MiB were taken: {:?}", f.verdict.kind),
+        Err(e) => println!("limit error: {e}"),
+    }
+    run.assert_failed(ErrorKind::Protocol, "MAX_HEADER_VALUE (65535)", "no error");
 }

@@ -284,6 +284,11 @@ const MULTI: &str = "multi.milter.test";
 /// addresses ::1 and 127.0.0.1 and /etc/resolv.conf points at a port nobody listens on (so no
 /// query leaves the machine), asserts that it passed, and returns false.
 fn in_namespace(name: &str) -> bool {
+    in_namespace_with(name, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+}
+
+/// As `in_namespace`, with `resolv` as the private /etc/resolv.conf.
+fn in_namespace_with(name: &str, resolv_conf: &str) -> bool {
     if std::env::var_os(IN_NAMESPACE).is_some() {
         return true;
     }
@@ -296,11 +301,7 @@ fn in_namespace(name: &str) -> bool {
         format!("127.0.0.1 localhost\n::1 {MULTI}\n127.0.0.1 {MULTI}\n"),
     )
     .expect("writing hosts");
-    std::fs::write(
-        &resolv,
-        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
-    )
-    .expect("writing resolv.conf");
+    std::fs::write(&resolv, resolv_conf).expect("writing resolv.conf");
     let exe = std::env::current_exe().expect("the test binary's path");
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -429,4 +430,116 @@ fn several_addresses_in_resolver_order() {
         ),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A resolver that never answers
+
+/// Threads of this process named `name` (as /proc/self/task/*/comm shows them), and all of them.
+fn threads_named(name: &str) -> (usize, usize) {
+    let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("reading /proc/self/task")
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .collect();
+    let named = tasks.iter().filter(|c| c.trim_end() == name).count();
+    (named, tasks.len())
+}
+
+/// 64 threads connect to Milters named by names nobody answers for (the private resolv.conf
+/// names a UDP socket on loopback that reads nothing and never replies): the process never runs
+/// more than 4 lookup threads, threads wanting the same name wait on one lookup, each gives up
+/// at its own CONNECT_TIMEOUT, and a name nobody is looking up yet fails at once, "resolver
+/// busy/stalled", while 4 lookups are stuck.
+#[test]
+fn a_stalled_resolver_never_piles_up_threads() {
+    const STALL_ADDR: &str = "127.54.0.53";
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        // The silent resolver lives in this process, outside the namespace (which shares the
+        // network): bound and never read.
+        let _silent = std::net::UdpSocket::bind((STALL_ADDR, 53))
+            .unwrap_or_else(|e| panic!("binding the silent resolver at {STALL_ADDR}:53: {e}"));
+        // The namespace's glibc asks it; timeout:5 attempts:2 keeps each lookup stuck for
+        // longer than the test runs.
+        in_namespace_with(
+            "a_stalled_resolver_never_piles_up_threads",
+            &format!("nameserver {STALL_ADDR}\noptions timeout:5 attempts:2\n"),
+        );
+        return;
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (most_lookups, most_threads, results) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let (mut lookups, mut all) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let (l, a) = threads_named("milter-resolve");
+                lookups = lookups.max(l);
+                all = all.max(a);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (lookups, all)
+        });
+        let filters: Vec<_> = (0..64)
+            .map(|i| {
+                s.spawn(move || {
+                    // 6 names over 64 threads: more names than lookup threads are allowed.
+                    let mut c = Config::with_host_port(&format!("n{}.stalled.test", i % 6), 8891);
+                    c.connect_timeout = ONE_SECOND;
+                    let start = Instant::now();
+                    let r = net::connect(&c, far_deadline());
+                    (start.elapsed(), r.map(|_| ()))
+                })
+            })
+            .collect();
+        let results: Vec<_> = filters
+            .into_iter()
+            .map(|f| f.join().expect("a thread"))
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (l, a) = sampler.join().expect("the sampler");
+        (l, a, results)
+    });
+    let baseline = threads_named("milter-resolve").1;
+    assert!(
+        most_lookups <= milter_spamfilter::resolve::MAX_LOOKUP_THREADS,
+        "{most_lookups} lookup threads at once"
+    );
+    assert!(most_lookups >= 1, "no lookup thread was ever seen");
+    // 64 filtering threads, the sampler, the lookups, and the test harness's own.
+    assert!(
+        most_threads <= baseline + 64 + 1 + 4 + 2,
+        "{most_threads} threads at most, {baseline} now"
+    );
+    let (mut busy, mut timed_out) = (0, 0);
+    for (elapsed, r) in &results {
+        let e = r.as_ref().expect_err("nothing resolves");
+        assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+        if e.message.contains("resolver busy/stalled") {
+            busy += 1;
+            assert!(*elapsed < SLACK, "a busy refusal took {elapsed:?}");
+        } else {
+            timed_out += 1;
+            assert!(
+                e.message
+                    .ends_with("the resolver did not answer within 1.00 s"),
+                "{e}"
+            );
+            within(*elapsed, ONE_SECOND, ONE_SECOND);
+        }
+        assert!(
+            e.message.starts_with("cannot connect to Milter n"),
+            "the error names HOST: {e}"
+        );
+    }
+    assert!(
+        busy > 0 && timed_out > 0,
+        "busy {busy}, timed out {timed_out}"
+    );
+    // The stuck lookups are still running: the next message of a stuck name waits on its
+    // lookup again instead of starting one more.
+    let before = threads_named("milter-resolve").0;
+    let mut c = Config::with_host_port("n0.stalled.test", 8891);
+    c.connect_timeout = Duration::from_millis(200);
+    let _ = net::connect(&c, far_deadline());
+    assert!(threads_named("milter-resolve").0 <= before);
 }

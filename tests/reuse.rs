@@ -267,3 +267,229 @@ fn a_message_that_ends_before_end_of_message_does_not_keep_its_connection() {
         transcript.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kept connections that the Milter closes, and Milters that reply once too often
+
+/// One packet from `s`: its command and data, or None at the end of the stream.
+fn read_packet(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > 1 << 20 {
+        return None;
+    }
+    let mut data = vec![0u8; len];
+    s.read_exact(&mut data).ok()?;
+    let cmd = data.remove(0);
+    Some((cmd, data))
+}
+
+fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+/// A hand-written Milter that answers every command properly and, after each final reply at
+/// end of message (CONTINUE, with the header "X-Fault-Id: N" of the message's Subject number),
+/// sends one more reply `delay` later: "550 5.7.1 stray after message N". No real Milter sends
+/// a late reply on demand. Like rspamd, it answers OPTNEG in any state, QUIT_NC included.
+fn late_reply_milter(delay: std::time::Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fault Milter");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut n = String::new();
+                while let Some((cmd, data)) = read_packet(&mut s) {
+                    let reply: Vec<u8> = match cmd {
+                        // Version 6, ADDHDRS, every step with a reply.
+                        b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0]),
+                        b'D' | b'K' | b'A' => continue,
+                        b'Q' => return,
+                        b'L' => {
+                            let mut parts = data.split(|&b| b == 0);
+                            if parts.next() == Some(&b"Subject"[..]) {
+                                let v = String::from_utf8_lossy(parts.next().unwrap_or(b""));
+                                n = v.rsplit(' ').next().unwrap_or("").to_string();
+                            }
+                            packet(b'c', &[])
+                        }
+                        b'E' => {
+                            let mut r = packet(b'h', format!("X-Fault-Id\0{n}\0").as_bytes());
+                            r.extend(packet(b'c', &[]));
+                            if s.write_all(&r).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(delay);
+                            packet(
+                                b'y',
+                                format!("550 5.7.1 stray after message {n}\0").as_bytes(),
+                            )
+                        }
+                        _ => packet(b'c', &[]),
+                    };
+                    if s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Every message ends with CONTINUE and its connection is kept, and every final reply is
+/// followed 0, 2 or 10 ms later by one more: with 32 threads, no message is decided by another
+/// message's reply. A stray that arrives with the final reply fails its own message ("sent more
+/// after its final reply"); one that comes later is caught by the next message's proof
+/// (QUIT_NC + OPTNEG, read up to the OPTNEG reply), which closes the connection and sends the
+/// message again over a new one.
+#[test]
+fn a_late_extra_reply_never_decides_another_message() {
+    let (mut out_of_step, mut probed) = (0, 0);
+    for delay_ms in [0, 2, 10] {
+        let port = late_reply_milter(std::time::Duration::from_millis(delay_ms));
+        let h = Arc::new(handle(port, 32));
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let h = Arc::clone(&h);
+                std::thread::spawn(move || one_thread_of_late_replies(&h, t))
+            })
+            .collect();
+        let (mut crossed, mut failed) = (Vec::new(), 0);
+        for t in threads {
+            let (c, f, o, p) = t.join().expect("a filtering thread panicked");
+            crossed.extend(c);
+            failed += f;
+            out_of_step += o;
+            probed += p;
+        }
+        assert!(
+            crossed.is_empty(),
+            "delay {delay_ms} ms: {} of 256 messages decided by another's reply:\n{}",
+            crossed.len(),
+            crossed.join("\n")
+        );
+        assert!(failed < 256, "delay {delay_ms} ms: every message failed");
+    }
+    assert!(probed > 0, "no kept connection was proven in step");
+    assert!(
+        out_of_step > 0,
+        "no stray reply was caught before the OPTNEG reply"
+    );
+}
+
+/// Eight messages of thread `t`: those decided by another's reply, those failed because their
+/// own Milter sent more after its final reply, those whose kept connection was found out of
+/// step, and those that proved a kept connection.
+fn one_thread_of_late_replies(h: &Handle, t: usize) -> (Vec<String>, usize, usize, usize) {
+    let (mut crossed, mut failed, mut out_of_step, mut probed) = (Vec::new(), 0, 0, 0);
+    for i in 0..8 {
+        let n = t * 100 + i;
+        let msg = format!("Subject: fault {n}\r\nFrom: a@example.org\r\n\r\nbody\r\n");
+        let (r, transcript) = h.filter_traced(&envelope(), Content::Buffer(msg.as_bytes()));
+        let text = transcript.join("\n");
+        out_of_step += usize::from(text.contains("is out of step"));
+        probed += usize::from(text.contains("reusing") && text.contains("> OPTNEG"));
+        let f = match r {
+            Ok(f) => f,
+            Err(e)
+                if e.message
+                    .contains("sent more after its final reply to BODYEOB") =>
+            {
+                failed += 1;
+                continue;
+            }
+            Err(e) => panic!("message {n}: {e}\n{text}"),
+        };
+        let script = String::from_utf8_lossy(&f.verdict.script).into_owned();
+        if f.verdict.kind != VerdictKind::Sieve
+            || !script.contains(&format!("\"X-Fault-Id\" \"{n}\";"))
+        {
+            crossed.push(format!(
+                "message {n}: {:?} {script}\n{text}",
+                f.verdict.kind
+            ));
+        }
+    }
+    (crossed, failed, out_of_step, probed)
+}
+
+/// A loopback relay in front of `upstream` that closes a kept connection at random at the
+/// moment it is used again (its next bytes start with QUIT_NC): the Milter closing an idle
+/// connection between the library's look at it and its use.
+fn closing_relay(upstream: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the relay");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { return };
+            let Ok(milter) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut coin = seed;
+            let (mut c_in, mut m_out) = (
+                client.try_clone().expect("clone"),
+                milter.try_clone().expect("clone"),
+            );
+            let (mut m_in, mut c_out) = (milter, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut m_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    coin = coin.rotate_left(7) ^ 0x5851_f42d_4c95_7f2d;
+                    if buf[..n].starts_with(&[0, 0, 0, 1, b'K']) && coin % 2 == 0 {
+                        break;
+                    }
+                    if m_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_in.shutdown(std::net::Shutdown::Both);
+                let _ = m_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// A kept connection closed between the look at it and its use: the message goes on over a new
+/// connection and gets its own verdict (pymilter behind a relay that closes at random).
+#[test]
+fn a_kept_connection_closed_when_used_is_replaced_within_the_message() {
+    let milter = LoadMilter::with_connect(0);
+    let h = handle(closing_relay(milter.port), 1);
+    let (mut replaced, mut reused) = (0, 0);
+    for i in 0..60 {
+        let (r, transcript) = check(&h, i * 4);
+        reused += usize::from(r);
+        replaced += usize::from(
+            transcript
+                .iter()
+                .any(|l| l.contains("failed before any reply to this message")),
+        );
+    }
+    assert!(
+        replaced > 0,
+        "the relay never closed a kept connection in use"
+    );
+    assert!(reused > replaced, "{reused} reused, {replaced} replaced");
+}

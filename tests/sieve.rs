@@ -9,7 +9,7 @@
 #[path = "support/sieve.rs"]
 mod sieve;
 
-use milter_spamfilter::config::SieveDialect;
+use milter_spamfilter::config::{SieveDialect, SieveLimits};
 use milter_spamfilter::verdict::{
     build, Disposition, Edit, Header, Outcome, RecipientReject, Stage, Verdict, VerdictKind,
     VerdictOptions, DEFAULT_REJECT,
@@ -25,11 +25,22 @@ const RECIPIENT: &str = "rcpt@example.org";
 // ---------------------------------------------------------------------------------------------
 // Building outcomes.
 
+/// The engine limits of these checks' Pigeonhole settings (support/sieve.rs, DOVECOT_CONF),
+/// raised so that what is checked is the mapping; the default limits have tests of their own.
+fn roomy() -> SieveLimits {
+    SieveLimits {
+        max_header_size: 1 << 20,
+        max_redirects: 64,
+        max_script_size: 1 << 30,
+    }
+}
+
 fn options(context_edits: bool) -> VerdictOptions {
     VerdictOptions {
         context_edits,
         dialect: SieveDialect::Rfc5293,
         quarantine_folder: QUARANTINE_FOLDER.to_string(),
+        limits: roomy(),
     }
 }
 
@@ -1338,6 +1349,7 @@ fn random_case(seed: u64) -> (Outcome, VerdictOptions, Vec<&'static str>) {
             SieveDialect::Rfc5293
         },
         quarantine_folder: QUARANTINE_FOLDER.to_string(),
+        limits: roomy(),
     };
     (o, opts, redirects)
 }
@@ -1533,4 +1545,136 @@ fn delrcpt_discards_for_that_recipient_only() {
     );
     assert!(gone.discarded(), "{}", gone.log);
     assert_eq!(gone.redirected_to(), ["archive@example.org"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's default limits (issue 15, item 7): whatever the Milter sends, the verdict
+// compiles and runs under Pigeonhole's defaults, and its decisions hold. Driven by a real
+// Milter (tests/milters/any_reply.py, pymilter) through the library, as an MTA would be.
+
+#[path = "support/milters.rs"]
+mod milters;
+
+/// A message for these tests, with CRLF line ends.
+const LIMITS_MESSAGE: &[u8] = b"From: Alice <alice@example.net>\r\nTo: rcpt@example.org\r\n\
+                                Subject: limits\r\nMessage-ID: <limits@example.net>\r\n\r\n\
+                                The body.\r\n";
+
+/// An X-Spam-Report of about 3 KB, folded as SpamAssassin folds one.
+fn spam_report() -> String {
+    let line = "*  0.1 SOME_RULE Some rule that matched, with its explanation";
+    let mut r = String::from("Content analysis details:   (6.2 points, 5.0 required)");
+    while r.len() < 3000 {
+        r.push_str("\\n\\t");
+        r.push_str(line);
+    }
+    r
+}
+
+/// The envelope of these tests: `rcpt@example.org` (RECIPIENT) and the others given.
+fn limits_envelope(others: &[&str]) -> milter_spamfilter::Envelope {
+    let mut recipients = vec![milter_spamfilter::Recipient::new(
+        RECIPIENT.as_bytes().to_vec(),
+    )];
+    for o in others {
+        recipients.push(milter_spamfilter::Recipient::new(o.as_bytes().to_vec()));
+    }
+    milter_spamfilter::Envelope {
+        client_addr: Some("192.0.2.10".parse().expect("literal address")),
+        helo: Some(b"client.example".to_vec()),
+        sender: b"alice@example.net".to_vec(),
+        recipients,
+        ..milter_spamfilter::Envelope::default()
+    }
+}
+
+/// The library's verdict for the message from a pymilter Milter with this spec, with every
+/// option at its default.
+fn verdict_from(spec: &str, env: &milter_spamfilter::Envelope) -> Verdict {
+    let m = milters::any_reply(spec);
+    match m
+        .handle()
+        .filter(env, milter_spamfilter::Content::Buffer(LIMITS_MESSAGE))
+    {
+        Ok(f) => f.verdict,
+        Err(e) => panic!("{e}\nMilter log:\n{}", m.log()),
+    }
+}
+
+fn stored_field(stored: &sieve::Stored, name: &str) -> Option<Vec<u8>> {
+    parse_header(&stored.message)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
+}
+
+/// A 3 KB X-Spam-Report (Pigeonhole's default limit for a value is 2048 bytes: a verdict
+/// holding it whole does not compile) beside a reject, a quarantine and a refused recipient:
+/// the reject, the quarantine and the refusal happen, and the report is there, cut.
+#[test]
+fn a_3_kb_spam_report_beside_a_reject_a_quarantine_or_a_refusal() {
+    let engine = pigeonhole();
+    let report = format!(r#"["addheader", "X-Spam-Report", "{}"]"#, spam_report());
+
+    let spec = format!(r#"{{"edits": [{report}], "replies": {{"eom": "550 5.7.1 spam"}}}}"#);
+    let v = verdict_from(&spec, &limits_envelope(&[]));
+    let applied = engine.apply_with_defaults(&for_pigeonhole(&v.script), LIMITS_MESSAGE, RECIPIENT);
+    assert!(applied.rejected(), "{}", applied.log);
+    assert!(applied.stored.is_empty(), "{}", applied.log);
+
+    let spec = format!(r#"{{"edits": [{report}, ["quarantine", "held for review"]]}}"#);
+    let v = verdict_from(&spec, &limits_envelope(&[]));
+    let applied = engine.apply_with_defaults(&for_pigeonhole(&v.script), LIMITS_MESSAGE, RECIPIENT);
+    assert_eq!(applied.stored.len(), 1, "{}", applied.log);
+    assert_eq!(applied.stored[0].folder, QUARANTINE_FOLDER);
+    let kept = stored_field(&applied.stored[0], "X-Spam-Report").expect("the report");
+    assert!(readable(&kept).starts_with("Content analysis details:"));
+    assert!(
+        kept.len() < 2200 && kept.len() > 1900,
+        "{} bytes",
+        kept.len()
+    );
+
+    let bad = "bad@example.org";
+    let spec = format!(
+        r#"{{"edits": [{report}], "replies": {{"envrcpt": {{"{bad}": "550 5.1.1 no such user"}}}}}}"#
+    );
+    let v = verdict_from(&spec, &limits_envelope(&[bad]));
+    let script = for_pigeonhole(&v.script);
+    let refused = engine.apply_with_defaults(&script, LIMITS_MESSAGE, bad);
+    assert!(refused.rejected(), "{}", refused.log);
+    assert!(refused.stored.is_empty(), "{}", refused.log);
+    let delivered = engine.apply_with_defaults(&script, LIMITS_MESSAGE, RECIPIENT);
+    assert_eq!(delivered.stored.len(), 1, "{}", delivered.log);
+    assert!(stored_field(&delivered.stored[0], "X-Spam-Report").is_some());
+}
+
+/// Five ADDRCPTs (Pigeonhole runs at most 4 redirects by default; a fifth failed the run into
+/// an implicit keep) beside a quarantine and a DELRCPT: the run succeeds, the message is
+/// quarantined with four copies redirected, and the deleted recipient gets nothing.
+#[test]
+fn five_addrcpts_beside_a_quarantine_and_a_delrcpt() {
+    let gone = "gone@example.org";
+    let spec = format!(
+        r#"{{"edits": [["addrcpt", "<a1@example.org>"], ["addrcpt", "<a2@example.org>"],
+            ["addrcpt", "<a3@example.org>"], ["addrcpt", "<a4@example.org>"],
+            ["addrcpt", "<a5@example.org>"], ["delrcpt", "<{gone}>"],
+            ["quarantine", "held"]]}}"#
+    );
+    let v = verdict_from(&spec, &limits_envelope(&[gone]));
+    let script = for_pigeonhole(&v.script);
+    let engine = pigeonhole();
+    let kept = engine.apply_with_defaults(&script, LIMITS_MESSAGE, RECIPIENT);
+    assert_eq!(kept.stored.len(), 1, "{}", kept.log);
+    assert_eq!(kept.stored[0].folder, QUARANTINE_FOLDER, "{}", kept.log);
+    let four = [
+        "a1@example.org",
+        "a2@example.org",
+        "a3@example.org",
+        "a4@example.org",
+    ];
+    assert_eq!(kept.redirected_to(), four, "{}", kept.log);
+    let deleted = engine.apply_with_defaults(&script, LIMITS_MESSAGE, gone);
+    assert!(deleted.stored.is_empty(), "{}", deleted.log);
+    assert!(deleted.discarded(), "{}", deleted.log);
 }

@@ -227,6 +227,16 @@ impl Pigeonhole {
     /// to `message` with sieve-test, for the envelope recipient `recipient`. Panics, with both
     /// logs and the script, when either fails.
     pub fn apply(&self, script: &[u8], message: &[u8], recipient: &str) -> Applied {
+        self.apply_under(DOVECOT_CONF, script, message, recipient)
+    }
+
+    /// As `apply`, under Pigeonhole's default limits (a value of at most 2048 bytes, at most 4
+    /// redirects, a script of at most 1 MiB): what an MTA's engine does unless told otherwise.
+    pub fn apply_with_defaults(&self, script: &[u8], message: &[u8], recipient: &str) -> Applied {
+        self.apply_under("plugin {\n}\n", script, message, recipient)
+    }
+
+    fn apply_under(&self, conf: &str, script: &[u8], message: &[u8], recipient: &str) -> Applied {
         let scratch = Scratch::new();
         let dir = &scratch.0;
         let write = |name: &str, data: &[u8]| {
@@ -235,7 +245,7 @@ impl Pigeonhole {
         };
         write("verdict.sieve", script);
         write("message.eml", message);
-        write("dovecot.conf", DOVECOT_CONF.as_bytes());
+        write("dovecot.conf", conf.as_bytes());
         let maildir = dir.join("Maildir");
         for sub in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(maildir.join(sub)).expect("maildir");
