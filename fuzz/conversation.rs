@@ -23,7 +23,7 @@ use milter_spamfilter::logging::LogSink;
 use milter_spamfilter::net::SocketTimeouts;
 use milter_spamfilter::protocol::consts::*;
 use milter_spamfilter::protocol::{Negotiation, MAX_DATA_LEN};
-use milter_spamfilter::session::{self, Ended, Timeouts};
+use milter_spamfilter::session::{self, Ended, Resume, Timeouts};
 use milter_spamfilter::verdict::{self, Disposition, Edit, Stage, VerdictKind, VerdictOptions};
 use milter_spamfilter::{Config, Content, Envelope, ErrorKind, Recipient};
 use std::cell::RefCell;
@@ -88,6 +88,8 @@ struct Choices {
     esmtp_args: bool,
     folder: u8,
     long_body: bool,
+    /// The Milter answers OPTNEG after QUIT_NC, so a kept connection proves itself in step.
+    prove: bool,
 }
 
 impl Choices {
@@ -111,6 +113,7 @@ impl Choices {
             esmtp_args: f2 & 8 != 0,
             folder: (f2 >> 4) & 3,
             long_body: f2 & 64 != 0,
+            prove: f2 & 128 != 0,
         }
     }
 
@@ -432,7 +435,20 @@ fn converse(
         Content::Buffer(message)
     };
     let mut transcript = Vec::new();
-    let was_reused = reused.clone();
+    let was_reused = reused.is_some();
+    // How the conversation must begin: OPTNEG; on a kept connection QUIT_NC, and OPTNEG after it
+    // when the Milter proves the connection in step.
+    let start: &[u8] = match (was_reused, c.prove) {
+        (false, _) => &[SMFIC_OPTNEG],
+        (true, false) => &[SMFIC_QUIT_NC],
+        (true, true) => &[SMFIC_QUIT_NC, SMFIC_OPTNEG],
+    };
+    let answered = std::cell::Cell::new(false);
+    let reused = reused.map(|negotiation| Resume {
+        negotiation,
+        prove: c.prove,
+        answered: &answered,
+    });
     let result = log_sink(config).run(|| {
         session::run(
             config,
@@ -456,20 +472,11 @@ fn converse(
     };
     match result {
         Ok(ended) => {
-            check_ended(
-                c,
-                &ended,
-                &stream,
-                envelope,
-                message,
-                was_reused.is_some(),
-                &context,
-            );
-            check_written(
-                &stream,
-                Some(&ended.negotiation),
-                was_reused.is_some(),
-                &context,
+            check_ended(c, &ended, &stream, envelope, message, was_reused, &context);
+            check_written(&stream, Some(&ended.negotiation), start, &context);
+            assert!(
+                !was_reused || answered.get(),
+                "a message on a kept connection ended without its first reply being noted"
             );
             if !ended.reusable && !stream.write_failed {
                 assert_eq!(
@@ -510,7 +517,7 @@ fn converse(
                 ErrorKind::Message => {}
                 kind => panic!("a conversation failed with a {kind:?} error: {}", e.message),
             }
-            check_written(&stream, None, was_reused.is_some(), &context);
+            check_written(&stream, None, start, &context);
             (None, format!("error: {:?}: {}", e.kind, e.message))
         }
     }
@@ -565,14 +572,13 @@ fn check_ended(
             c.version
         );
     }
+    // As the handle makes them from its options.
+    let config = c.config();
     let options = VerdictOptions {
-        context_edits: c.context_edits,
-        dialect: if c.legacy {
-            SieveDialect::Legacy
-        } else {
-            SieveDialect::Rfc5293
-        },
-        quarantine_folder: c.config().quarantine_folder,
+        context_edits: config.context_edits,
+        dialect: config.sieve_dialect,
+        quarantine_folder: config.quarantine_folder,
+        limits: config.sieve_limits,
     };
     let v = verdict::build(o, &options);
     check_verdict(&v);
@@ -733,12 +739,12 @@ fn bad_packet(cmd: u8, data: &[u8]) -> Option<String> {
 }
 
 /// What we wrote: whole, well-formed packets (the last may be cut short by a failed write),
-/// starting as a conversation starts, nothing after QUIT, and, when the conversation ended, no
-/// command the Milter asked not to get.
+/// starting with the commands of `start` and no other OPTNEG, nothing after QUIT, and, when the
+/// conversation ended, no command the Milter asked not to get.
 fn check_written(
     stream: &Stream,
     neg: Option<&Negotiation>,
-    reused: bool,
+    start: &[u8],
     context: &dyn Fn() -> String,
 ) {
     let w = &stream.written;
@@ -757,20 +763,19 @@ fn check_written(
         w.len() - whole,
         context()
     );
-    let first = if reused { SMFIC_QUIT_NC } else { SMFIC_OPTNEG };
-    if let Some(&c) = cmds.first() {
-        assert_eq!(
-            c,
-            first,
-            "the conversation began with '{}'",
-            c.escape_ascii()
-        );
-    }
+    let n = start.len().min(cmds.len());
+    assert_eq!(
+        &cmds[..n],
+        &start[..n],
+        "the conversation began with the wrong commands\n{}",
+        context()
+    );
     if let Some(q) = cmds.iter().position(|&c| c == SMFIC_QUIT) {
         assert_eq!(q + 1, cmds.len(), "sent more after QUIT\n{}", context());
     }
-    if cmds.iter().skip(1).any(|&c| c == SMFIC_OPTNEG) {
-        panic!("OPTNEG sent twice\n{}", context());
+    let optnegs = |c: &[u8]| c.iter().filter(|&&c| c == SMFIC_OPTNEG).count();
+    if optnegs(&cmds) > optnegs(start) {
+        panic!("OPTNEG sent again\n{}", context());
     }
     let Some(neg) = neg else {
         return;

@@ -108,6 +108,8 @@ SEEDS = {
     "transcript-debug3": seed(f0=8 | 0xC0, first=conversation(optneg(), eom=EDITS)),
     "reused-connection": seed(f0=16 | 32, first=conversation(optneg()),
                               second=conversation(optneg())[len(optneg()):]),
+    "reused-connection-proved": seed(f0=16 | 32, f2=128, first=conversation(optneg()),
+                                     second=conversation(optneg())),
     "remembered-negotiation": seed(f0=32, first=conversation(optneg()),
                                    second=conversation(optneg())),
     "changed-negotiation": seed(f0=32, first=conversation(optneg()),
