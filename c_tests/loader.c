@@ -12,6 +12,8 @@
  *   reply: <SMTP reply>              (when there is one)
  *   quarantine: <reason>             (when there is one)
  *   rejected_recipients: N
+ *   recipient I: ADDRESS: reject | tempfail: REPLY
+ *                                    (one per recipient with its own outcome, refused at RCPT)
  *   verdict:                         (followed by the Sieve scriptlet, for kind verdict)
  * Exit code: 0 success, 1 the library reported a failure, 2 usage or loading error.
  */
@@ -131,6 +133,11 @@ int main(int argc, char **argv)
         if (res.quarantine_reason != NULL)
             printf("quarantine: %s\n", res.quarantine_reason);
         printf("rejected_recipients: %zu\n", res.rejected_recipients);
+        for (size_t i = 0; i < res.recipient_result_count; i++) {
+            const SpamfilterRecipientResult *r = &res.recipient_results[i];
+            printf("recipient %zu: %s: %s: %s\n", r->index, r->address,
+                   sf_disposition_name(r->disposition), r->reply);
+        }
         if (res.kind == SPAMFILTER_KIND_VERDICT && res.verdict != NULL) {
             printf("verdict:\n");
             fwrite(res.verdict, 1, res.verdict_len, stdout);

@@ -134,8 +134,9 @@ fn outcome(i: &mut Input) -> (Outcome, VerdictOptions) {
     if i.flag() {
         o.reply = Some(i.bytes());
     }
-    for _ in 0..i.below(4) {
+    for index in 0..i.below(4) as usize {
         o.rejected_recipients.push(RecipientReject {
+            index,
             address: i.bytes(),
             tempfail: i.flag(),
             reply: i.bytes(),
@@ -207,6 +208,12 @@ pub fn check_verdict(v: &Verdict) {
     );
     if let Some(r) = &v.reply {
         assert!(!r.contains(&0), "a NUL in the reply");
+    }
+    // Every recipient refused at RCPT keeps its own outcome, with a reply of its kind.
+    assert_eq!(v.recipients.len(), o.rejected_recipients.len());
+    for (got, refused) in v.recipients.iter().zip(&o.rejected_recipients) {
+        assert_eq!(got.tempfail, refused.tempfail);
+        assert!(!got.reply.is_empty() && !got.reply.contains(&0), "{got:?}");
     }
     match v.kind {
         VerdictKind::Sieve => assert!(!v.script.is_empty(), "a Sieve verdict with no script"),

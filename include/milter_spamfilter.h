@@ -220,6 +220,30 @@ typedef struct SpamfilterMessage {
 } SpamfilterMessage;
 
 /**
+ * One recipient's own outcome: the Milter refused it at RCPT, and that stands whatever the
+ * message's result says (sendmail's and Postfix's per-recipient semantics).
+ */
+typedef struct SpamfilterRecipientResult {
+  /**
+   * Its position in `SpamfilterMessage::recipients` (0-based).
+   */
+  size_t index;
+  /**
+   * Its address as the MTA passed it, NUL-terminated.
+   */
+  char *address;
+  /**
+   * `SPAMFILTER_DISPOSITION_REJECT`: refuse it permanently with `reply`;
+   * `SPAMFILTER_DISPOSITION_TEMPFAIL`: defer it (for it alone) with `reply`.
+   */
+  enum SpamfilterDisposition disposition;
+  /**
+   * The SMTP reply for it (`"550 5.1.1 ..."`, `"451 4.7.1 ..."`), NUL-terminated.
+   */
+  char *reply;
+} SpamfilterRecipientResult;
+
+/**
  * The result of `spamfilter_filter`. Set `struct_size` to `sizeof(SpamfilterResult)` before
  * the call; release what it owns with `spamfilter_result_free`.
  */
@@ -263,6 +287,18 @@ typedef struct SpamfilterResult {
    * also when the call failed; else NULL. Present only when `struct_size` covers it.
    */
   char *transcript;
+  /**
+   * Every recipient the Milter refused at RCPT, in envelope order, with its own outcome: the
+   * MTA applies that to it, and `kind` (with `verdict` or `reply`) to every other recipient.
+   * NULL when there is none. Present only when `struct_size` covers it and
+   * `recipient_result_count`; a caller whose struct ends earlier gets `kind` for every
+   * recipient, a deferral where a recipient was deferred at RCPT (docs/verdicts.md).
+   */
+  struct SpamfilterRecipientResult *recipient_results;
+  /**
+   * The number of entries in `recipient_results`.
+   */
+  size_t recipient_result_count;
 } SpamfilterResult;
 
 #ifdef __cplusplus

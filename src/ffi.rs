@@ -9,7 +9,7 @@
 use crate::error::{Error, ErrorKind};
 use crate::handle::Handle;
 use crate::message::{Content, Envelope, Recipient};
-use crate::verdict::{Disposition, VerdictKind};
+use crate::verdict::{Disposition, RecipientReject, VerdictKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::Read;
@@ -80,6 +80,21 @@ pub enum SpamfilterDisposition {
     Tempfail = 3,
     /// Discard silently.
     Discard = 4,
+}
+
+/// One recipient's own outcome: the Milter refused it at RCPT, and that stands whatever the
+/// message's result says (sendmail's and Postfix's per-recipient semantics).
+#[repr(C)]
+pub struct SpamfilterRecipientResult {
+    /// Its position in `SpamfilterMessage::recipients` (0-based).
+    pub index: usize,
+    /// Its address as the MTA passed it, NUL-terminated.
+    pub address: *mut c_char,
+    /// `SPAMFILTER_DISPOSITION_REJECT`: refuse it permanently with `reply`;
+    /// `SPAMFILTER_DISPOSITION_TEMPFAIL`: defer it (for it alone) with `reply`.
+    pub disposition: SpamfilterDisposition,
+    /// The SMTP reply for it (`"550 5.1.1 ..."`, `"451 4.7.1 ..."`), NUL-terminated.
+    pub reply: *mut c_char,
 }
 
 /// Reads up to `len` bytes of the message into `buf`. Returns the number of bytes read, 0 at
@@ -174,6 +189,14 @@ pub struct SpamfilterResult {
     /// line per event (how the Milter was reached, what was negotiated, every packet each way),
     /// also when the call failed; else NULL. Present only when `struct_size` covers it.
     pub transcript: *mut c_char,
+    /// Every recipient the Milter refused at RCPT, in envelope order, with its own outcome: the
+    /// MTA applies that to it, and `kind` (with `verdict` or `reply`) to every other recipient.
+    /// NULL when there is none. Present only when `struct_size` covers it and
+    /// `recipient_result_count`; a caller whose struct ends earlier gets `kind` for every
+    /// recipient, a deferral where a recipient was deferred at RCPT (docs/verdicts.md).
+    pub recipient_results: *mut SpamfilterRecipientResult,
+    /// The number of entries in `recipient_results`.
+    pub recipient_result_count: usize,
 }
 
 /// The opaque handle returned by `spamfilter_init`.
@@ -301,21 +324,33 @@ pub unsafe extern "C" fn spamfilter_filter(
         unsafe { store_result(result, size, EMPTY_RESULT) };
         let mut out = EMPTY_RESULT;
         // SAFETY: the caller's promises on handle and message, passed on.
-        let status = unsafe { filter_into(handle, message, result_has_transcript(size), &mut out) };
+        let room = Room {
+            transcript: result_has_transcript(size),
+            recipients: result_has_recipients(size),
+        };
+        let status = unsafe { filter_into(handle, message, room, &mut out) };
         unsafe { store_result(result, size, out) };
         status
     })
 }
 
-/// The work of `spamfilter_filter`, into `out` (our own, full-size result).
-/// `has_transcript`: the caller's result has room for a transcript.
+/// What the caller's result has room for, of the fields a shorter struct may lack.
+#[derive(Clone, Copy)]
+struct Room {
+    transcript: bool,
+    /// `recipient_results` and `recipient_result_count`, both.
+    recipients: bool,
+}
+
+/// The work of `spamfilter_filter`, into `out` (our own, full-size result); what the caller's
+/// result has no room for is not made.
 ///
 /// # Safety
 /// As `spamfilter_filter` for `handle` and `message`.
 unsafe fn filter_into(
     handle: *const SpamfilterHandle,
     message: *const SpamfilterMessage,
-    has_transcript: bool,
+    room: Room,
     out: &mut SpamfilterResult,
 ) -> SpamfilterStatus {
     if handle.is_null() {
@@ -337,7 +372,7 @@ unsafe fn filter_into(
         Ok(v) => v,
         Err(e) => return fail(e.kind, &e.message),
     };
-    let want_transcript = has_transcript && message_flags(&msg) & SPAMFILTER_FLAG_TRANSCRIPT != 0;
+    let want_transcript = room.transcript && message_flags(&msg) & SPAMFILTER_FLAG_TRANSCRIPT != 0;
     let run = |content: Content<'_>| {
         if want_transcript {
             let (r, t) = handle.filter_traced(&envelope, content);
@@ -360,7 +395,13 @@ unsafe fn filter_into(
         out.transcript = c_string(t.as_bytes()).0;
     }
     match filtered {
-        Ok(f) => {
+        Ok(mut f) => {
+            if room.recipients {
+                (out.recipient_results, out.recipient_result_count) =
+                    recipient_list(&f.verdict.recipients);
+            } else {
+                f.verdict = f.verdict.for_kind_only();
+            }
             out.kind = match f.verdict.kind {
                 VerdictKind::None => SpamfilterKind::None,
                 VerdictKind::Sieve => SpamfilterKind::Verdict,
@@ -408,6 +449,8 @@ const EMPTY_RESULT: SpamfilterResult = SpamfilterResult {
     rejected_recipients: 0,
     elapsed_ms: 0,
     transcript: std::ptr::null_mut(),
+    recipient_results: std::ptr::null_mut(),
+    recipient_result_count: 0,
 };
 
 /// The `struct_size` a caller's struct begins with, read alone.
@@ -519,6 +562,112 @@ unsafe fn store_result(result: *mut SpamfilterResult, size: usize, out: Spamfilt
             // SAFETY: NULL or from c_string, and stored nowhere.
             release_string(Some(&mut orphan));
         }
+        store_recipient_results(
+            result,
+            size,
+            out.recipient_results,
+            out.recipient_result_count,
+        );
+    }
+}
+
+/// True when a result of `size` bytes has room for the per-recipient list: both its fields.
+fn result_has_recipients(size: usize) -> bool {
+    present(
+        size,
+        offset_of!(SpamfilterResult, recipient_results),
+        size_of::<*mut SpamfilterRecipientResult>(),
+    ) && present(
+        size,
+        offset_of!(SpamfilterResult, recipient_result_count),
+        size_of::<usize>(),
+    )
+}
+
+/// The per-recipient list as the C struct holds it (NULL and 0 for none), released by
+/// `release_recipient_list`.
+fn recipient_list(list: &[RecipientReject]) -> (*mut SpamfilterRecipientResult, usize) {
+    if list.is_empty() {
+        return (std::ptr::null_mut(), 0);
+    }
+    let entries: Box<[SpamfilterRecipientResult]> = list
+        .iter()
+        .map(|r| SpamfilterRecipientResult {
+            index: r.index,
+            address: c_string(&r.address).0,
+            disposition: if r.tempfail {
+                SpamfilterDisposition::Tempfail
+            } else {
+                SpamfilterDisposition::Reject
+            },
+            reply: c_string(&r.reply).0,
+        })
+        .collect();
+    let count = entries.len();
+    (Box::into_raw(entries).cast(), count)
+}
+
+/// Releases a list made by `recipient_list`.
+///
+/// # Safety
+/// `list` and `count` as `recipient_list` returned them, released once.
+unsafe fn release_recipient_list(list: *mut SpamfilterRecipientResult, count: usize) {
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: a boxed slice of `count` entries (caller's promise).
+    let entries = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(list, count)) };
+    for e in entries.iter() {
+        for p in [e.address, e.reply] {
+            if !p.is_null() {
+                // SAFETY: from CString::into_raw in c_string, released once with the list.
+                drop(unsafe { CString::from_raw(p) });
+            }
+        }
+    }
+}
+
+/// Writes the per-recipient list into the caller's result, each of its two fields only within
+/// `size`; a list without room for both is released (filter_into makes none then).
+///
+/// # Safety
+/// `result` non-NULL and writable for `size` bytes; `list`, `count` from `recipient_list`.
+unsafe fn store_recipient_results(
+    result: *mut SpamfilterResult,
+    size: usize,
+    list: *mut SpamfilterRecipientResult,
+    count: usize,
+) {
+    if !result_has_recipients(size) {
+        // SAFETY: made by recipient_list and stored nowhere.
+        unsafe { release_recipient_list(list, count) };
+        return;
+    }
+    // SAFETY: both fields lie within the caller's writable `size` bytes.
+    unsafe {
+        put(result_field!(result, size, recipient_results), list);
+        put(result_field!(result, size, recipient_result_count), count);
+    }
+}
+
+/// Releases the per-recipient list of a caller's result and leaves NULL and 0, when its `size`
+/// has room for the list.
+///
+/// # Safety
+/// `result` non-NULL and writable for `size` bytes; the list as spamfilter_filter left it.
+unsafe fn free_recipient_results(result: *mut SpamfilterResult, size: usize) {
+    let (Some(list), Some(count)) = (
+        result_field!(result, size, recipient_results),
+        result_field!(result, size, recipient_result_count),
+    ) else {
+        return;
+    };
+    // SAFETY: within the caller's struct; the list and its count as recipient_list made them
+    // (spamfilter_result_free's contract: the caller does not change them), then NULL and 0.
+    unsafe {
+        release_recipient_list(list.read_unaligned(), count.read_unaligned());
+        list.write_unaligned(std::ptr::null_mut());
+        count.write_unaligned(0);
     }
 }
 
@@ -567,6 +716,8 @@ pub unsafe extern "C" fn spamfilter_result_free(result: *mut SpamfilterResult) {
             release_string(result_field!(result, size, transcript));
             put(result_field!(result, size, verdict_len), 0);
         }
+        // SAFETY: as above.
+        unsafe { free_recipient_results(result, size) };
         SpamfilterStatus::Ok
     });
 }

@@ -542,14 +542,25 @@ impl Read for Touched<'_> {
 }
 
 fn describe_verdict(v: &Verdict) -> String {
-    match v.kind {
+    let mut text = match v.kind {
         VerdictKind::None => "no verdict".to_string(),
         VerdictKind::Defer => format!(
             "defer \"{}\"",
             crate::error::escape(v.reply.as_deref().unwrap_or(b""))
         ),
         VerdictKind::Sieve => format!("verdict \"{}\"", crate::error::escape(&v.script)),
+    };
+    // The recipients refused at RCPT have their own outcome: the log says which and how.
+    for r in &v.recipients {
+        text.push_str(&format!(
+            "; recipient {} <{}> {} \"{}\"",
+            r.index,
+            crate::error::escape(&r.address),
+            if r.tempfail { "defer" } else { "reject" },
+            crate::error::escape(&r.reply)
+        ));
     }
+    text
 }
 
 #[cfg(test)]

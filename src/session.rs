@@ -845,10 +845,11 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
             return Ok(self.final_outcome(d, reply, Stage::Mail, Vec::new()));
         }
 
-        // RCPT, each: a reject or tempfail refuses that recipient only.
+        // RCPT, each: a reject or tempfail refuses that recipient only, and stays its outcome
+        // whatever comes later (the verdict keeps it apart from the message's).
         let mut rejected: Vec<RecipientReject> = Vec::new();
         let mut skip_rcpt = false;
-        for rcpt in &env.recipients {
+        for (index, rcpt) in env.recipients.iter().enumerate() {
             if skip_rcpt {
                 break;
             }
@@ -869,11 +870,13 @@ impl<'m, S: Read + Write + Timeouts> Conversation<'_, 'm, S> {
                 Answer::Continue => {}
                 Answer::Skip => skip_rcpt = true,
                 Answer::Final(Disposition::Reject, reply) => rejected.push(RecipientReject {
+                    index,
                     address: rcpt.address.clone(),
                     tempfail: false,
                     reply: reply.unwrap_or_else(|| DEFAULT_REJECT.to_vec()),
                 }),
                 Answer::Final(Disposition::Tempfail, reply) => rejected.push(RecipientReject {
+                    index,
                     address: rcpt.address.clone(),
                     tempfail: true,
                     reply: reply.unwrap_or_else(|| DEFAULT_TEMPFAIL.to_vec()),

@@ -38,9 +38,13 @@ pub enum Disposition {
     Discard,
 }
 
-/// A recipient the Milter refused at RCPT.
+/// A recipient the Milter refused at RCPT. The refusal is that recipient's own outcome,
+/// whatever the Milter decides about the message later (sendmail's and Postfix's semantics: the
+/// recipient got its RCPT reply and never entered the transaction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientReject {
+    /// Its position among the envelope's recipients (0-based), as the MTA passed them.
+    pub index: usize,
     /// The address as the MTA passed it (no angle brackets).
     pub address: Vec<u8>,
     /// true for a temporary (4xx / `t`) refusal.
@@ -149,11 +153,34 @@ pub enum VerdictKind {
 /// The verdict for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// For every recipient not in `recipients`.
     pub kind: VerdictKind,
     /// The Sieve scriptlet (for `VerdictKind::Sieve`).
     pub script: Vec<u8>,
     /// The SMTP reply text for a reject or deferral.
     pub reply: Option<Vec<u8>>,
+    /// The recipients refused at RCPT, in envelope order, each with its own outcome (rejected
+    /// or deferred with its reply, default text filled in): the MTA applies that and not `kind`.
+    pub recipients: Vec<RecipientReject>,
+}
+
+impl Verdict {
+    /// The verdict for a caller that sees `kind` only (an older `SpamfilterResult`), where the
+    /// per-recipient list would change the outcome of a recipient deferred at RCPT: the whole
+    /// message is deferred then (with that recipient's reply), since a deferral is the only
+    /// outcome that neither bounces nor loses mail the Milter wanted retried. A recipient
+    /// rejected at RCPT is already rejected by its guard in the script.
+    pub fn for_kind_only(&self) -> Verdict {
+        match self.recipients.iter().find(|r| r.tempfail) {
+            Some(r) if self.kind != VerdictKind::Defer => Verdict {
+                kind: VerdictKind::Defer,
+                script: Vec::new(),
+                reply: Some(r.reply.clone()),
+                recipients: self.recipients.clone(),
+            },
+            _ => self.clone(),
+        }
+    }
 }
 
 /// Default reply texts, as Postfix uses them.
@@ -163,30 +190,90 @@ pub const DEFAULT_TEMPFAIL: &[u8] = b"451 4.7.1 Service unavailable - try again 
 /// The header a quarantine verdict adds, carrying the Milter's reason.
 pub const QUARANTINE_HEADER: &str = "X-Milter-Quarantine";
 
-/// Builds the verdict for an outcome.
-///
-/// - tempfail (or a recipient refused temporarily: Sieve cannot defer one recipient, so the
-///   message is deferred whole and the Milter sees it again) → `Defer` with the reply;
+/// Builds the verdict for an outcome: each recipient refused at RCPT keeps its own outcome
+/// (`Verdict::recipients`, and first in the script); the rest of the outcome decides for the
+/// other recipients:
+/// - tempfail → `Defer` with the reply;
 /// - reject → `ereject` with the reply text exactly; discard → `discard`;
-/// - otherwise the recipients refused at RCPT (each `ereject` guarded by `envelope :is "to"` and
-///   followed by `stop`), the header edits, added recipients and quarantine; nothing at all → no
-///   verdict.
+/// - otherwise the header edits, added and deleted recipients and quarantine; nothing at all
+///   (and nobody rejected at RCPT) → no verdict.
+///
+/// In the script a recipient rejected at RCPT gets its `ereject` guarded by `envelope :is "to"`
+/// and followed by `stop`; one deferred at RCPT only the guard and `stop` (Sieve cannot defer:
+/// an MTA that runs the script for it anyway keeps it unedited rather than rejecting or
+/// discarding it, and defers it from `recipients`).
 pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
-    let reply = |r: Option<&[u8]>, default: &[u8]| -> Vec<u8> {
-        without_nul(r.filter(|r| !r.is_empty()).unwrap_or(default))
-    };
-    let defer = |text: Vec<u8>| Verdict {
-        kind: VerdictKind::Defer,
-        script: Vec::new(),
-        reply: Some(text),
-    };
-    let mut actions: Vec<Action> = Vec::new();
+    let own = own_outcomes(&outcome.rejected_recipients);
+    let mut v = build_for_the_rest(outcome, options, &own);
+    v.recipients = own;
+    v
+}
+
+/// The recipients refused at RCPT with their replies as the MTA gets them: the default text for
+/// an empty one, NUL removed.
+fn own_outcomes(refused: &[RecipientReject]) -> Vec<RecipientReject> {
+    refused
+        .iter()
+        .map(|r| RecipientReject {
+            index: r.index,
+            address: r.address.clone(),
+            tempfail: r.tempfail,
+            reply: reply_text(
+                Some(&r.reply),
+                if r.tempfail {
+                    DEFAULT_TEMPFAIL
+                } else {
+                    DEFAULT_REJECT
+                },
+            ),
+        })
+        .collect()
+}
+
+/// The reply the MTA gets: the Milter's text without NUL, or `default` when nothing is left.
+fn reply_text(r: Option<&[u8]>, default: &[u8]) -> Vec<u8> {
+    let text = without_nul(r.unwrap_or_default());
+    if text.is_empty() {
+        default.to_vec()
+    } else {
+        text
+    }
+}
+
+/// The guards of the recipients refused at RCPT, in envelope order, before anything else.
+fn recipient_guards(own: &[RecipientReject]) -> Vec<Action> {
+    own.iter()
+        .map(|r| {
+            if r.tempfail {
+                Action::HoldRecipient(r.address.clone())
+            } else {
+                Action::RejectRecipient {
+                    address: r.address.clone(),
+                    reply: r.reply.clone(),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The verdict for the recipients not refused at RCPT (`recipients` left empty).
+fn build_for_the_rest(
+    outcome: &Outcome,
+    options: &VerdictOptions,
+    own: &[RecipientReject],
+) -> Verdict {
+    let mut actions = recipient_guards(own);
     match outcome.disposition {
         Disposition::Tempfail => {
-            return defer(reply(outcome.reply.as_deref(), DEFAULT_TEMPFAIL));
+            return Verdict {
+                kind: VerdictKind::Defer,
+                script: Vec::new(),
+                reply: Some(reply_text(outcome.reply.as_deref(), DEFAULT_TEMPFAIL)),
+                recipients: Vec::new(),
+            };
         }
         Disposition::Reject => {
-            let text = reply(outcome.reply.as_deref(), DEFAULT_REJECT);
+            let text = reply_text(outcome.reply.as_deref(), DEFAULT_REJECT);
             actions.push(Action::Ereject(text.clone()));
             let v = render(&actions, options, Some(text));
             if v.script.len() > options.limits.max_script_size {
@@ -205,15 +292,6 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
             return render(&actions, options, None);
         }
         Disposition::Accept | Disposition::Continue => {}
-    }
-    if let Some(r) = outcome.rejected_recipients.iter().find(|r| r.tempfail) {
-        return defer(reply(Some(&r.reply), DEFAULT_TEMPFAIL));
-    }
-    for r in &outcome.rejected_recipients {
-        actions.push(Action::RejectRecipient {
-            address: r.address.clone(),
-            reply: reply(Some(&r.reply), DEFAULT_REJECT),
-        });
     }
     let headers_from = actions.len();
     header_actions(outcome, options, &mut actions);
@@ -255,11 +333,16 @@ pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
             options.quarantine_folder.as_bytes().to_vec(),
         ));
     }
-    if actions.is_empty() {
+    // A deferred recipient's guard alone changes nothing for the others.
+    if actions
+        .iter()
+        .all(|a| matches!(a, Action::HoldRecipient(_)))
+    {
         return Verdict {
             kind: VerdictKind::None,
             script: Vec::new(),
             reply: None,
+            recipients: Vec::new(),
         };
     }
     within_script_size(actions, headers, options)
@@ -331,11 +414,16 @@ fn within_script_size(
             headers.len()
         );
         actions.drain(headers);
-        if actions.is_empty() {
+        // A deferred recipient's guard alone changes nothing for the others.
+        if actions
+            .iter()
+            .all(|a| matches!(a, Action::HoldRecipient(_)))
+        {
             return Verdict {
                 kind: VerdictKind::None,
                 script: Vec::new(),
                 reply: None,
+                recipients: Vec::new(),
             };
         }
         let v = render(&actions, options, None);
@@ -355,6 +443,7 @@ fn too_large() -> Verdict {
         kind: VerdictKind::Defer,
         script: Vec::new(),
         reply: Some(TOO_LARGE.to_vec()),
+        recipients: Vec::new(),
     }
 }
 
@@ -378,6 +467,8 @@ enum Action {
         address: Vec<u8>,
         reply: Vec<u8>,
     },
+    /// A recipient deferred at RCPT: `if envelope :is "to" "addr" { stop; }`.
+    HoldRecipient(Vec<u8>),
     Discard,
     Fileinto(Vec<u8>),
     Redirect(Vec<u8>),
@@ -985,7 +1076,8 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
         Action::Ereject(t)
         | Action::Fileinto(t)
         | Action::Redirect(t)
-        | Action::RemoveRecipient(t) => needs_encoding(t),
+        | Action::RemoveRecipient(t)
+        | Action::HoldRecipient(t) => needs_encoding(t),
         Action::RejectRecipient { address, reply } => {
             needs_encoding(address) || needs_encoding(reply)
         }
@@ -1056,6 +1148,16 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
                     q(reply)
                 ));
             }
+            Action::HoldRecipient(address) => {
+                need("envelope");
+                // Nothing may happen to a recipient the Milter deferred: the MTA defers it
+                // (Verdict::recipients). Should it run the script for it anyway, the implicit
+                // keep delivers it unedited, which neither bounces nor loses it.
+                body.push_str(&format!(
+                    "if envelope :is \"to\" {} {{{EOL}  stop;{EOL}}}{EOL}",
+                    q(address)
+                ));
+            }
             Action::Discard => body.push_str(&format!("discard;{EOL}")),
             Action::RemoveRecipient(address) => {
                 need("envelope");
@@ -1100,6 +1202,7 @@ fn render(actions: &[Action], options: &VerdictOptions, reply: Option<Vec<u8>>) 
         kind: VerdictKind::Sieve,
         script: script.into_bytes(),
         reply,
+        recipients: Vec::new(),
     }
 }
 
@@ -1356,11 +1459,13 @@ mod tests {
     fn a_recipient_refused_at_rcpt_is_rejected_for_that_recipient_only() {
         let mut o = edited(three_headers(), Vec::new());
         o.rejected_recipients.push(RecipientReject {
+            index: 0,
             address: b"bad@example.org".to_vec(),
             tempfail: false,
             reply: b"550 5.1.1 No such user".to_vec(),
         });
         o.rejected_recipients.push(RecipientReject {
+            index: 2,
             address: b"worse@example.org".to_vec(),
             tempfail: false,
             reply: Vec::new(),
@@ -1375,19 +1480,99 @@ mod tests {
         );
     }
 
+    fn refused(index: usize, address: &str, tempfail: bool, reply: &[u8]) -> RecipientReject {
+        RecipientReject {
+            index,
+            address: address.as_bytes().to_vec(),
+            tempfail,
+            reply: reply.to_vec(),
+        }
+    }
+
     #[test]
-    fn a_recipient_refused_temporarily_defers_the_message() {
-        let mut o = Outcome::new(Disposition::Continue, Stage::Eom);
-        o.rejected_recipients.push(RecipientReject {
-            address: b"busy@example.org".to_vec(),
-            tempfail: true,
-            reply: b"450 4.2.1 Try later".to_vec(),
-        });
-        o.edits.push(add("X-Spam", b"no"));
+    fn a_recipient_deferred_at_rcpt_keeps_its_deferral_and_the_others_go_on() {
+        let mut o = edited(three_headers(), vec![add("X-Spam", b"no")]);
+        o.rejected_recipients
+            .push(refused(1, "busy@example.org", true, b"450 4.2.1 Try later"));
+        let v = build(&o, &options());
+        assert_eq!(v.kind, VerdictKind::Sieve);
+        assert_eq!(
+            v.recipients,
+            [refused(1, "busy@example.org", true, b"450 4.2.1 Try later")]
+        );
+        assert_eq!(
+            script(&o, &options()),
+            "require [\"editheader\", \"envelope\"];\n\
+             if envelope :is \"to\" \"busy@example.org\" {\n  stop;\n}\n\
+             addheader :last \"X-Spam\" \"no\";\n"
+        );
+        // Nothing for the others: no verdict for them, the deferral in the list, default text.
+        o.edits.clear();
+        o.rejected_recipients[0].reply.clear();
+        let v = build(&o, &options());
+        assert_eq!(v.kind, VerdictKind::None);
+        assert!(v.script.is_empty());
+        assert_eq!(
+            v.recipients,
+            [refused(1, "busy@example.org", true, DEFAULT_TEMPFAIL)]
+        );
+    }
+
+    #[test]
+    fn a_refusal_at_rcpt_survives_the_message_s_reject_discard_or_deferral() {
+        let own = vec![
+            refused(0, "bad@example.org", false, b""),
+            refused(2, "busy@example.org", true, b"451 4.3.0 later"),
+        ];
+        let guards = "if envelope :is \"to\" \"bad@example.org\" {\n  \
+                      ereject \"550 5.7.1 Command rejected\";\n  stop;\n}\n\
+                      if envelope :is \"to\" \"busy@example.org\" {\n  stop;\n}\n";
+        let mut o = Outcome::new(Disposition::Discard, Stage::Eom);
+        o.rejected_recipients = own.clone();
+        assert_eq!(
+            script(&o, &options()),
+            format!("require [\"envelope\", \"ereject\"];\n{guards}discard;\n")
+        );
+        o.disposition = Disposition::Reject;
+        o.stage = Stage::Header;
+        o.reply = Some(b"554 5.7.1 Spam".to_vec());
+        assert_eq!(
+            script(&o, &options()),
+            format!("require [\"envelope\", \"ereject\"];\n{guards}ereject \"554 5.7.1 Spam\";\n")
+        );
+        o.disposition = Disposition::Tempfail;
         let v = build(&o, &options());
         assert_eq!(v.kind, VerdictKind::Defer);
+        assert_eq!(v.reply.as_deref(), Some(&b"554 5.7.1 Spam"[..]));
+        let want = vec![
+            refused(0, "bad@example.org", false, DEFAULT_REJECT),
+            refused(2, "busy@example.org", true, b"451 4.3.0 later"),
+        ];
+        assert_eq!(v.recipients, want);
+        for d in [Disposition::Reject, Disposition::Discard] {
+            o.disposition = d;
+            assert_eq!(build(&o, &options()).recipients, want);
+        }
+    }
+
+    #[test]
+    fn a_caller_that_sees_the_kind_only_defers_for_a_deferred_recipient() {
+        let mut o = Outcome::new(Disposition::Discard, Stage::Eom);
+        o.rejected_recipients = vec![
+            refused(0, "bad@example.org", false, b"550 5.1.1 no"),
+            refused(1, "busy@example.org", true, b"450 4.2.1 busy"),
+        ];
+        let v = build(&o, &options()).for_kind_only();
+        assert_eq!(v.kind, VerdictKind::Defer);
         assert!(v.script.is_empty());
-        assert_eq!(v.reply.as_deref(), Some(&b"450 4.2.1 Try later"[..]));
+        assert_eq!(v.reply.as_deref(), Some(&b"450 4.2.1 busy"[..]));
+        // Without a deferred recipient the verdict is the same for either caller.
+        o.rejected_recipients.pop();
+        let v = build(&o, &options());
+        assert_eq!(v.for_kind_only(), v);
+        o.disposition = Disposition::Tempfail;
+        let v = build(&o, &options());
+        assert_eq!(v.for_kind_only(), v);
     }
 
     // ADDHEADER and INSHEADER.
@@ -2038,6 +2223,7 @@ mod tests {
                 .collect(),
         );
         o.rejected_recipients.push(RecipientReject {
+            index: 0,
             address: b"bad@example.org".to_vec(),
             tempfail: false,
             reply: b"550 5.1.1 No".to_vec(),
@@ -2209,6 +2395,7 @@ mod tests {
             ],
         );
         o.rejected_recipients.push(RecipientReject {
+            index: 0,
             address: b"bad@example.org".to_vec(),
             tempfail: false,
             reply: b"550 5.1.1 No".to_vec(),

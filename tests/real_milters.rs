@@ -491,6 +491,7 @@ fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
             assert_eq!(
                 f.outcome.rejected_recipients,
                 [RecipientReject {
+                    index: 1,
                     address: b"bob@example.net".to_vec(),
                     tempfail: false,
                     reply: reply.as_bytes().to_vec(),
@@ -516,6 +517,7 @@ fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
             assert_eq!(
                 f.outcome.rejected_recipients,
                 [RecipientReject {
+                    index: 0,
                     address: b"alice@example.net".to_vec(),
                     tempfail: false,
                     reply: DEFAULT_REJECT.to_vec(),
@@ -523,7 +525,7 @@ fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
             );
             assert_recipient_refused(&f, "alice@example.net", "550 5.7.1 Command rejected");
         }),
-        case("temporary refusal of bob defers the message", || {
+        case("temporary refusal of bob defers bob alone", || {
             let m = any_reply(
                 r#"{"replies": {"envrcpt": {"bob@example.net": "450 4.2.1 try bob later", "*": "continue"}}}"#,
             );
@@ -531,16 +533,15 @@ fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
             assert_eq!(
                 f.outcome.rejected_recipients,
                 [RecipientReject {
+                    index: 1,
                     address: b"bob@example.net".to_vec(),
                     tempfail: true,
                     reply: b"450 4.2.1 try bob later".to_vec(),
                 }]
             );
-            assert_eq!(f.verdict.kind, VerdictKind::Defer);
-            assert_eq!(
-                f.verdict.reply.as_deref(),
-                Some(&b"450 4.2.1 try bob later"[..])
-            );
+            // alice is delivered now (no verdict for her); bob's deferral is his own.
+            assert_eq!(f.verdict.kind, VerdictKind::None, "{:?}", f.verdict);
+            assert_eq!(f.verdict.recipients, f.outcome.rejected_recipients);
         }),
         case("every recipient refused rejects the message", || {
             let m = any_reply(
@@ -548,7 +549,17 @@ fn a_recipient_refused_at_rcpt_is_guarded_by_envelope_to() {
             );
             let f = filter(&m, &two_recipients("rcpt4"), MESSAGE);
             assert_eq!(f.outcome.rejected_recipients.len(), 2);
-            assert_rejected(&f, Stage::Rcpt, b"550 5.1.1 no bob");
+            assert_eq!(f.outcome.disposition, Disposition::Reject);
+            assert_eq!(f.outcome.stage, Stage::Rcpt);
+            // Each keeps its own reply, in the list and in the script's guards.
+            let replies: Vec<&[u8]> = f.verdict.recipients.iter().map(|r| &r.reply[..]).collect();
+            assert_eq!(replies, [&b"550 5.1.1 no alice"[..], b"550 5.1.1 no bob"]);
+            let s = script(&f);
+            assert!(
+                s.contains("\"alice@example.net\" {\r\n  ereject \"550 5.1.1 no alice\";")
+                    && s.contains("\"bob@example.net\" {\r\n  ereject \"550 5.1.1 no bob\";"),
+                "{s}"
+            );
             // The transaction was aborted before DATA.
             let r = m.recorded("rcpt4");
             assert_eq!(stages_seen(&r).last().unwrap(), "envrcpt");

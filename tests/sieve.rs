@@ -12,7 +12,7 @@ mod sieve;
 use milter_spamfilter::config::{SieveDialect, SieveLimits};
 use milter_spamfilter::verdict::{
     build, Disposition, Edit, Header, Outcome, RecipientReject, Stage, Verdict, VerdictKind,
-    VerdictOptions, DEFAULT_REJECT,
+    VerdictOptions, DEFAULT_REJECT, DEFAULT_TEMPFAIL,
 };
 use sieve::{
     expected_header, for_pigeonhole, message, parse_header, parse_verdict, pigeonhole, readable,
@@ -138,38 +138,17 @@ fn verify(o: &Outcome, opts: &VerdictOptions, redirects: &[&str]) -> Checked {
         );
     }
 
-    // The kind.
-    let tempfail_rcpt = o.rejected_recipients.iter().find(|r| r.tempfail);
-    match o.disposition {
-        Disposition::Tempfail => {
-            assert_eq!(v.kind, VerdictKind::Defer, "{context}");
-            return Checked {
-                verdict: v,
-                script,
-                ops: Vec::new(),
-                stored: None,
-            };
-        }
-        Disposition::Accept | Disposition::Continue if tempfail_rcpt.is_some() => {
-            assert_eq!(v.kind, VerdictKind::Defer, "{context}");
-            let want = tempfail_rcpt
-                .map(|r| r.reply.clone())
-                .filter(|r| !r.is_empty());
-            if let Some(want) = want {
-                assert_eq!(
-                    v.reply.as_deref(),
-                    Some(&without_nul(&want)[..]),
-                    "{context}"
-                );
-            }
-            return Checked {
-                verdict: v,
-                script,
-                ops: Vec::new(),
-                stored: None,
-            };
-        }
-        _ => {}
+    // The kind, and each recipient refused at RCPT with its own outcome.
+    let own = own_outcomes(o);
+    assert_eq!(v.recipients, own, "the recipients' own outcomes\n{context}");
+    if o.disposition == Disposition::Tempfail {
+        assert_eq!(v.kind, VerdictKind::Defer, "{context}");
+        return Checked {
+            verdict: v,
+            script,
+            ops: Vec::new(),
+            stored: None,
+        };
     }
     let legacy = opts.dialect == SieveDialect::Legacy;
     let expected = expected_header(o, legacy);
@@ -183,7 +162,7 @@ fn verify(o: &Outcome, opts: &VerdictOptions, redirects: &[&str]) -> Checked {
         || !expected.top.is_empty()
         || !expected.end.is_empty();
     let nothing = matches!(o.disposition, Disposition::Accept | Disposition::Continue)
-        && o.rejected_recipients.is_empty()
+        && o.rejected_recipients.iter().all(|r| r.tempfail)
         && redirects.is_empty()
         && o.quarantine.is_none()
         && !changes_header;
@@ -208,11 +187,15 @@ fn verify(o: &Outcome, opts: &VerdictOptions, redirects: &[&str]) -> Checked {
                 .unwrap_or(DEFAULT_REJECT),
         )
     };
+    let guards = guard_ops(o);
     match o.disposition {
         Disposition::Reject => {
-            assert_eq!(ops, vec![Op::Ereject(reply(&o.reply))], "{context}");
+            let want = [guards, vec![Op::Ereject(reply(&o.reply))]].concat();
+            assert_eq!(ops, want, "{context}");
         }
-        Disposition::Discard => assert_eq!(ops, vec![Op::Discard], "{context}"),
+        Disposition::Discard => {
+            assert_eq!(ops, [guards, vec![Op::Discard]].concat(), "{context}");
+        }
         _ => check_ops(o, opts, &ops, &expected, &want_redirects, &context),
     }
     if legacy {
@@ -241,6 +224,25 @@ fn verify(o: &Outcome, opts: &VerdictOptions, redirects: &[&str]) -> Checked {
             "sievec warned:\n{}\n{context}",
             applied.compile_log
         );
+    }
+    // The refused recipients: each run for one rejected at RCPT is a reject, with nothing
+    // stored; for one deferred at RCPT neither a reject nor a discard (the MTA defers it).
+    for r in &o.rejected_recipients {
+        let address = String::from_utf8(r.address.clone()).expect("test addresses are text");
+        let run = p.apply(&pig, &msg, &address);
+        if r.tempfail {
+            assert!(
+                !run.rejected() && !run.discarded() && run.stored.len() == 1,
+                "rejected or discarded for {address}, deferred at RCPT:\n{}\n{context}",
+                run.log
+            );
+        } else {
+            assert!(
+                run.rejected() && run.stored.is_empty(),
+                "not rejected for {address}:\n{}\n{context}",
+                run.log
+            );
+        }
     }
     match o.disposition {
         Disposition::Reject => {
@@ -311,17 +313,6 @@ fn verify(o: &Outcome, opts: &VerdictOptions, redirects: &[&str]) -> Checked {
     let stored = parse_header(&applied.stored[0].message);
     let context = format!("{context}(files in {})", applied.dir().display());
     compare_header(&stored, &expected.all(), o.leadspc, &context);
-
-    // The refused recipients: each run for that recipient is a reject, with nothing stored.
-    for r in &o.rejected_recipients {
-        let address = String::from_utf8(r.address.clone()).expect("test addresses are text");
-        let applied = p.apply(&pig, &msg, &address);
-        assert!(
-            applied.rejected() && applied.stored.is_empty(),
-            "not rejected for {address}:\n{}\n{context}",
-            applied.log
-        );
-    }
     Checked {
         verdict: v,
         script,
@@ -334,6 +325,46 @@ fn without_nul(b: &[u8]) -> Vec<u8> {
     b.iter().copied().filter(|&c| c != 0).collect()
 }
 
+/// The recipients refused at RCPT as the verdict must list them: default reply for an empty one.
+fn own_outcomes(o: &Outcome) -> Vec<RecipientReject> {
+    o.rejected_recipients
+        .iter()
+        .map(|r| {
+            let default = if r.tempfail {
+                DEFAULT_TEMPFAIL
+            } else {
+                DEFAULT_REJECT
+            };
+            let reply = without_nul(&r.reply);
+            RecipientReject {
+                reply: if reply.is_empty() {
+                    default.to_vec()
+                } else {
+                    reply
+                },
+                ..r.clone()
+            }
+        })
+        .collect()
+}
+
+/// The guards the script must start with: one per recipient refused at RCPT, in order.
+fn guard_ops(o: &Outcome) -> Vec<Op> {
+    own_outcomes(o)
+        .into_iter()
+        .map(|r| {
+            if r.tempfail {
+                Op::HoldRecipient { address: r.address }
+            } else {
+                Op::RejectRecipient {
+                    address: r.address,
+                    reply: r.reply,
+                }
+            }
+        })
+        .collect()
+}
+
 /// The actions of an accepted message against the model: recipients refused first, then what
 /// the additions put at the top and at the end (exact bytes), the redirects, the quarantine.
 fn check_ops(
@@ -344,18 +375,7 @@ fn check_ops(
     redirects: &[&str],
     context: &str,
 ) {
-    let refused: Vec<Op> = o
-        .rejected_recipients
-        .iter()
-        .map(|r| Op::RejectRecipient {
-            address: r.address.clone(),
-            reply: without_nul(if r.reply.is_empty() {
-                DEFAULT_REJECT
-            } else {
-                &r.reply
-            }),
-        })
-        .collect();
+    let refused = guard_ops(o);
     assert_eq!(
         &ops[..refused.len().min(ops.len())],
         &refused[..],
@@ -971,11 +991,13 @@ fn recipient_rejects_apply_to_that_recipient_only() {
     o.quarantine = Some(b"held for review".to_vec());
     o.rejected_recipients = vec![
         RecipientReject {
+            index: 1,
             address: b"bad@example.org".to_vec(),
             tempfail: false,
             reply: b"550 5.1.1 <bad@example.org>: no such user".to_vec(),
         },
         RecipientReject {
+            index: 2,
             address: b"worse@example.org".to_vec(),
             tempfail: false,
             reply: Vec::new(),
@@ -985,14 +1007,25 @@ fn recipient_rejects_apply_to_that_recipient_only() {
     // for each refused recipient (rejected, nothing stored, no conflict with fileinto/redirect).
     let c = verify(&o, &options(true), &["archive@example.org"]);
     assert!(c.script.contains("  stop;\r\n"));
-    // One refused temporarily: the whole message is deferred.
+    // One refused temporarily: that one is deferred alone (its own outcome, and only a guard
+    // with stop in the script); the others are still delivered, edited and redirected.
     o.rejected_recipients[1].tempfail = true;
     o.rejected_recipients[1].reply = b"450 4.2.1 Mailbox busy".to_vec();
-    let c = verify(&o, &options(true), &[]);
+    let c = verify(&o, &options(true), &["archive@example.org"]);
+    assert_eq!(c.verdict.kind, VerdictKind::Sieve);
     assert_eq!(
-        c.verdict.reply.as_deref(),
-        Some(&b"450 4.2.1 Mailbox busy"[..])
+        c.verdict.recipients[1].reply,
+        b"450 4.2.1 Mailbox busy".to_vec()
     );
+    // The same refusals before a whole-message reject, discard or deferral.
+    for d in [
+        Disposition::Reject,
+        Disposition::Discard,
+        Disposition::Tempfail,
+    ] {
+        o.disposition = d;
+        verify(&o, &options(true), &[]);
+    }
 }
 
 #[test]
@@ -1321,11 +1354,13 @@ fn random_case(seed: u64) -> (Outcome, VerdictOptions, Vec<&'static str>) {
         );
     }
     if r.percent(12) {
-        for address in ["bad@example.org", "Worse@Example.org"]
+        for (index, address) in ["bad@example.org", "Worse@Example.org"]
             .iter()
             .take(1 + r.below(2))
+            .enumerate()
         {
             o.rejected_recipients.push(RecipientReject {
+                index,
                 address: address.as_bytes().to_vec(),
                 tempfail: r.percent(15),
                 reply: r

@@ -2,6 +2,8 @@
 //! - `any_reply(spec)`: tests/milters/any_reply.py (pymilter on sendmail's libmilter, package
 //!   python3-milter), which answers each stage as a JSON spec says and records what it received;
 //!   `Server::recorded` reads that record back;
+//! - `script_milter()`: tests/milters/script_milter.py (pymilter), which answers each message as
+//!   the script in its CONNECT host name says;
 //! - `opendkim()`: opendkim (packages opendkim, opendkim-tools) signing for example.org with
 //!   selector `test` and a key generated for the test. Its resolver is pointed at 127.0.0.1 so
 //!   that libunbound never sends a packet off this machine.
@@ -217,6 +219,19 @@ pub fn any_reply(spec: &str) -> Server {
     require_pymilter();
     start_retrying("any_reply", scratch_dir, true, |port, dir| {
         any_reply_command(port, dir, spec)
+    })
+}
+
+/// tests/milters/script_milter.py: one pymilter process that answers each message as the script
+/// in its CONNECT host name says (see that file), for any number of different conversations.
+pub fn script_milter() -> Server {
+    require_pymilter();
+    start_retrying("script_milter", scratch_dir, true, |port, _dir| {
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(Path::new(MANIFEST).join("tests/milters/script_milter.py"))
+            .arg(port.to_string())
+            .arg("--until-stdin-closes");
+        cmd
     })
 }
 

@@ -1064,6 +1064,10 @@ pub enum Op {
         address: Vec<u8>,
         reply: Vec<u8>,
     },
+    /// `if envelope :is "to" address { stop; }`: a recipient deferred at RCPT.
+    HoldRecipient {
+        address: Vec<u8>,
+    },
     Discard,
     Fileinto(Vec<u8>),
     Redirect(Vec<u8>),
@@ -1260,6 +1264,13 @@ pub fn parse_verdict(script: &[u8]) -> Result<Vec<Op>, String> {
                             reply: string(reply),
                         }
                     }
+                    [Cmd {
+                        name: s,
+                        args: sa,
+                        block: None,
+                    }] if s == "stop" && sa.is_empty() => Op::HoldRecipient {
+                        address: string(address),
+                    },
                     b => return Err(format!("an envelope guard around {b:?}")),
                 }
             }
