@@ -581,7 +581,7 @@ fn check_ended(
         limits: config.sieve_limits,
     };
     let v = verdict::build(o, &options);
-    check_verdict(&v);
+    check_verdict(&v, o);
     match o.disposition {
         Disposition::Tempfail => assert_eq!(v.kind, VerdictKind::Defer, "a tempfail not deferred"),
         Disposition::Reject | Disposition::Discard => {
