@@ -10,7 +10,8 @@ use milter_spamfilter::protocol::{
     decode_len, decode_optneg, decode_reply, validate_replycode, Reply, MAX_REPLY_LEN,
 };
 use milter_spamfilter::verdict::{
-    build, Disposition, Edit, Header, Outcome, RecipientReject, Stage, VerdictKind, VerdictOptions,
+    build, Disposition, Edit, Header, Outcome, RecipientReject, Stage, Verdict, VerdictKind,
+    VerdictOptions,
 };
 use milter_spamfilter::Config;
 
@@ -192,7 +193,12 @@ fn outcome(i: &mut Input) -> (Outcome, VerdictOptions) {
 /// The verdict builder with an arbitrary outcome.
 pub fn check_verdict_build(data: &[u8]) {
     let (o, options) = outcome(&mut Input(data));
-    let v = build(&o, &options);
+    check_verdict(&build(&o, &options), &o);
+}
+
+/// What every verdict `v` made of outcome `o` must be, whatever the Milter did (also checked on
+/// the verdicts of whole conversations, fuzz/conversation.rs).
+pub fn check_verdict(v: &Verdict, o: &Outcome) {
     // The verdict travels as a C string and is run as Sieve, which is UTF-8 text: whatever bytes
     // the Milter sent must have been encoded.
     assert!(!v.script.contains(&0), "a NUL in the Sieve script");

@@ -10,7 +10,7 @@ VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=d
 # The streamed message of the abuse suite (MB); 100 is the issue's size, and valgrind takes it.
 MEMCHECK_BIG_MB ?= 100
 FUZZ_SECONDS   ?= 60
-FUZZ_TARGETS   := decode_reply decode_optneg config_parse verdict_build
+FUZZ_TARGETS   := decode_reply decode_optneg config_parse verdict_build conversation
 # cargo-fuzz passes -Z flags (sanitizers) that only nightly accepts; this machine has one stable
 # toolchain, which accepts them with RUSTC_BOOTSTRAP=1.
 FUZZ_CARGO     ?= RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
