@@ -12,10 +12,26 @@ CALLGRIND_OUT  := build/callgrind.out
 
 .PHONY: callgrind
 
-# -rdynamic: the library (dlopen'ed) must resolve send/recv/... to the bench's counting wrappers.
-$(BENCH): c_tests/bench.c $(MTA_C)
+# The bench's sources (bench/README.md: one concern per file) and the MTA-side code it shares
+# with the loader (MTA_C, wherever the Makefile keeps it).
+BENCH_SRC      := $(wildcard bench/*.c) $(filter %.c,$(MTA_C))
+BENCH_HDR      := $(wildcard bench/*.h) $(filter %.h,$(MTA_C))
+BENCH_INC      := $(addprefix -I,bench build $(filter-out include,$(sort $(patsubst %/,%,$(dir $(filter %.h,$(MTA_C)))))))
+# What the library offers in OPTNEG and its default macro lists, printed from the crate by
+# bench/consts.rs, so that the ideal client never holds a stale hand-made copy. Rewritten only
+# when it changes, so that the bench is not rebuilt for nothing.
+BENCH_CONSTS   := build/bench-consts.h
+
+$(BENCH_CONSTS): FORCE
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -rdynamic -o $@ c_tests/bench.c c_tests/mta.c -ldl -pthread -lm
+	$(CARGO) build --release --example bench_consts
+	@target/release/examples/bench_consts > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+
+# -rdynamic: the library (dlopen'ed) must resolve send/recv/... to the bench's counting wrappers.
+$(BENCH): $(BENCH_SRC) $(BENCH_HDR) $(BENCH_CONSTS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(BENCH_INC) -rdynamic -o $@ $(BENCH_SRC) -ldl -pthread -lm
 
 $(NOOP_MILTER): tests/milters/noop_milter.c
 	@mkdir -p build

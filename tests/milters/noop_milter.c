@@ -1,6 +1,6 @@
 /*
  * noop_milter: a Milter on sendmail's libmilter that does nothing, as fast as libmilter lets it,
- * for the benchmark (c_tests/bench.c, `make bench`). It listens on 127.0.0.1:PORT.
+ * for the benchmark (bench/, `make bench`). It listens on 127.0.0.1:PORT.
  *
  *   noop_milter PORT reply     every stage answered: CONTINUE from each callback; no NO* step and
  *                              no NR_* bit negotiated, so every command costs a round trip

@@ -1,0 +1,96 @@
+/* See callgrind.h: the messages that `make callgrind` measures. */
+#include "callgrind.h"
+#include "run.h"
+#include "supervise.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Called by name from valgrind's command line: not static. */
+void callgrind_messages(struct target *t, const SpamfilterMessage *msg, int n, struct gen *g,
+                        int ideal, struct conn *c, const struct source *src, struct obuf *b);
+
+/* The messages that `make callgrind` measures: collected by this function's name
+ * (valgrind --toggle-collect), so set-up, warm-up and the Milter's start are not counted. By
+ * default the library's; with --ideal the ideal client's, for the floor to compare with. */
+__attribute__((noinline)) void callgrind_messages(struct target *t, const SpamfilterMessage *msg,
+                                                  int n, struct gen *g, int ideal,
+                                                  struct conn *c, const struct source *src,
+                                                  struct obuf *b)
+{
+    char err[256];
+    for (int i = 0; i < n; i++) {
+        if (g != NULL)
+            g->pos = 0;
+        if (ideal) {
+            char final = 0;
+            if (ideal_message(c, t->port, src, b, t->reuse > 0, NULL, &final) != 0)
+                die("callgrind run: ideal client: conversation failed");
+        } else if (lib_message(t, msg, err, sizeof err) != 0) {
+            die("callgrind run: %s", err);
+        }
+    }
+}
+
+/* N messages of BYTES (default 2048; generated and streamed through the read callback above
+ * 1 MiB) to the no-op Milter (or opendkim), 1 thread; with CONNECTION_REUSE=16 (and the ideal
+ * client reusing its connection); by the ideal client instead of the library. */
+int callgrind_main(const struct callgrind_case *k, const char *lib, const char *noop)
+{
+    int n = k->n, noreply = k->noreply, reuse = k->reuse, ideal = k->ideal, dkim = k->dkim;
+    size_t size = k->size;
+    supervise_setup();
+    message_setup();
+    load_library(lib);
+    int port;
+    const char *name;
+    if (dkim) {
+        name = "opendkim";
+        port = start_opendkim();
+    } else {
+        name = noreply ? "noop-noreply" : "noop-reply";
+        port = free_port();
+        start_noop(noop, noreply ? "noreply" : "reply", port);
+    }
+    struct target t = {.name = name, .port = port, .reuse = reuse ? 16 : 0, .expect_edits = dkim};
+    t.h = open_handle(name, port, t.reuse);
+    SpamfilterMessage msg = envelope();
+    struct msgdef m = {0};
+    struct gen g = {.total = size};
+    int stream = size > (1u << 20);
+    struct source src = {0};
+    if (stream) {
+        msg.read = gen_read;
+        msg.read_ctx = &g;
+        src.gen = &g;
+    } else {
+        make_message(&m, "msg", size);
+        msg.data = m.data;
+        msg.data_len = m.len;
+        src.data = m.data;
+        src.len = m.len;
+    }
+    struct conn c = {.fd = -1};
+    struct obuf b = {0};
+    char err[256];
+    for (int i = 0; i < 10 && !stream; i++) { /* warm-up, outside the collected function */
+        char final = 0;
+        if (ideal ? ideal_message(&c, port, &src, &b, t.reuse > 0, NULL, &final) != 0
+                  : lib_message(&t, &msg, err, sizeof err) != 0)
+            die("callgrind warm-up: %s", ideal ? "ideal client failed" : err);
+    }
+    uint64_t t0 = now_ns();
+    callgrind_messages(&t, &msg, n, stream ? &g : NULL, ideal, &c, &src, &b);
+    printf("callgrind case: %s, %zu bytes%s, 1 thread, %s%s, %d messages in %.1f s (under "
+           "valgrind)\n",
+           name, size, stream ? " (streamed)" : "", ideal ? "ideal client" : "library",
+           reuse ? ", connection reused" : "", n, (double)(now_ns() - t0) / 1e9);
+    printf("messages: %d\n", n);
+    if (c.fd >= 0)
+        ideal_close(&c, &b);
+    free(b.p);
+    api.close(t.h);
+    free(m.data);
+    return 0;
+}

@@ -1,0 +1,105 @@
+/* See message.h. */
+#include "message.h"
+#include "util.h"
+
+#include <string.h>
+
+const char message_header[] =
+    "Received: from mail.example.org (mail.example.org [127.0.0.1])\r\n"
+    "\tby mx.example.net with ESMTP id 0ABC123; Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+    "From: Alice Example <alice@example.org>\r\n"
+    "To: Bob Example <bob@example.net>\r\n"
+    "Subject: benchmark message\r\n"
+    "Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+    "Message-ID: <bench-0ABC123@example.org>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=us-ascii\r\n"
+    "\r\n";
+const size_t message_header_len = sizeof message_header - 1;
+
+/* Body lines: 78 characters and CRLF. */
+#define LINE_LEN 80
+static const char body_line[LINE_LEN + 1] =
+    "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\r\n";
+/* A run of whole lines longer than any chunk, so that any line offset starts a long run. */
+#define PATTERN_LINES 830
+static unsigned char pattern[LINE_LEN * PATTERN_LINES];
+
+void message_setup(void)
+{
+    for (int i = 0; i < PATTERN_LINES; i++)
+        memcpy(pattern + (size_t)i * LINE_LEN, body_line, LINE_LEN);
+}
+
+void make_message(struct msgdef *m, const char *name, size_t size)
+{
+    size_t hl = message_header_len;
+    if (size < hl + 2)
+        size = hl + 2;
+    m->name = name;
+    m->len = size;
+    m->data = xmalloc(size);
+    memcpy(m->data, message_header, hl);
+    size_t pos = hl;
+    while (pos < size) {
+        size_t left = size - pos;
+        if (left >= LINE_LEN) {
+            memcpy(m->data + pos, body_line, LINE_LEN);
+            pos += LINE_LEN;
+        } else {
+            /* A shorter last line, still ending in CRLF. */
+            memset(m->data + pos, 'x', left - 2);
+            memcpy(m->data + pos + left - 2, "\r\n", 2);
+            pos = size;
+        }
+    }
+}
+
+ptrdiff_t gen_read(void *ctx, uint8_t *buf, size_t len)
+{
+    struct gen *g = ctx;
+    size_t hl = message_header_len;
+    size_t done = 0;
+    while (done < len && g->pos < g->total) {
+        uint64_t left = g->total - g->pos;
+        size_t want = len - done;
+        if (want > left)
+            want = (size_t)left;
+        if (g->pos < hl) {
+            size_t n = hl - (size_t)g->pos;
+            if (n > want)
+                n = want;
+            memcpy(buf + done, message_header + g->pos, n);
+            g->pos += n;
+            done += n;
+            continue;
+        }
+        size_t off = (size_t)((g->pos - hl) % LINE_LEN);
+        size_t n = sizeof pattern - off;
+        if (n > want)
+            n = want;
+        memcpy(buf + done, pattern + off, n);
+        g->pos += n;
+        done += n;
+    }
+    return (ptrdiff_t)done;
+}
+
+static SpamfilterRecipient the_rcpt = {.address = RECIPIENT};
+
+SpamfilterMessage envelope(void)
+{
+    SpamfilterMessage m;
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    m.client_name = CLIENT_NAME;
+    m.client_addr = CLIENT_ADDR;
+    m.client_port = CLIENT_PORT;
+    m.helo = HELO_NAME;
+    m.sender = SENDER;
+    m.recipients = &the_rcpt;
+    m.recipient_count = 1;
+    m.mta_hostname = MTA_HOSTNAME;
+    m.queue_id = QUEUE_ID;
+    return m;
+}
