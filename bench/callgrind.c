@@ -54,7 +54,7 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
         start_noop(noop, noreply ? "noreply" : "reply", port);
     }
     struct target t = {.name = name, .port = port, .reuse = reuse ? 16 : 0, .expect_edits = dkim};
-    t.h = open_handle(name, port, t.reuse);
+    t.h = open_handle(name, port, t.reuse, NULL);
     SpamfilterMessage msg = envelope();
     struct msgdef m = {0};
     struct gen g = {.total = size};
@@ -91,6 +91,6 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
         ideal_close(&c, &b);
     free(b.p);
     api.close(t.h);
-    free(m.data);
+    free_message(&m);
     return 0;
 }

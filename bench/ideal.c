@@ -17,9 +17,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* The macro values of the envelope (message.h), as the library derives them (the `B` columns
- * show both clients write the same bytes). */
-static const char *const macro_values[][2] = {
+/* The macro values of the envelope (message.h), as the library derives them from the
+ * SpamfilterMessage (the `B` columns show both clients write the same bytes). */
+static const char *const native_macros[][2] = {
     {"j", MTA_HOSTNAME},
     {"_", CLIENT_NAME " [" CLIENT_ADDR "]"},
     {"client_addr", CLIENT_ADDR},
@@ -33,6 +33,47 @@ static const char *const macro_values[][2] = {
     {"rcpt_mailer", "smtp"},
     {"rcpt_host", "example.net"},
     {"rcpt_addr", RECIPIENT},
+};
+
+const struct ideal_env native_env = {
+    .host = CLIENT_NAME,
+    .family = '4',
+    .port = CLIENT_PORT,
+    .addr = CLIENT_ADDR,
+    .helo = HELO_NAME,
+    .sender = SENDER,
+    .recipient = RECIPIENT,
+    .macros = native_macros,
+    .nmacros = sizeof native_macros / sizeof native_macros[0],
+};
+
+/* The BMI face knows only the client's address, the sender and the recipients
+ * (bmiProcessConnection, bmiProcessFROM, bmiAccumulateTO): no host name, port, HELO, queue ID
+ * or MTA host name. The library then names the client by its bracketed address, and derives
+ * the rest as for the native face. */
+static const char *const bmi_macros[][2] = {
+    {"_", "[" CLIENT_ADDR "]"},
+    {"client_addr", CLIENT_ADDR},
+    {"client_name", "[" CLIENT_ADDR "]"},
+    {"client_port", "0"},
+    {"mail_mailer", "smtp"},
+    {"mail_host", "example.org"},
+    {"mail_addr", SENDER},
+    {"rcpt_mailer", "smtp"},
+    {"rcpt_host", "example.net"},
+    {"rcpt_addr", RECIPIENT},
+};
+
+const struct ideal_env bmi_env = {
+    .host = "[" CLIENT_ADDR "]",
+    .family = '4',
+    .port = 0,
+    .addr = CLIENT_ADDR,
+    .helo = NULL,
+    .sender = SENDER,
+    .recipient = RECIPIENT,
+    .macros = bmi_macros,
+    .nmacros = sizeof bmi_macros / sizeof bmi_macros[0],
 };
 
 /* The library's default lists (sendmail's and Postfix's), by stage index SMFIM_*: from the
@@ -83,20 +124,21 @@ static void pkt_end(struct obuf *b, size_t at)
     memcpy(b->p + at, &len, 4);
 }
 
-static const char *macro_value(const char *name, size_t len)
+static const char *macro_value(const struct ideal_env *env, const char *name, size_t len)
 {
     if (len >= 2 && name[0] == '{' && name[len - 1] == '}') {
         name++;
         len -= 2;
     }
-    for (size_t i = 0; i < sizeof macro_values / sizeof macro_values[0]; i++)
-        if (strlen(macro_values[i][0]) == len && memcmp(macro_values[i][0], name, len) == 0)
-            return macro_values[i][1];
+    for (size_t i = 0; i < env->nmacros; i++)
+        if (strlen(env->macros[i][0]) == len && memcmp(env->macros[i][0], name, len) == 0)
+            return env->macros[i][1];
     return NULL;
 }
 
 /* The macros of a stage that have a value, as one MACRO packet (none if no value). */
-static void put_macros(struct obuf *b, const struct neg *n, int stage)
+static void put_macros(struct obuf *b, const struct neg *n, const struct ideal_env *env,
+                       int stage)
 {
     const char *s = n->macros[stage];
     size_t at = 0;
@@ -107,7 +149,7 @@ static void put_macros(struct obuf *b, const struct neg *n, int stage)
         size_t l = strcspn(s, " ");
         if (l == 0)
             break;
-        const char *v = macro_value(s, l);
+        const char *v = macro_value(env, s, l);
         if (v != NULL) {
             if (!any) {
                 at = pkt_begin(b, 'D');
@@ -316,89 +358,105 @@ void ideal_close(struct conn *c, struct obuf *b)
 
 #define HAS(bit) (c->neg.protocol & (bit))
 
-/* One message: 0 and the final reply in *final, or -1. With reuse, the connection stays open
- * for the next message (QUIT_NC goes out with that message's first packets). */
-int ideal_message(struct conn *c, int port, const struct source *src, struct obuf *b,
-                         int reuse, int *edits, char *final)
+/* The outcome of a stage: go on, the Milter's final reply came (the message is done), or a
+ * failure. */
+enum { GO_ON = 0, DONE = 1, FAILED = -1 };
+
+/* A command that owes a reply unless `nr` was negotiated: sent with what is held, its reply
+ * read. A SKIP sets *skipped, and is a failure where skipped is NULL. */
+static int stage_reply(struct conn *c, struct obuf *b, uint32_t nr, char *final, int *skipped)
 {
-    b->len = 0;
-    if (c->fd >= 0 && c->reused) {
-        size_t at = pkt_begin(b, 'K');
-        pkt_end(b, at);
-    } else if (ideal_open(c, port, b) != 0) {
-        return -1;
+    if (HAS(nr))
+        return GO_ON;
+    int r = exchange(c, b, 0, NULL, final);
+    if (r < 0)
+        return FAILED;
+    if (r == 2)
+        return DONE;
+    if (r == 1) {
+        if (skipped == NULL)
+            return FAILED; /* no SKIP at this stage */
+        *skipped = 1;
     }
-    int r;
-    /* CONNECT */
-    put_macros(b, &c->neg, 0);
+    return GO_ON;
+}
+
+/* CONNECT, HELO, MAIL, RCPT and DATA, each with its macros, as negotiated. */
+static int ideal_envelope(struct conn *c, struct obuf *b, const struct ideal_env *env,
+                          char *final)
+{
+    int r, skipped = 0;
+    put_macros(b, &c->neg, env, 0);
     if (!HAS(SMFIP_NOCONNECT)) {
         size_t at = pkt_begin(b, 'C');
-        ob_str(b, CLIENT_NAME);
-        ob_put(b, "4", 1);
-        uint16_t port_be = htons(CLIENT_PORT);
+        ob_str(b, env->host);
+        ob_put(b, &env->family, 1);
+        uint16_t port_be = htons(env->port);
         ob_put(b, &port_be, 2);
-        ob_str(b, CLIENT_ADDR);
+        ob_str(b, env->addr);
         pkt_end(b, at);
-        if (!HAS(SMFIP_NR_CONN) && (r = exchange(c, b, 0, NULL, final)) != 0)
-            return r == 2 ? 0 : -1;
+        if ((r = stage_reply(c, b, SMFIP_NR_CONN, final, NULL)) != GO_ON)
+            return r;
     }
-    /* HELO */
-    put_macros(b, &c->neg, 1);
-    if (!HAS(SMFIP_NOHELO)) {
-        size_t at = pkt_begin(b, 'H');
-        ob_str(b, HELO_NAME);
-        pkt_end(b, at);
-        if (!HAS(SMFIP_NR_HELO) && (r = exchange(c, b, 0, NULL, final)) != 0)
-            return r == 2 ? 0 : -1;
+    if (env->helo != NULL) {
+        put_macros(b, &c->neg, env, 1);
+        if (!HAS(SMFIP_NOHELO)) {
+            size_t at = pkt_begin(b, 'H');
+            ob_str(b, env->helo);
+            pkt_end(b, at);
+            if ((r = stage_reply(c, b, SMFIP_NR_HELO, final, NULL)) != GO_ON)
+                return r;
+        }
     }
-    /* MAIL */
-    put_macros(b, &c->neg, 2);
+    put_macros(b, &c->neg, env, 2);
     if (!HAS(SMFIP_NOMAIL)) {
         size_t at = pkt_begin(b, 'M');
-        ob_str(b, "<" SENDER ">");
+        ob_put(b, "<", 1);
+        ob_put(b, env->sender, strlen(env->sender));
+        ob_str(b, ">");
         pkt_end(b, at);
-        if (!HAS(SMFIP_NR_MAIL) && (r = exchange(c, b, 0, NULL, final)) != 0)
-            return r == 2 ? 0 : -1;
+        if ((r = stage_reply(c, b, SMFIP_NR_MAIL, final, NULL)) != GO_ON)
+            return r;
     }
-    /* RCPT */
-    put_macros(b, &c->neg, 3);
+    put_macros(b, &c->neg, env, 3);
     if (!HAS(SMFIP_NORCPT)) {
         size_t at = pkt_begin(b, 'R');
-        ob_str(b, "<" RECIPIENT ">");
+        ob_put(b, "<", 1);
+        ob_put(b, env->recipient, strlen(env->recipient));
+        ob_str(b, ">");
         pkt_end(b, at);
-        if (!HAS(SMFIP_NR_RCPT) && (r = exchange(c, b, 0, NULL, final)) < 0)
-            return -1;
+        /* A refused recipient is not the end of the message. */
+        if (stage_reply(c, b, SMFIP_NR_RCPT, final, &skipped) == FAILED)
+            return FAILED;
     }
-    /* DATA */
-    put_macros(b, &c->neg, 4);
+    put_macros(b, &c->neg, env, 4);
     if (!HAS(SMFIP_NODATA)) {
         size_t at = pkt_begin(b, 'T');
         pkt_end(b, at);
-        if (!HAS(SMFIP_NR_DATA) && (r = exchange(c, b, 0, NULL, final)) != 0)
-            return r == 2 ? 0 : -1;
+        if ((r = stage_reply(c, b, SMFIP_NR_DATA, final, NULL)) != GO_ON)
+            return r;
     }
-    /* Header fields, split as the library does: a fold becomes "\n" plus the next line. */
-    const unsigned char *msg = src->data;
-    size_t mlen = src->len, pos = 0;
-    if (msg == NULL) {
-        /* The generator's header section is message_header; the body is read from it. */
-        msg = (const unsigned char *)message_header;
-        mlen = message_header_len;
-        src->gen->pos = mlen;
-    }
-    int skip = HAS(SMFIP_NOHDRS) != 0;
+    return GO_ON;
+}
+
+/* The header fields, split as the library does (a fold becomes "\n" plus the next line), and
+ * EOH; *pos is left where the body starts. */
+static int ideal_headers(struct conn *c, struct obuf *b, const unsigned char *msg, size_t mlen,
+                         size_t *pos, const struct ideal_env *env, char *final)
+{
+    int r, skip = HAS(SMFIP_NOHDRS) != 0;
     size_t hat = 0;
     int open_hdr = 0;
-    while (pos < mlen) {
-        const unsigned char *eol = memchr(msg + pos, '\n', mlen - pos);
+    while (*pos < mlen) {
+        const unsigned char *eol = memchr(msg + *pos, '\n', mlen - *pos);
         size_t end = eol ? (size_t)(eol - msg) + 1 : mlen;
-        size_t cl = end - pos;
+        size_t cl = end - *pos;
         if (cl >= 2 && msg[end - 2] == '\r')
             cl -= 2;
         else if (cl >= 1 && msg[end - 1] == '\n')
             cl -= 1;
-        const unsigned char *line = msg + pos;
-        pos = end;
+        const unsigned char *line = msg + *pos;
+        *pos = end;
         if (cl == 0)
             break; /* the blank line: the body follows */
         if (line[0] == ' ' || line[0] == '\t') {
@@ -412,21 +470,14 @@ int ideal_message(struct conn *c, int port, const struct source *src, struct obu
             ob_put(b, "", 1);
             pkt_end(b, hat);
             open_hdr = 0;
-            if (!HAS(SMFIP_NR_HDR)) {
-                r = exchange(c, b, 0, NULL, final);
-                if (r < 0)
-                    return -1;
-                if (r == 2)
-                    return 0;
-                if (r == 1)
-                    skip = 1;
-            }
+            if ((r = stage_reply(c, b, SMFIP_NR_HDR, final, &skip)) != GO_ON)
+                return r;
         }
         if (skip)
             continue;
         const unsigned char *colon = memchr(line, ':', cl);
         if (colon == NULL)
-            return -1;
+            return FAILED;
         hat = pkt_begin(b, 'L');
         ob_put(b, line, (size_t)(colon - line));
         ob_put(b, "", 1);
@@ -440,74 +491,101 @@ int ideal_message(struct conn *c, int port, const struct source *src, struct obu
         open_hdr = 1;
     }
     if (open_hdr) {
+        int skipped = 0; /* after the last field, a SKIP changes nothing */
         ob_put(b, "", 1);
         pkt_end(b, hat);
-        if (!HAS(SMFIP_NR_HDR)) {
-            r = exchange(c, b, 0, NULL, final);
-            if (r < 0)
-                return -1;
-            if (r == 2)
-                return 0;
-        }
+        if ((r = stage_reply(c, b, SMFIP_NR_HDR, final, &skipped)) != GO_ON)
+            return r;
     }
-    /* EOH */
-    put_macros(b, &c->neg, 6);
+    put_macros(b, &c->neg, env, 6);
     if (!HAS(SMFIP_NOEOH)) {
         size_t at = pkt_begin(b, 'N');
         pkt_end(b, at);
-        if (!HAS(SMFIP_NR_EOH) && (r = exchange(c, b, 0, NULL, final)) != 0)
-            return r == 2 ? 0 : -1;
+        if ((r = stage_reply(c, b, SMFIP_NR_EOH, final, NULL)) != GO_ON)
+            return r;
     }
-    /* BODY, in chunks of at most 65535 bytes */
-    if (!HAS(SMFIP_NOBODY)) {
-        for (;;) {
-            size_t at = pkt_begin(b, 'B');
-            size_t n;
-            if (src->data != NULL) {
-                n = mlen - pos;
-                if (n > CHUNK)
-                    n = CHUNK;
-                ob_put(b, msg + pos, n);
-                pos += n;
-            } else {
-                ob_need(b, CHUNK);
-                ptrdiff_t got = gen_read(src->gen, b->p + b->len, CHUNK);
-                n = got > 0 ? (size_t)got : 0;
-                b->len += n;
-            }
-            if (n == 0) {
-                b->len = at; /* no empty BODY */
-                break;
-            }
-            pkt_end(b, at);
-            if (!HAS(SMFIP_NR_BODY)) {
-                r = exchange(c, b, 0, NULL, final);
-                if (r < 0)
-                    return -1;
-                if (r == 2)
-                    return 0;
-                if (r == 1)
-                    break;
-            } else if (b->len >= HIGH_WATER && flush_out(c, b) != 0) {
-                return -1;
-            }
+    return GO_ON;
+}
+
+/* The body in BODY packets of at most CHUNK bytes, from the buffer (from pos) or the
+ * generator; written at HIGH_WATER when no reply is due. */
+static int ideal_body(struct conn *c, struct obuf *b, const struct source *src, size_t pos,
+                      char *final)
+{
+    if (HAS(SMFIP_NOBODY))
+        return GO_ON;
+    for (;;) {
+        size_t at = pkt_begin(b, 'B');
+        size_t n;
+        if (src->data != NULL) {
+            n = src->len - pos;
+            if (n > CHUNK)
+                n = CHUNK;
+            ob_put(b, src->data + pos, n);
+            pos += n;
+        } else {
+            ob_need(b, CHUNK);
+            ptrdiff_t got = gen_read(src->gen, b->p + b->len, CHUNK);
+            n = got > 0 ? (size_t)got : 0;
+            b->len += n;
+        }
+        if (n == 0) {
+            b->len = at; /* no empty BODY */
+            return GO_ON;
+        }
+        pkt_end(b, at);
+        if (!HAS(SMFIP_NR_BODY)) {
+            int skipped = 0;
+            int r = stage_reply(c, b, SMFIP_NR_BODY, final, &skipped);
+            if (r != GO_ON || skipped)
+                return r;
+        } else if (b->len >= HIGH_WATER && flush_out(c, b) != 0) {
+            return FAILED;
         }
     }
-    /* End of message */
-    put_macros(b, &c->neg, 5);
+}
+
+int ideal_message(struct conn *c, int port, const struct source *src, struct obuf *b,
+                  int reuse, int *edits, char *final)
+{
+    const struct ideal_env *env = src->env != NULL ? src->env : &native_env;
+    b->len = 0;
+    if (c->fd >= 0 && c->reused) {
+        size_t at = pkt_begin(b, 'K');
+        pkt_end(b, at);
+    } else if (ideal_open(c, port, b) != 0) {
+        return -1;
+    }
+    int r = ideal_envelope(c, b, env, final);
+    if (r != GO_ON)
+        return r == DONE ? 0 : -1;
+    /* The generator's header section is message_header; the body is read from it. */
+    const unsigned char *msg = src->data;
+    size_t mlen = src->len, pos = 0;
+    if (msg == NULL) {
+        msg = (const unsigned char *)message_header;
+        mlen = message_header_len;
+        src->gen->pos = mlen;
+    }
+    r = ideal_headers(c, b, msg, mlen, &pos, env, final);
+    if (r == GO_ON)
+        r = ideal_body(c, b, src, pos, final);
+    if (r != GO_ON)
+        return r == DONE ? 0 : -1;
+    put_macros(b, &c->neg, env, 5);
     size_t at = pkt_begin(b, 'E');
     pkt_end(b, at);
-    r = exchange(c, b, 1, edits, final);
-    if (r != 2)
+    if (exchange(c, b, 1, edits, final) != 2)
         return -1;
-    if (reuse) {
+    if (reuse)
         c->reused = 1;
-    } else {
+    else
         ideal_close(c, b);
-    }
     return 0;
 }
-double min_rt(const struct neg *n, const struct msgdef *m, int reuse)
+
+double min_rt(const struct neg *n, const struct msgdef *m, int reuse,
+              const struct ideal_env *env)
 {
     int hdrs = 0;
     size_t pos = 0, body;
@@ -528,7 +606,7 @@ double min_rt(const struct neg *n, const struct msgdef *m, int reuse)
     int rt = reuse ? 0 : 1; /* OPTNEG */
     if (!(p & SMFIP_NOCONNECT) && !(p & SMFIP_NR_CONN))
         rt++;
-    if (!(p & SMFIP_NOHELO) && !(p & SMFIP_NR_HELO))
+    if ((env == NULL || env->helo != NULL) && !(p & SMFIP_NOHELO) && !(p & SMFIP_NR_HELO))
         rt++;
     if (!(p & SMFIP_NOMAIL) && !(p & SMFIP_NR_MAIL))
         rt++;

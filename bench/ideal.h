@@ -44,11 +44,31 @@ struct conn {
     int borrowed; /* the library's connection, used between its blocks: never closed here */
 };
 
-/* The message source of the ideal client: a buffer, or the generator. */
+/* What the client tells the Milter beside the content, as the library does for one of its
+ * faces: CONNECT's host name, family, port and address; HELO (NULL: none); the sender and the
+ * recipient; the macro values the library derives from them, by name without braces. */
+struct ideal_env {
+    const char *host;
+    char family;
+    uint16_t port;
+    const char *addr;
+    const char *helo;
+    const char *sender, *recipient;
+    const char *const (*macros)[2];
+    size_t nmacros;
+};
+/* The envelope of message.h as spamfilter_filter gets it, and as the BMI face gets it (bmi.c:
+ * the client's address, the sender, the recipient). */
+extern const struct ideal_env native_env;
+extern const struct ideal_env bmi_env;
+
+/* The message source of the ideal client: a buffer, or the generator; the envelope (NULL:
+ * native_env). */
 struct source {
     const unsigned char *data; /* the whole message, or NULL for gen */
     size_t len;
     struct gen *gen;
+    const struct ideal_env *env;
 };
 
 /* 0: the ideal client does not set TCP_QUICKACK (the line that shows why it must). */
@@ -66,9 +86,11 @@ int ideal_message(struct conn *c, int port, const struct source *src, struct obu
 
 /* What the Milter negotiates (one conversation, not counted). */
 struct neg probe(int port);
-/* The fewest round trips a message can take with this negotiation: one per command that needs
- * a reply (OPTNEG once per connection, none with reuse). */
-double min_rt(const struct neg *n, const struct msgdef *m, int reuse);
+/* The fewest round trips a message can take with this negotiation and envelope (NULL:
+ * native_env): one per command that needs a reply (OPTNEG once per connection, none with
+ * reuse; HELO only with a HELO). */
+double min_rt(const struct neg *n, const struct msgdef *m, int reuse,
+              const struct ideal_env *env);
 /* The protocol bits by name, e.g. "NOHELO NR_HDR". */
 void describe_protocol(uint32_t p, char *out, size_t len);
 

@@ -13,6 +13,7 @@
  * The exit status is 1 if any conversation failed; a missed target is reported, not an error.
  */
 #define _GNU_SOURCE
+#include "bmi.h"
 #include "callgrind.h"
 #include "report.h"
 #include "run.h"
@@ -48,7 +49,10 @@ static void usage(void)
 /* What the run shares between its sections. */
 struct bench {
     double scale;
+    const char *libpath;
     struct target targets[3]; /* noop-reply, noop-noreply, opendkim-sign */
+    struct bmi_api bmi;       /* the library's BMI face */
+    int has_bmi;              /* ... if it has one */
     struct msgdef msgs[2];    /* 2K, 100K */
     struct targets_seen seen;
     int all_ok;
@@ -103,7 +107,7 @@ static void start_targets(struct bench *b, const char *noop)
     for (int i = 0; i < 3; i++) {
         struct target *t = &b->targets[i];
         *t = init[i];
-        t->h = open_handle(opt_names[i], t->port, 0);
+        t->h = open_handle(opt_names[i], t->port, 0, &t->opt);
         t->neg = probe(t->port);
         char desc[512];
         describe_protocol(t->neg.protocol, desc, sizeof desc);
@@ -140,9 +144,9 @@ static void print_legend(double scale)
            n[2][0][2], n[2][1][0], n[2][1][1], n[2][1][2], scale);
     printf("lib/s, ideal/s: messages per second; p50/p99: latency per message; ratio: the "
            "median over %d rounds (%d for reuse)\nof the library's rate / the ideal client's rate "
-           "within the round; RT: round trips per message (library, ideal,\nminimum the negotiation "
-           "allows); wr: socket writes per message;\nB: bytes written per message; cpu: CPU "
-           "time of the client thread per message, microseconds (user + system)\n\n",
+           "within the round; RT: round trips per message (library, ideal,\nminimum the "
+           "negotiation allows); wr: socket writes per message;\nB: bytes written per message; "
+           "cpu: CPU time of the client thread per message, microseconds (user + system)\n\n",
            ROUNDS, REUSE_ROUNDS);
     if (aa)
         printf("--aa: the ideal client runs on both sides of every case (the lib columns too), so "
@@ -156,7 +160,7 @@ static void table(struct bench *b, struct target *targets, int ntargets, int reu
     print_row_header();
     for (int ti = 0; ti < ntargets; ti++) {
         for (int mi = 0; mi < 2; mi++) {
-            double rtmin = min_rt(&targets[ti].neg, &b->msgs[mi], reuse);
+            double rtmin = min_rt(&targets[ti].neg, &b->msgs[mi], reuse, targets[ti].env);
             for (int k = 0; k < 3; k++) {
                 if (!selected(targets[ti].name, b->msgs[mi].name))
                     continue;
@@ -205,6 +209,50 @@ static void check_reuse(struct target *t, const struct msgdef *m)
            in_effect ? "reuse in effect" : "reuse NOT in effect in this build");
 }
 
+/* Does the BMI face reach the Milter through the counted calls? One message. */
+static void check_bmi(struct target *t, const struct msgdef *m)
+{
+    struct bmi_source src = {.msg = m};
+    char err[256];
+    memset(&t_io, 0, sizeof t_io);
+    t_mode = M_LIB;
+    int r = bmi_message(t->bmi, t->opt, &src, t->expect_edits, err, sizeof err);
+    t_mode = M_NONE;
+    if (r != 0)
+        die("BMI face against %s: %s", t->name, err);
+    if (t_io.writes == 0 || t_io.connects == 0)
+        die("BMI face against %s: no socket call was counted", t->name);
+}
+
+/* The same messages through the library's BMI face (bmi.c: as Exim calls it), against the
+ * ideal client holding the conversation the library holds for what that face knows. */
+static void bmi_table(struct bench *b)
+{
+    char err[256];
+    b->has_bmi = bmi_load(b->libpath, &b->bmi, err, sizeof err) == 0;
+    if (!b->has_bmi) {
+        printf("\nBMI face: not measured: %s\n", err);
+        return;
+    }
+    printf("\nBMI face (bmiInitSystem ... bmiEndMessage for every message, as Exim calls it: "
+           "header fields one per call,\nthe body in %d-byte chunks, LF line ends; each verdict "
+           "made a string) against the ideal client:\n",
+           BMI_CHUNK);
+    struct target bmi_t[3];
+    static const char *const names[3] = {"noop-reply bmi", "noop-noreply bmi",
+                                         "opendkim-sign bmi"};
+    for (int ti = 0; ti < 3; ti++) {
+        bmi_t[ti] = b->targets[ti];
+        bmi_t[ti].name = names[ti];
+        bmi_t[ti].bmi = &b->bmi;
+        bmi_t[ti].env = &bmi_env;
+    }
+    check_bmi(&bmi_t[0], &b->msgs[0]);
+    int first = nrows;
+    table(b, bmi_t, 3, 0, 1.0);
+    print_other_calls(first);
+}
+
 /* CONNECTION_REUSE=16 against the no-op Milter. */
 static void reuse_table(struct bench *b)
 {
@@ -216,7 +264,7 @@ static void reuse_table(struct bench *b)
         reuse_t[ti] = b->targets[ti];
         reuse_t[ti].reuse = 16;
         reuse_t[ti].base = ti == 0 ? "noop-reply" : "noop-noreply";
-        reuse_t[ti].h = open_handle(reuse_t[ti].base, b->targets[ti].port, 16);
+        reuse_t[ti].h = open_handle(reuse_t[ti].base, b->targets[ti].port, 16, NULL);
         reuse_t[ti].name = ti == 0 ? "noop-reply reuse=16" : "noop-noreply reuse=16";
     }
     check_reuse(&reuse_t[0], &b->msgs[0]);
@@ -230,6 +278,7 @@ static void reuse_table(struct bench *b)
 static int run_bench(struct bench *b, const char *libpath, const char *noop)
 {
     uint64_t start = now_ns();
+    b->libpath = libpath;
     supervise_setup();
     message_setup();
     load_library(libpath);
@@ -248,9 +297,15 @@ static int run_bench(struct bench *b, const char *libpath, const char *noop)
         quickack_line(b);
     print_other_calls(0);
     reuse_table(b);
-    struct stream_summary streamed = {.mem_ok = 1, .stream_ok = 1};
-    if (selected("100MiB", ""))
-        stream_section(b->targets, &streamed);
+    bmi_table(b);
+    struct stream_summary streamed = {.mem_ok = 1, .stream_ok = 1, .bmi_mem_ok = 1};
+    if (selected("100MiB", "")) {
+        /* The BMI face streams against the Milter that sets no pace of its own. */
+        struct target bmi_noreply = b->targets[1];
+        bmi_noreply.bmi = &b->bmi;
+        bmi_noreply.env = &bmi_env;
+        stream_section(b->targets, b->has_bmi ? &bmi_noreply : NULL, &streamed);
+    }
     for (int i = 0; i < 3; i++)
         api.close(b->targets[i].h);
     if (only != NULL)
@@ -259,7 +314,7 @@ static int run_bench(struct bench *b, const char *libpath, const char *noop)
         print_targets(&b->seen, &streamed, b->all_ok);
     printf("\nbench took %.0f s\n", (double)(now_ns() - start) / 1e9);
     for (int i = 0; i < 2; i++)
-        free(b->msgs[i].data);
+        free_message(&b->msgs[i]);
     return b->all_ok ? 0 : 1;
 }
 

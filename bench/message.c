@@ -2,6 +2,7 @@
 #include "message.h"
 #include "util.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 const char message_header[] =
@@ -31,6 +32,32 @@ void message_setup(void)
         memcpy(pattern + (size_t)i * LINE_LEN, body_line, LINE_LEN);
 }
 
+/* The LF form of m->data, and its header fields' ends. */
+static void make_lf(struct msgdef *m)
+{
+    m->lf = xmalloc(m->len + 1);
+    m->field_end = xmalloc(sizeof *m->field_end * (m->len / 2 + 1));
+    m->lf_len = m->nfields = m->lf_body = 0;
+    int in_body = 0;
+    for (size_t i = 0; i < m->len; i++) {
+        if (m->data[i] == '\r' && i + 1 < m->len && m->data[i + 1] == '\n')
+            continue; /* CRLF becomes LF */
+        char c = (char)m->data[i];
+        m->lf[m->lf_len++] = c;
+        if (in_body || c != '\n')
+            continue;
+        /* A line of the header section ends here: the blank line, or a field's last line
+         * (unless a continuation line follows). */
+        size_t next = i + 1;
+        if (m->lf_len == 1 || m->lf[m->lf_len - 2] == '\n') {
+            in_body = 1;
+            m->lf_body = m->lf_len;
+        } else if (next >= m->len || (m->data[next] != ' ' && m->data[next] != '\t')) {
+            m->field_end[m->nfields++] = m->lf_len;
+        }
+    }
+}
+
 void make_message(struct msgdef *m, const char *name, size_t size)
 {
     size_t hl = message_header_len;
@@ -53,6 +80,15 @@ void make_message(struct msgdef *m, const char *name, size_t size)
             pos = size;
         }
     }
+    make_lf(m);
+}
+
+void free_message(struct msgdef *m)
+{
+    free(m->data);
+    free(m->lf);
+    free(m->field_end);
+    memset(m, 0, sizeof *m);
 }
 
 ptrdiff_t gen_read(void *ctx, uint8_t *buf, size_t len)

@@ -26,14 +26,24 @@ extern const size_t message_header_len;
 
 struct msgdef {
     const char *name; /* "2K", "100K" */
-    unsigned char *data;
+    unsigned char *data; /* CRLF line ends, as spamfilter_filter gets it */
     size_t len;
+    /* The same message as a BMI caller (Exim) holds it: LF line ends (its spool has no CR),
+     * and where each header field ends, so that the fields are pushed one per call without
+     * looking for them on the clock. */
+    char *lf;
+    size_t lf_len;
+    size_t *field_end; /* the end of each header field in lf, its line end included */
+    size_t nfields;
+    size_t lf_body; /* where the body starts in lf (after the blank line) */
 };
 
 /* Fills the generator's pattern; before any message is made or generated. */
 void message_setup(void);
-/* A message of `size` bytes (malloc'd into m->data): the header section, then body lines. */
+/* A message of `size` bytes (malloc'd into m->data): the header section, then body lines;
+ * and its LF form. */
 void make_message(struct msgdef *m, const char *name, size_t size);
+void free_message(struct msgdef *m);
 
 /* The generated message: `total` bytes, the header section first; `pos` bytes read so far. */
 struct gen {

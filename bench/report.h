@@ -46,6 +46,8 @@ struct stream_summary {
     double ideal_ratio[2]; /* ideal client / plain copy */
     double reply_vs_ideal; /* library / ideal client against noop-reply */
     unsigned long long reply_rtt; /* round trips of 100 MiB against noop-reply */
+    int bmi_ran, bmi_mem_ok;      /* the BMI face streamed 100 MiB; under 2 MB */
+    long bmi_growth_kb;
 };
 /* The targets, each HOLDS or MISSED. */
 void print_targets(const struct targets_seen *v, const struct stream_summary *s, int all_ok);

@@ -1,6 +1,7 @@
 /* See run.h. */
 #define _GNU_SOURCE
 #include "run.h"
+#include "bmi.h"
 #include "supervise.h"
 #include "util.h"
 
@@ -100,52 +101,69 @@ int lib_message(const struct target *t, const SpamfilterMessage *msg, char *err,
     return ok ? 0 : -1;
 }
 
+/* The library's side of a block, message i: through the BMI face, or spamfilter_filter (the
+ * first message of a reuse round through the gathering read callback). */
+static int library_side(struct job *j, int i, const SpamfilterMessage *msg)
+{
+    const struct target *t = j->pool->t;
+    if (t->bmi != NULL) {
+        struct bmi_source bs = {.msg = j->m};
+        return bmi_message(t->bmi, t->opt, &bs, t->expect_edits, j->err, sizeof j->err);
+    }
+    if (j->gather && i == 0) {
+        struct gathered g = {.pool = j->pool, .m = j->m};
+        SpamfilterMessage gm = *msg;
+        gm.data = NULL;
+        gm.data_len = 0;
+        gm.read = gathered_read;
+        gm.read_ctx = &g;
+        return lib_message(t, &gm, j->err, sizeof j->err);
+    }
+    return lib_message(t, msg, j->err, sizeof j->err);
+}
+
+/* The ideal client's message; on failure its connection is given up. */
+static int ideal_side(struct job *j, const struct source *src, struct conn *c, struct obuf *b)
+{
+    const struct target *t = j->pool->t;
+    int edits = 0;
+    char final = 0;
+    int r = ideal_message(c, t->port, src, b, t->reuse > 0, &edits, &final);
+    if (r == 0 && final != 'c' && final != 'a')
+        r = -1;
+    if (r == 0 && t->expect_edits && edits == 0)
+        r = -1;
+    if (r == 0)
+        return 0;
+    snprintf(j->err, sizeof j->err, "ideal client: conversation failed (%s)",
+             errno ? strerror(errno) : "protocol");
+    if (c->fd >= 0 && c->borrowed) {
+        /* Not ours to close: shut down, the library then finds it closed. */
+        shutdown(c->fd, SHUT_RDWR);
+        c->fd = -1;
+        c->borrowed = 0;
+    } else if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    return -1;
+}
+
 /* One block of a job: j->count messages by j->client. */
 static void work_block(struct job *j, SpamfilterMessage *msg, struct conn *c, struct obuf *b)
 {
     const struct target *t = j->pool->t;
     msg->data = j->m->data;
     msg->data_len = j->m->len;
-    struct source src = {.data = j->m->data, .len = j->m->len};
+    struct source src = {.data = j->m->data, .len = j->m->len, .env = t->env};
     memset(&t_io, 0, sizeof t_io);
     t_lastfd = -1;
     t_mode = j->client == CLIENT_LIB ? M_LIB : M_IDEAL;
     uint64_t cpu0 = thread_cpu_ns();
     for (int i = 0; i < j->count; i++) {
         uint64_t t0 = now_ns();
-        int r;
-        if (j->client == CLIENT_LIB && !aa && j->gather && i == 0) {
-            struct gathered g = {.pool = j->pool, .m = j->m};
-            SpamfilterMessage gm = *msg;
-            gm.data = NULL;
-            gm.data_len = 0;
-            gm.read = gathered_read;
-            gm.read_ctx = &g;
-            r = lib_message(t, &gm, j->err, sizeof j->err);
-        } else if (j->client == CLIENT_LIB && !aa) {
-            r = lib_message(t, msg, j->err, sizeof j->err);
-        } else {
-            int edits = 0;
-            char final = 0;
-            r = ideal_message(c, t->port, &src, b, t->reuse > 0, &edits, &final);
-            if (r == 0 && final != 'c' && final != 'a')
-                r = -1;
-            if (r == 0 && t->expect_edits && edits == 0)
-                r = -1;
-            if (r != 0) {
-                snprintf(j->err, sizeof j->err, "ideal client: conversation failed (%s)",
-                         errno ? strerror(errno) : "protocol");
-                if (c->fd >= 0 && c->borrowed) {
-                    /* Not ours to close: shut down, the library then finds it closed. */
-                    shutdown(c->fd, SHUT_RDWR);
-                    c->fd = -1;
-                    c->borrowed = 0;
-                } else if (c->fd >= 0) {
-                    close(c->fd);
-                    c->fd = -1;
-                }
-            }
-        }
+        int r = j->client == CLIENT_LIB && !aa ? library_side(j, i, msg)
+                                               : ideal_side(j, &src, c, b);
         j->lat[i] = now_ns() - t0;
         if (r != 0)
             j->failures++;
@@ -269,7 +287,7 @@ static void fresh_connections(struct pool *p)
         return;
     if (!aa) {
         api.close(t->h);
-        t->h = open_handle(t->base, t->port, t->reuse);
+        t->h = open_handle(t->base, t->port, t->reuse, NULL);
     }
     struct obuf b = {0};
     for (int i = 0; i < p->threads; i++)
@@ -438,7 +456,7 @@ static struct row *run_case(struct target *t, const struct msgdef *m, int thread
     return r;
 }
 
-SpamfilterHandle *open_handle(const char *name, int port, int reuse)
+SpamfilterHandle *open_handle(const char *name, int port, int reuse, const char **saved)
 {
     char path[160], text[256];
     snprintf(path, sizeof path, "%s/%s%s.opt", workdir, name, reuse ? "-reuse" : "");
@@ -450,6 +468,8 @@ SpamfilterHandle *open_handle(const char *name, int port, int reuse)
     SpamfilterHandle *h;
     if (api.init(path, &h) != SPAMFILTER_STATUS_OK)
         die("spamfilter_init %s: %s", path, api.last_error());
+    if (saved != NULL && (*saved = strdup(path)) == NULL)
+        die("out of memory");
     return h;
 }
 

@@ -8,6 +8,7 @@
 #ifndef BENCH_RUN_H
 #define BENCH_RUN_H
 
+#include "bmi.h"
 #include "ideal.h"
 #include "interpose.h"
 #include "message.h"
@@ -33,6 +34,11 @@ struct target {
     SpamfilterHandle *h;
     int expect_edits; /* opendkim signs: the verdict must add a header */
     struct neg neg;   /* what the Milter negotiates (the ideal client on borrowed connections) */
+    const char *opt;  /* its option file (the BMI face reads it for every message) */
+    /* The library's BMI face instead of spamfilter_filter (NULL: the native one), and the
+     * envelope the library sends on that face, for the ideal client (NULL: native_env). */
+    const struct bmi_api *bmi;
+    const struct ideal_env *env;
 };
 
 /* One client's messages in a case, summed over its blocks. */
@@ -57,8 +63,9 @@ struct side {
 #define REUSE_ROUNDS 76
 
 void load_library(const char *path);
-/* A handle on an option file for the Milter at port, written into the work directory. */
-SpamfilterHandle *open_handle(const char *name, int port, int reuse);
+/* A handle on an option file for the Milter at port, written into the work directory; the
+ * file's path in *path if given (it lives as long as the run). */
+SpamfilterHandle *open_handle(const char *name, int port, int reuse, const char **path);
 /* One library message; 0, or -1 and why in err. */
 int lib_message(const struct target *t, const SpamfilterMessage *msg, char *err, size_t errlen);
 /* Dies unless one library message's socket calls were counted (-rdynamic). */

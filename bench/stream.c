@@ -1,6 +1,7 @@
 /* See stream.h. */
 #define _GNU_SOURCE
 #include "stream.h"
+#include "bmi.h"
 #include "supervise.h"
 #include "util.h"
 
@@ -123,6 +124,34 @@ static void big_library(const struct target *t, struct big_result *out, struct b
     run->cpu_ms = (double)cpu / 1e6;
 }
 
+/* The BMI face: the header fields one per call, then the generator's body (as LF text) 4 KB a
+ * call, and its peak memory growth. */
+static void big_bmi(const struct target *t, const struct msgdef *hdr, struct big_result *out,
+                    struct big_run *run)
+{
+    struct gen g = {.total = BIG_BYTES, .pos = message_header_len};
+    struct bmi_source src = {.msg = hdr, .gen = &g};
+    char err[256];
+    out->hwm_reset = reset_hwm() == 0;
+    long base = status_kb("VmRSS:");
+    memset(&t_io, 0, sizeof t_io);
+    t_mode = M_LIB;
+    uint64_t cpu0 = thread_cpu_ns();
+    uint64_t t0 = now_ns();
+    int r = bmi_message(t->bmi, t->opt, &src, 0, err, sizeof err);
+    uint64_t dt = now_ns() - t0;
+    uint64_t cpu = thread_cpu_ns() - cpu0;
+    t_mode = M_NONE;
+    out->io = t_io;
+    long peak = out->hwm_reset ? status_kb("VmHWM:") : status_kb("VmRSS:");
+    if (r != 0)
+        die("100 MiB message through the BMI face, %s: %s", t->name, err);
+    if (peak - base > out->growth_kb)
+        out->growth_kb = peak - base;
+    run->mbs = mbs_of(dt);
+    run->cpu_ms = (double)cpu / 1e6;
+}
+
 /* The ideal client, the same bytes. */
 static void big_ideal(const struct target *t, struct big_run *run)
 {
@@ -179,14 +208,36 @@ static void stream_report(const struct target *t, int ti, struct big_result *br,
         out->mem_ok = 0;
 }
 
-void stream_section(const struct target targets[2], struct stream_summary *out)
+/* The BMI face's line: its rate beside the copy and the native library's, its memory. */
+static void stream_report_bmi(struct big_result *bb, const struct big_result *native,
+                              const double *copy, struct stream_summary *out)
+{
+    double v[BIG_ROUNDS];
+    for (int i = 0; i < BIG_ROUNDS; i++)
+        v[i] = native->lib[i].mbs;
+    printf("noop-noreply  BMI face %4.0f MiB/s (%.2f of the copy, %.2f of the native library, CPU "
+           "%.0f ms),\n              4 KB a call; peak memory growth %ld kB (%s), round trips "
+           "%llu, writes %llu\n",
+           big_median(bb->lib, 0, NULL), big_median(bb->lib, 0, copy), big_median(bb->lib, 0, v),
+           big_median(bb->lib, 1, NULL), bb->growth_kb,
+           bb->hwm_reset ? "VmHWM after clear_refs" : "VmRSS delta",
+           (unsigned long long)bb->io.rtt, (unsigned long long)bb->io.writes);
+    out->bmi_ran = 1;
+    out->bmi_growth_kb = bb->growth_kb;
+    out->bmi_mem_ok = bb->growth_kb < 2048;
+}
+
+void stream_section(const struct target targets[2], const struct target *bmi,
+                    struct stream_summary *out)
 {
     printf("\n100 MiB message through the read callback (generated as read), median of %d "
            "rounds:\n",
            BIG_ROUNDS);
     double copy[BIG_ROUNDS];
-    struct big_result big[2];
+    struct big_result big[3]; /* noop-reply, noop-noreply, the BMI face (lib only) */
     memset(big, 0, sizeof big);
+    struct msgdef hdr;
+    make_message(&hdr, "header", 0); /* the header section alone, for the BMI face */
     for (int round = 0; round < BIG_ROUNDS; round++) {
         copy[round] = plain_copy(BIG_BYTES);
         for (int ti = 0; ti < 2; ti++) {
@@ -196,13 +247,18 @@ void stream_section(const struct target targets[2], struct stream_summary *out)
             if (round % 2 == 1)
                 big_library(&targets[ti], &big[ti], &big[ti].lib[round]);
         }
+        if (bmi != NULL)
+            big_bmi(bmi, &hdr, &big[2], &big[2].lib[round]);
     }
+    free_message(&hdr);
     double v[BIG_ROUNDS];
     memcpy(v, copy, sizeof v);
     printf("plain loopback socket copy: %.0f MiB/s\n", median(v, BIG_ROUNDS));
     out->mem_ok = 1;
     for (int ti = 0; ti < 2; ti++)
         stream_report(&targets[ti], ti, &big[ti], copy, out);
+    if (bmi != NULL)
+        stream_report_bmi(&big[2], &big[1], copy, out);
     /* Streaming is judged where the Milter sets no pace of its own (no reply per BODY packet);
      * against noop-reply each 64 KiB waits for a reply, and the round trips, not the client,
      * set the rate: there the library is compared with the ideal client. */

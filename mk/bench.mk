@@ -16,7 +16,8 @@ CALLGRIND_OUT  := build/callgrind.out
 # with the loader (MTA_C, wherever the Makefile keeps it).
 BENCH_SRC      := $(wildcard bench/*.c) $(filter %.c,$(MTA_C))
 BENCH_HDR      := $(wildcard bench/*.h) $(filter %.h,$(MTA_C))
-BENCH_INC      := $(addprefix -I,bench build $(filter-out include,$(sort $(patsubst %/,%,$(dir $(filter %.h,$(MTA_C)))))))
+BENCH_MTA_DIR  := $(filter-out include,$(sort $(patsubst %/,%,$(dir $(filter %.h,$(MTA_C))))))
+BENCH_INC      := $(addprefix -I,bench build $(BENCH_MTA_DIR))
 # What the library offers in OPTNEG and its default macro lists, printed from the crate by
 # bench/consts.rs, so that the ideal client never holds a stale hand-made copy. Rewritten only
 # when it changes, so that the bench is not rebuilt for nothing.

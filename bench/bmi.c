@@ -1,0 +1,195 @@
+/* See bmi.h. */
+#define _GNU_SOURCE
+#include "bmi.h"
+#include "util.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* spamfilter_last_error: the text behind a BMI error (bmi_api.h). */
+static const char *(*last_error)(void);
+
+int bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen)
+{
+    /* The bench loaded the library already (sf_load): this finds the same copy. */
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
+        return -1;
+    }
+#define SYM(field, name)                                                                    \
+    do {                                                                                    \
+        *(void **)(&api->field) = dlsym(lib, name);                                         \
+        if (api->field == NULL) {                                                           \
+            snprintf(err, errlen, "%s has no symbol %s: a library without the BMI face",    \
+                     path, name);                                                           \
+            return -1;                                                                      \
+        }                                                                                   \
+    } while (0)
+    SYM(error_is_fatal, "bmiErrorIsFatal");
+    SYM(error_get_location, "bmiErrorGetLocation");
+    SYM(error_get_type, "bmiErrorGetType");
+    SYM(init_system, "bmiInitSystem");
+    SYM(free_system, "bmiFreeSystem");
+    SYM(init_message, "bmiInitMessage");
+    SYM(free_message, "bmiFreeMessage");
+    SYM(process_connection, "bmiProcessConnection");
+    SYM(process_from, "bmiProcessFROM");
+    SYM(accumulate_to, "bmiAccumulateTO");
+    SYM(end_to, "bmiEndTO");
+    SYM(accumulate_headers, "bmiAccumulateHeaders");
+    SYM(end_headers, "bmiEndHeaders");
+    SYM(accumulate_body, "bmiAccumulateBody");
+    SYM(end_body, "bmiEndBody");
+    SYM(end_message, "bmiEndMessage");
+    SYM(access_first_verdict, "bmiAccessFirstVerdict");
+    SYM(access_next_verdict, "bmiAccessNextVerdict");
+    SYM(verdict_destination_is_default, "bmiVerdictDestinationIsDefault");
+    SYM(verdict_access_destination, "bmiVerdictAccessDestination");
+    SYM(create_str_from_verdict, "bmiCreateStrFromVerdict");
+    SYM(free_str, "bmiFreeStr");
+#undef SYM
+    *(void **)(&last_error) = dlsym(lib, "spamfilter_last_error");
+    return 0;
+}
+
+/* A failed call: what it was, where and what the library says; -1. */
+static int failed(const struct bmi_api *api, const char *call, BmiError e, char *err,
+                  size_t errlen)
+{
+    snprintf(err, errlen, "%s: error 0x%x (location %d, type %d): %s", call, (unsigned)e,
+             (int)api->error_get_location(e), (int)api->error_get_type(e),
+             last_error != NULL ? last_error() : "?");
+    return -1;
+}
+
+#define CALL(expr, name)                                                                    \
+    do {                                                                                    \
+        BmiError e_ = (expr);                                                               \
+        if (api->error_is_fatal(e_) == BMI_TRUE)                                            \
+            return failed(api, name, e_, err, errlen);                                      \
+    } while (0)
+
+/* The body of the 100 MiB message: the generator's CRLF text turned into LF, pushed in chunks
+ * of BMI_CHUNK. */
+static int push_generated(const struct bmi_api *api, BmiMessage *msg, struct gen *g, char *err,
+                          size_t errlen)
+{
+    unsigned char in[BMI_CHUNK];
+    char out[BMI_CHUNK];
+    size_t held = 0;
+    int cr = 0; /* a CR ended the last read */
+    for (;;) {
+        ptrdiff_t n = gen_read(g, in, sizeof in);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            if (cr && in[i] != '\n')
+                out[held++] = '\r';
+            cr = in[i] == '\r';
+            if (!cr)
+                out[held++] = (char)in[i];
+            if (held >= sizeof out - 1) { /* room for a CR held back */
+                CALL(api->accumulate_body(out, (int)held, msg), "bmiAccumulateBody");
+                held = 0;
+            }
+        }
+        if (n <= 0)
+            break;
+    }
+    if (cr)
+        out[held++] = '\r';
+    if (held > 0)
+        CALL(api->accumulate_body(out, (int)held, msg), "bmiAccumulateBody");
+    return 0;
+}
+
+/* The content: each header field in a call of its own, the body in chunks of BMI_CHUNK. */
+static int push_content(const struct bmi_api *api, BmiMessage *msg, const struct bmi_source *src,
+                        char *err, size_t errlen)
+{
+    const struct msgdef *m = src->msg;
+    size_t at = 0;
+    for (size_t i = 0; i < m->nfields; i++) {
+        CALL(api->accumulate_headers(m->lf + at, (int)(m->field_end[i] - at), msg),
+             "bmiAccumulateHeaders");
+        at = m->field_end[i];
+    }
+    CALL(api->end_headers(msg), "bmiEndHeaders");
+    if (src->gen != NULL) {
+        if (push_generated(api, msg, src->gen, err, errlen) != 0)
+            return -1;
+    } else {
+        for (at = m->lf_body; at < m->lf_len; at += BMI_CHUNK) {
+            size_t n = m->lf_len - at < BMI_CHUNK ? m->lf_len - at : BMI_CHUNK;
+            CALL(api->accumulate_body(m->lf + at, (int)n, msg), "bmiAccumulateBody");
+        }
+    }
+    CALL(api->end_body(msg), "bmiEndBody");
+    return 0;
+}
+
+/* The verdicts, as Exim takes them at end of message: each made a string (which it spools) and
+ * freed; the first checked. */
+static int take_verdicts(const struct bmi_api *api, BmiMessage *msg, int expect_edits, char *err,
+                         size_t errlen)
+{
+    const BmiVerdict *v = NULL;
+    CALL(api->access_first_verdict(msg, &v), "bmiAccessFirstVerdict");
+    if (v == NULL) {
+        snprintf(err, errlen, "bmiEndMessage left no verdict");
+        return -1;
+    }
+    const char *dest = api->verdict_access_destination(v);
+    if (expect_edits && (api->verdict_destination_is_default(v) == BMI_TRUE || dest == NULL ||
+                         strstr(dest, "DKIM-Signature") == NULL)) {
+        snprintf(err, errlen, "no DKIM-Signature in the verdict's destination");
+        return -1;
+    }
+    if (!expect_edits && api->verdict_destination_is_default(v) != BMI_TRUE) {
+        snprintf(err, errlen, "the verdict is not the default (destination %s)",
+                 dest != NULL ? dest : "NULL");
+        return -1;
+    }
+    while (v != NULL) {
+        char *text = NULL;
+        CALL(api->create_str_from_verdict(v, &text), "bmiCreateStrFromVerdict");
+        api->free_str(text);
+        CALL(api->access_next_verdict(msg, v, &v), "bmiAccessNextVerdict");
+    }
+    return 0;
+}
+
+/* The calls between bmiInitMessage and the verdicts. */
+static int push_message(const struct bmi_api *api, BmiMessage *msg, const struct bmi_source *src,
+                        int expect_edits, char *err, size_t errlen)
+{
+    CALL(api->process_connection(CLIENT_ADDR, msg), "bmiProcessConnection");
+    CALL(api->process_from(SENDER, msg), "bmiProcessFROM");
+    CALL(api->accumulate_to(RECIPIENT, NULL, msg), "bmiAccumulateTO");
+    CALL(api->end_to(msg), "bmiEndTO");
+    if (push_content(api, msg, src, err, errlen) != 0)
+        return -1;
+    CALL(api->end_message(msg), "bmiEndMessage");
+    return take_verdicts(api, msg, expect_edits, err, errlen);
+}
+
+int bmi_message(const struct bmi_api *api, const char *opt, const struct bmi_source *src,
+                int expect_edits, char *err, size_t errlen)
+{
+    BmiSystem *sys = NULL;
+    BmiError e = api->init_system(BMI_VERSION, opt, &sys);
+    if (api->error_is_fatal(e) == BMI_TRUE)
+        return failed(api, "bmiInitSystem", e, err, errlen);
+    BmiMessage *msg = NULL;
+    e = api->init_message(sys, &msg);
+    if (api->error_is_fatal(e) == BMI_TRUE) {
+        api->free_system(sys);
+        return failed(api, "bmiInitMessage", e, err, errlen);
+    }
+    int r = push_message(api, msg, src, expect_edits, err, errlen);
+    /* Exim leaves both on success; a bench that did so would leak per message. */
+    api->free_message(msg);
+    api->free_system(sys);
+    return r;
+}

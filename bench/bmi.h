@@ -1,0 +1,64 @@
+/*
+ * bmi: the library's other face, the Brightmail client API (include/bmi_api.h), driven as Exim
+ * drives it (Exim's bmi_spam.c; /work/shared/spec/bmi-interface.md §2 and §4): per message
+ * bmiInitSystem on the option file, bmiInitMessage, the client's address, the sender, each
+ * recipient, each header field in a call of its own, the body in chunks of 4 KB, bmiEndMessage,
+ * then each verdict made a string (bmiCreateStrFromVerdict, bmiFreeStr) as Exim saves it. The
+ * library is the same .so, its BMI names looked up with dlsym.
+ */
+#ifndef BENCH_BMI_H
+#define BENCH_BMI_H
+
+#include "bmi_api.h"
+#include "message.h"
+
+#include <stddef.h>
+
+/* Exim's body chunk: it reads its spool file 4096 bytes at a time. */
+#define BMI_CHUNK 4096
+
+/* The BMI entry points the bench calls. */
+struct bmi_api {
+    BmiBoolean (*error_is_fatal)(BmiError);
+    BmiErrorLocation (*error_get_location)(BmiError);
+    BmiErrorType (*error_get_type)(BmiError);
+    BmiError (*init_system)(int, const char *, BmiSystem **);
+    void (*free_system)(BmiSystem *);
+    BmiError (*init_message)(BmiSystem *, BmiMessage **);
+    void (*free_message)(BmiMessage *);
+    BmiError (*process_connection)(const char *, BmiMessage *);
+    BmiError (*process_from)(const char *, BmiMessage *);
+    BmiError (*accumulate_to)(const char *, BmiOptin *, BmiMessage *);
+    BmiError (*end_to)(BmiMessage *);
+    BmiError (*accumulate_headers)(const char *, int, BmiMessage *);
+    BmiError (*end_headers)(BmiMessage *);
+    BmiError (*accumulate_body)(const char *, int, BmiMessage *);
+    BmiError (*end_body)(BmiMessage *);
+    BmiError (*end_message)(BmiMessage *);
+    BmiError (*access_first_verdict)(BmiMessage *, const BmiVerdict **);
+    BmiError (*access_next_verdict)(BmiMessage *, const BmiVerdict *, const BmiVerdict **);
+    BmiBoolean (*verdict_destination_is_default)(const BmiVerdict *);
+    const char *(*verdict_access_destination)(const BmiVerdict *);
+    BmiError (*create_str_from_verdict)(const BmiVerdict *, char **);
+    void (*free_str)(char *);
+};
+
+/* The BMI names of the library at `path` (already loaded or not); 0, or -1 with the missing
+ * name in err (a library without the BMI face). */
+int bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen);
+
+/* The message source of one BMI message: the LF form of a message (message.h), or its header
+ * fields and the generator for the body (struct gen from the body's start, its CRLF text
+ * turned into LF as it is read: the 100 MiB message). */
+struct bmi_source {
+    const struct msgdef *msg;
+    struct gen *gen;
+};
+
+/* One message through the BMI calls, on the option file `opt`. Its verdict must be the
+ * default (deliver normally), or with expect_edits a string holding a DKIM-Signature. 0, or -1
+ * and why in err (the call, the error's location and type, and the library's last error). */
+int bmi_message(const struct bmi_api *api, const char *opt, const struct bmi_source *src,
+                int expect_edits, char *err, size_t errlen);
+
+#endif
