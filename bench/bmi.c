@@ -72,35 +72,15 @@ static int failed(const struct bmi_api *api, const char *call, BmiError e, char 
             return failed(api, name, e_, err, errlen);                                      \
     } while (0)
 
-/* The body of the 100 MiB message: the generator's CRLF text turned into LF, pushed in chunks
- * of BMI_CHUNK. */
+/* The body of the 100 MiB message, generated with LF line ends as it is pushed, BMI_CHUNK a
+ * call. */
 static int push_generated(const struct bmi_api *api, BmiMessage *msg, struct gen *g, char *err,
                           size_t errlen)
 {
-    unsigned char in[BMI_CHUNK];
-    char out[BMI_CHUNK];
-    size_t held = 0;
-    int cr = 0; /* a CR ended the last read */
-    for (;;) {
-        ptrdiff_t n = gen_read(g, in, sizeof in);
-        for (ptrdiff_t i = 0; i < n; i++) {
-            if (cr && in[i] != '\n')
-                out[held++] = '\r';
-            cr = in[i] == '\r';
-            if (!cr)
-                out[held++] = (char)in[i];
-            if (held >= sizeof out - 1) { /* room for a CR held back */
-                CALL(api->accumulate_body(out, (int)held, msg), "bmiAccumulateBody");
-                held = 0;
-            }
-        }
-        if (n <= 0)
-            break;
-    }
-    if (cr)
-        out[held++] = '\r';
-    if (held > 0)
-        CALL(api->accumulate_body(out, (int)held, msg), "bmiAccumulateBody");
+    char chunk[BMI_CHUNK];
+    ptrdiff_t n;
+    while ((n = gen_read_lf_body(g, (uint8_t *)chunk, sizeof chunk)) > 0)
+        CALL(api->accumulate_body(chunk, (int)n, msg), "bmiAccumulateBody");
     return 0;
 }
 

@@ -48,8 +48,8 @@ struct bmi_api {
 int bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen);
 
 /* The message source of one BMI message: the LF form of a message (message.h), or its header
- * fields and the generator for the body (struct gen from the body's start, its CRLF text
- * turned into LF as it is read: the 100 MiB message). */
+ * fields and the generator for an LF body of gen->total bytes (gen_read_lf_body: the 100 MiB
+ * message). */
 struct bmi_source {
     const struct msgdef *msg;
     struct gen *gen;

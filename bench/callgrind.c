@@ -1,5 +1,6 @@
 /* See callgrind.h: the messages that `make callgrind` measures. */
 #include "callgrind.h"
+#include "bmi.h"
 #include "run.h"
 #include "supervise.h"
 #include "util.h"
@@ -8,16 +9,26 @@
 #include <stdlib.h>
 
 /* Called by name from valgrind's command line: not static. */
-void callgrind_messages(struct target *t, const SpamfilterMessage *msg, int n, struct gen *g,
-                        int ideal, struct conn *c, const struct source *src, struct obuf *b);
+void callgrind_messages(struct target *t, const SpamfilterMessage *msg,
+                        const struct bmi_source *bsrc, int n, struct gen *g, int ideal,
+                        struct conn *c, const struct source *src, struct obuf *b);
+
+/* One library message: through the BMI face if the target has it, else spamfilter_filter. */
+static int library_one(const struct target *t, const SpamfilterMessage *msg,
+                       const struct bmi_source *bsrc, char *err, size_t errlen)
+{
+    if (t->bmi != NULL)
+        return bmi_message(t->bmi, t->opt, bsrc, t->expect_edits, err, errlen);
+    return lib_message(t, msg, err, errlen);
+}
 
 /* The messages that `make callgrind` measures: collected by this function's name
  * (valgrind --toggle-collect), so set-up, warm-up and the Milter's start are not counted. By
  * default the library's; with --ideal the ideal client's, for the floor to compare with. */
 __attribute__((noinline)) void callgrind_messages(struct target *t, const SpamfilterMessage *msg,
-                                                  int n, struct gen *g, int ideal,
-                                                  struct conn *c, const struct source *src,
-                                                  struct obuf *b)
+                                                  const struct bmi_source *bsrc, int n,
+                                                  struct gen *g, int ideal, struct conn *c,
+                                                  const struct source *src, struct obuf *b)
 {
     char err[256];
     for (int i = 0; i < n; i++) {
@@ -27,7 +38,7 @@ __attribute__((noinline)) void callgrind_messages(struct target *t, const Spamfi
             char final = 0;
             if (ideal_message(c, t->port, src, b, t->reuse > 0, NULL, &final) != 0)
                 die("callgrind run: ideal client: conversation failed");
-        } else if (lib_message(t, msg, err, sizeof err) != 0) {
+        } else if (library_one(t, msg, bsrc, err, sizeof err) != 0) {
             die("callgrind run: %s", err);
         }
     }
@@ -35,7 +46,8 @@ __attribute__((noinline)) void callgrind_messages(struct target *t, const Spamfi
 
 /* N messages of BYTES (default 2048; generated and streamed through the read callback above
  * 1 MiB) to the no-op Milter (or opendkim), 1 thread; with CONNECTION_REUSE=16 (and the ideal
- * client reusing its connection); by the ideal client instead of the library. */
+ * client reusing its connection); through the BMI face (and the ideal client holding its
+ * conversation); by the ideal client instead of the library. */
 int callgrind_main(const struct callgrind_case *k, const char *lib, const char *noop)
 {
     int n = k->n, noreply = k->noreply, reuse = k->reuse, ideal = k->ideal, dkim = k->dkim;
@@ -54,16 +66,28 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
         start_noop(noop, noreply ? "noreply" : "reply", port);
     }
     struct target t = {.name = name, .port = port, .reuse = reuse ? 16 : 0, .expect_edits = dkim};
-    t.h = open_handle(name, port, t.reuse, NULL);
+    t.h = open_handle(name, port, t.reuse, &t.opt);
+    struct bmi_api bapi;
+    if (k->bmi) {
+        char why[256];
+        if (bmi_load(lib, &bapi, why, sizeof why) != 0)
+            die("--bmi: %s", why);
+        t.bmi = &bapi;
+        t.env = &bmi_env;
+    }
     SpamfilterMessage msg = envelope();
     struct msgdef m = {0};
     struct gen g = {.total = size};
     int stream = size > (1u << 20);
-    struct source src = {0};
+    struct source src = {.env = t.env};
+    struct msgdef hdr = {0}; /* the header section alone, for the BMI face when streaming */
+    struct bmi_source bsrc = {.msg = &m};
     if (stream) {
         msg.read = gen_read;
         msg.read_ctx = &g;
         src.gen = &g;
+        make_message(&hdr, "header", 0);
+        bsrc = (struct bmi_source){.msg = &hdr, .gen = &g};
     } else {
         make_message(&m, "msg", size);
         msg.data = m.data;
@@ -77,20 +101,22 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
     for (int i = 0; i < 10 && !stream; i++) { /* warm-up, outside the collected function */
         char final = 0;
         if (ideal ? ideal_message(&c, port, &src, &b, t.reuse > 0, NULL, &final) != 0
-                  : lib_message(&t, &msg, err, sizeof err) != 0)
+                  : library_one(&t, &msg, &bsrc, err, sizeof err) != 0)
             die("callgrind warm-up: %s", ideal ? "ideal client failed" : err);
     }
     uint64_t t0 = now_ns();
-    callgrind_messages(&t, &msg, n, stream ? &g : NULL, ideal, &c, &src, &b);
-    printf("callgrind case: %s, %zu bytes%s, 1 thread, %s%s, %d messages in %.1f s (under "
+    callgrind_messages(&t, &msg, &bsrc, n, stream ? &g : NULL, ideal, &c, &src, &b);
+    printf("callgrind case: %s, %zu bytes%s, 1 thread, %s%s%s, %d messages in %.1f s (under "
            "valgrind)\n",
            name, size, stream ? " (streamed)" : "", ideal ? "ideal client" : "library",
-           reuse ? ", connection reused" : "", n, (double)(now_ns() - t0) / 1e9);
+           k->bmi ? ", BMI face" : "", reuse ? ", connection reused" : "", n,
+           (double)(now_ns() - t0) / 1e9);
     printf("messages: %d\n", n);
     if (c.fd >= 0)
         ideal_close(&c, &b);
     free(b.p);
     api.close(t.h);
     free_message(&m);
+    free_message(&hdr);
     return 0;
 }

@@ -9,11 +9,11 @@
 
 #include <stddef.h>
 
-/* --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] [--ideal]. */
+/* --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] [--bmi] [--ideal]. */
 struct callgrind_case {
     int n;
     size_t size;
-    int noreply, dkim, reuse, ideal;
+    int noreply, dkim, reuse, bmi, ideal;
 };
 int callgrind_main(const struct callgrind_case *k, const char *lib, const char *noop);
 

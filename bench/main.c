@@ -6,7 +6,8 @@
  *
  *   bench [--quick] [--scale F] [--only TEXT] LIBRARY NOOP_MILTER   the whole benchmark
  *   bench --aa ...                 the same with the ideal client on both sides: the noise floor
- *   bench --callgrind N [--size B] [--noreply | --opendkim] [--reuse] [--ideal] LIBRARY NOOP_MILTER
+ *   bench --callgrind N [--size B] [--noreply | --opendkim] [--reuse] [--bmi] [--ideal]
+ *         LIBRARY NOOP_MILTER
  *                                                        N messages only (make callgrind)
  *   bench --callgrind-report CALLGRIND_OUT MESSAGES OBJECT   instructions per message by object
  *
@@ -41,7 +42,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench [--quick] [--scale F] [--only TEXT] [--aa] LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] "
-                    "[--ideal] LIBRARY NOOP_MILTER\n"
+                    "[--bmi] [--ideal] LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind-report CALLGRIND_OUT MESSAGES OBJECT\n");
     exit(2);
 }
@@ -330,7 +331,7 @@ int main(int argc, char **argv)
         const char *name;
         int *flag;
     } switches[] = {{"--noreply", &cg.noreply}, {"--reuse", &cg.reuse}, {"--ideal", &cg.ideal},
-                    {"--opendkim", &cg.dkim},   {"--aa", &aa}};
+                    {"--opendkim", &cg.dkim},   {"--bmi", &cg.bmi},     {"--aa", &aa}};
     while (argi < argc && strncmp(argv[argi], "--", 2) == 0) {
         size_t sw = 0;
         while (sw < sizeof switches / sizeof switches[0] && strcmp(argv[argi], switches[sw].name))

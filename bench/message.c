@@ -25,11 +25,17 @@ static const char body_line[LINE_LEN + 1] =
 /* A run of whole lines longer than any chunk, so that any line offset starts a long run. */
 #define PATTERN_LINES 830
 static unsigned char pattern[LINE_LEN * PATTERN_LINES];
+/* The same lines with LF ends, as a BMI caller holds a body. */
+#define LF_LINE_LEN (LINE_LEN - 1)
+static unsigned char pattern_lf[LF_LINE_LEN * PATTERN_LINES];
 
 void message_setup(void)
 {
-    for (int i = 0; i < PATTERN_LINES; i++)
+    for (int i = 0; i < PATTERN_LINES; i++) {
         memcpy(pattern + (size_t)i * LINE_LEN, body_line, LINE_LEN);
+        memcpy(pattern_lf + (size_t)i * LF_LINE_LEN, body_line, LF_LINE_LEN - 1);
+        pattern_lf[(size_t)i * LF_LINE_LEN + LF_LINE_LEN - 1] = '\n';
+    }
 }
 
 /* The LF form of m->data, and its header fields' ends. */
@@ -115,6 +121,25 @@ ptrdiff_t gen_read(void *ctx, uint8_t *buf, size_t len)
         if (n > want)
             n = want;
         memcpy(buf + done, pattern + off, n);
+        g->pos += n;
+        done += n;
+    }
+    return (ptrdiff_t)done;
+}
+
+ptrdiff_t gen_read_lf_body(struct gen *g, uint8_t *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len && g->pos < g->total) {
+        uint64_t left = g->total - g->pos;
+        size_t want = len - done;
+        if (want > left)
+            want = (size_t)left;
+        size_t off = (size_t)(g->pos % LF_LINE_LEN);
+        size_t n = sizeof pattern_lf - off;
+        if (n > want)
+            n = want;
+        memcpy(buf + done, pattern_lf + off, n);
         g->pos += n;
         done += n;
     }

@@ -51,6 +51,8 @@ struct gen {
 };
 /* The library's read callback (SpamfilterReadFn) over a struct gen. */
 ptrdiff_t gen_read(void *ctx, uint8_t *buf, size_t len);
+/* The body alone, with LF line ends (as a BMI caller pushes it): `total` bytes. */
+ptrdiff_t gen_read_lf_body(struct gen *g, uint8_t *buf, size_t len);
 
 /* The envelope above as the library's C struct, without content. */
 SpamfilterMessage envelope(void);

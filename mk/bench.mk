@@ -6,7 +6,8 @@ NOOP_MILTER    := build/noop_milter
 # Extra arguments for the bench: `make bench BENCH_ARGS=--quick` (a fifth of the messages).
 BENCH_ARGS     ?=
 CALLGRIND_MSGS ?= 200
-# e.g. CALLGRIND_ARGS="--size 10485760 --noreply": one size (streamed above 1 MiB), NR_* Milter.
+# e.g. CALLGRIND_ARGS="--size 10485760 --noreply": one size (streamed above 1 MiB), NR_* Milter;
+# --bmi: through the BMI face.
 CALLGRIND_ARGS ?=
 CALLGRIND_OUT  := build/callgrind.out
 
