@@ -16,6 +16,7 @@ pub mod logging;
 pub mod message;
 pub mod net;
 pub mod protocol;
+pub mod push;
 pub mod resolve;
 pub mod resume;
 pub mod scan;
@@ -25,7 +26,8 @@ pub mod verdict;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Filtered, Handle};
-pub use message::{Content, Envelope, Recipient};
+pub use message::{Client, Content, Envelope, Recipient};
+pub use push::Message;
 pub use verdict::{Verdict, VerdictKind};
 
 /// What the unit tests of several modules share.
