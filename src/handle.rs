@@ -283,6 +283,11 @@ impl Handle {
         &self.config
     }
 
+    /// How this handle writes verdicts (the BMI face builds per-recipient ones with it).
+    pub fn verdict_options(&self) -> &VerdictOptions {
+        &self.verdict_options
+    }
+
     /// Runs one complete Milter conversation for one message and builds the verdict.
     pub fn filter(&self, envelope: &Envelope, content: Content<'_>) -> Result<Filtered> {
         self.log.run(|| self.filter_logged(envelope, content, None))

@@ -8,6 +8,7 @@
 //! 4. `verdict` turns the Milter's decisions into a Sieve scriptlet, a deferral or nothing;
 //! 5. `ffi` hands that back to the MTA.
 
+pub mod bmi;
 pub mod config;
 pub mod error;
 pub mod ffi;
