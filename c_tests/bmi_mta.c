@@ -12,7 +12,8 @@
  *
  * usage: bmi_mta LIBRARY OPTION_FILE MESSAGE_FILE [--ip IP] [--from ADDR] [--to ADDR]...
  *                [--optin VALUES] [--chunk N] [--repeat N] [--body-mb N] [--rss]
- *   --body-mb N   the body is N MiB of generated lines instead of the file's body
+ *   --body-mb N   the body is N MiB of generated 64-byte lines (LF) instead of the file's body
+ *   --swap FILE   after the first message, FILE's text replaces the option file's (in place)
  *   --rss         print the growth of the peak resident size (getrusage ru_maxrss) between
  *                 the end of the header and bmiEndMessage: "rss_growth_kb K"
  *
@@ -29,27 +30,12 @@
 #define _GNU_SOURCE
 #include "bmi_api.h"
 
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
-/* Every BMI function, looked up by name as an MTA does. */
-#define BMI_FUNCTIONS(X)                                                                         \
-    X(bmiErrorIsFatal) X(bmiErrorGetLocation) X(bmiErrorGetType) X(bmiInitSystem)                \
-    X(bmiFreeSystem) X(bmiInitMessage) X(bmiFreeMessage) X(bmiProcessConnection)                 \
-    X(bmiProcessFROM) X(bmiAccumulateTO) X(bmiEndTO) X(bmiAccumulateHeaders) X(bmiEndHeaders)    \
-    X(bmiAccumulateBody) X(bmiEndBody) X(bmiEndMessage) X(bmiOptinInit) X(bmiOptinMset)          \
-    X(bmiOptinFree) X(bmiAccessFirstVerdict) X(bmiAccessNextVerdict) X(bmiCreateStrFromVerdict)  \
-    X(bmiFreeStr) X(bmiCreateVerdictFromStr) X(bmiFreeVerdict) X(bmiCreateOldStrFromVerdict)     \
-    X(bmiVerdictError) X(bmiVerdictDestinationIsDefault) X(bmiVerdictAccessDestination)          \
-    X(bmiVerdictRuleFired) X(bmiVerdictAccessFirstRecipient) X(bmiVerdictAccessNextRecipient)    \
-    X(bmiRecipientAccessAddress)
-
-#define DECLARE(name) static __typeof__(&name) p_##name;
-BMI_FUNCTIONS(DECLARE)
-static const char *(*p_last_error)(void);
+#include "bmi_load.h"
 
 static int failed_checks;
 
@@ -62,23 +48,6 @@ static int failed_checks;
             failed_checks++;                                                                     \
         }                                                                                        \
     } while (0)
-
-static void load(const char *path) {
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "bmi_mta: dlopen %s: %s\n", path, dlerror());
-        exit(2);
-    }
-#define LOOKUP(name)                                                                             \
-    *(void **)(&p_##name) = dlsym(lib, #name);                                                   \
-    if (!p_##name) {                                                                             \
-        fprintf(stderr, "bmi_mta: %s does not export %s\n", path, #name);                        \
-        exit(1);                                                                                 \
-    }
-    BMI_FUNCTIONS(LOOKUP)
-    *(void **)(&p_last_error) = dlsym(lib, "spamfilter_last_error");
-    /* The library stays loaded for the process, as in an MTA. */
-}
 
 static void print_escaped(const char *s) {
     for (; *s; s++) {
@@ -96,7 +65,7 @@ static int fatal(const char *call, BmiError err) {
     if (p_bmiErrorIsFatal(err) != BMI_TRUE)
         return 0;
     printf("fatal %s %d %d ", call, (int)p_bmiErrorGetLocation(err), (int)p_bmiErrorGetType(err));
-    print_escaped(p_last_error ? p_last_error() : "");
+    print_escaped(p_last_error());
     putchar('\n');
     return 1;
 }
@@ -109,6 +78,7 @@ struct options {
     int repeat;
     long body_mb;
     int rss;
+    const char *swap;
 };
 
 static long maxrss_kb(void) {
@@ -197,7 +167,7 @@ static size_t body_chunk(const struct message *m, const struct options *o, size_
     }
     size_t total = (size_t)o->body_mb << 20, left = total - offset;
     size_t len = left < o->chunk ? left : o->chunk;
-    static const char line[] = "a line of generated body text, 64 bytes long, ending in LF..\n";
+    static const char line[] = "a line of generated body text, 64 bytes long, ending in LF.....\n";
     for (size_t i = 0; i < len; i++)
         buf[i] = line[(offset + i) % (sizeof line - 1)];
     return len;
@@ -262,6 +232,18 @@ static void show_verdicts(BmiMessage *message) {
         }
         p_bmiFreeStr(s);
     }
+}
+
+/* `to` gets the bytes of `from`, written in place (same inode): a changed option file. */
+static void copy_file(const char *from, const char *to) {
+    size_t n;
+    char *text = read_file(from, &n);
+    FILE *f = fopen(to, "wb");
+    if (!f || fwrite(text, 1, n, f) != n || fclose(f) != 0) {
+        perror(to);
+        exit(2);
+    }
+    free(text);
 }
 
 /* One message, Exim's way. */
@@ -352,6 +334,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--repeat")) o.repeat = atoi(v), i++;
         else if (!strcmp(a, "--body-mb")) o.body_mb = atol(v), i++;
         else if (!strcmp(a, "--rss")) o.rss = 1;
+        else if (!strcmp(a, "--swap")) o.swap = v, i++;
         else {
             fprintf(stderr, "bmi_mta: unknown option %s\n", a);
             return 2;
@@ -361,12 +344,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bmi_mta: --chunk must be positive, and at least one --to given\n");
         return 2;
     }
-    load(argv[1]);
+    bmi_load(argv[1]);
     struct message m = parse_message(argv[3]);
     for (int n = 0; n < o.repeat; n++) {
         printf("message %d\n", n);
         one_message(argv[2], &m, &o);
         fflush(stdout);
+        if (n == 0 && o.swap)
+            copy_file(o.swap, argv[2]);
     }
     free(m.text);
     free(m.fields);
