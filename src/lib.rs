@@ -9,12 +9,14 @@
 //! 5. `ffi` hands that back to the MTA.
 
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod ffi;
 pub mod handle;
 pub mod logging;
 pub mod message;
 pub mod net;
+pub mod outcome;
 pub mod protocol;
 pub mod push;
 pub mod resolve;
