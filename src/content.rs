@@ -575,3 +575,255 @@ impl BodyCrlf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MAX_DATA_LEN;
+
+    /// A reader that hands out at most `step` bytes per call, to cut lines and CRLFs anywhere.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.data.len().min(self.step).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn chunks_from(mut reader: ContentReader<'_>, start: Vec<u8>, max: usize) -> Vec<Vec<u8>> {
+        let mut body = BodyCrlf::default();
+        let mut chunks = Vec::new();
+        let mut start = &start[..];
+        loop {
+            let mut chunk = Vec::new();
+            let (used, _) = body.fill_from(start, &mut chunk, max);
+            start = &start[used..];
+            let more =
+                !start.is_empty() || body.fill_from_reader(&mut reader, &mut chunk, max).unwrap();
+            if !chunk.is_empty() {
+                chunks.push(chunk);
+            }
+            if !more {
+                break;
+            }
+        }
+        chunks
+    }
+
+    /// The body's chunks, read in place and through callbacks of several step sizes, which
+    /// must all agree.
+    fn body_of(input: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let in_place = chunks_from(ContentReader::new(Content::Buffer(input)), Vec::new(), max);
+        for step in [1, 3, 64, 1 << 20] {
+            let mut t = Trickle { data: input, step };
+            let streamed =
+                chunks_from(ContentReader::new(Content::Reader(&mut t)), Vec::new(), max);
+            assert_eq!(
+                streamed.concat(),
+                in_place.concat(),
+                "step {step}, max {max}"
+            );
+            assert!(
+                streamed.iter().all(|c| c.len() <= max),
+                "step {step}, max {max}"
+            );
+        }
+        in_place
+    }
+
+    /// The whole header section, as the driver reads it: the bytes that start the body.
+    fn read_header_section(r: &mut ContentReader<'_>, fields: &mut HeaderSection) -> Vec<u8> {
+        loop {
+            match r.header_line(fields).unwrap() {
+                HeaderLine::End => return Vec::new(),
+                HeaderLine::BodyStarts(b) => return b,
+                HeaderLine::NewField | HeaderLine::Folded => {}
+            }
+        }
+    }
+
+    #[test]
+    fn body_gets_crlf_line_ends_and_keeps_existing_ones() {
+        let chunks = body_of(b"a\nb\r\nc", 100);
+        assert_eq!(chunks.concat(), b"a\r\nb\r\nc");
+        assert_eq!(
+            body_of(b"\n\n\r\n\r\r\n", 100).concat(),
+            b"\r\n\r\n\r\n\r\r\n"
+        );
+    }
+
+    #[test]
+    fn body_chunks_never_exceed_the_limit_nor_split_a_crlf_badly() {
+        let input: Vec<u8> = b"0123456\n".repeat(1000);
+        for max in [2usize, 3, 5, 7, 8, 9, 10, 64, 65535] {
+            let chunks = body_of(&input, max);
+            assert!(chunks.iter().all(|c| c.len() <= max), "max {max}");
+            assert_eq!(chunks.concat(), b"0123456\r\n".repeat(1000), "max {max}");
+        }
+    }
+
+    #[test]
+    fn body_cr_at_chunk_boundary_is_not_doubled() {
+        let input = b"abc\r\ndef\r\n".repeat(50);
+        for max in 2..20 {
+            assert_eq!(body_of(&input, max).concat(), input, "max {max}");
+        }
+    }
+
+    /// A body streamed through a callback of random read sizes into one write buffer that is
+    /// cleared between chunks, as a conversation's is when it writes: the bytes read straight
+    /// into the buffer, the bare LFs found there and handed back, and the buffer's reuse from
+    /// chunk to chunk all give what a byte-by-byte conversion gives.
+    #[test]
+    fn body_streamed_into_a_reused_buffer_matches_a_plain_conversion() {
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15u64);
+        struct Random<'a, F: FnMut() -> u64> {
+            data: &'a [u8],
+            next: F,
+        }
+        impl<F: FnMut() -> u64> Read for Random<'_, F> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let step = match (self.next)() % 4 {
+                    0 => 1 + (self.next)() as usize % 7,
+                    1 => 1 + (self.next)() as usize % 5000,
+                    _ => usize::MAX,
+                };
+                let n = self.data.len().min(step).min(buf.len());
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                Ok(n)
+            }
+        }
+        for case in 0..300 {
+            let len = next() as usize % if case % 10 == 0 { 300_000 } else { 3000 };
+            let bare_every = 1 + next() % 400;
+            let input: Vec<u8> = (0..len)
+                .map(|_| match next() % (bare_every * 8) {
+                    0 => b'\n',
+                    1..=8 => b'\r',
+                    _ => b'x',
+                })
+                .flat_map(|b| {
+                    if b == b'x' {
+                        b"ab\r\n".to_vec()
+                    } else {
+                        vec![b]
+                    }
+                })
+                .take(len)
+                .collect();
+            let mut want = Vec::with_capacity(input.len() * 2);
+            let mut prev = 0u8;
+            for &b in &input {
+                if b == b'\n' && prev != b'\r' {
+                    want.push(b'\r');
+                }
+                want.push(b);
+                prev = b;
+            }
+            let max = match next() % 3 {
+                0 => 2 + next() as usize % 20,
+                1 => 2 + next() as usize % 70_000,
+                _ => MAX_DATA_LEN,
+            };
+            let mut source = Random {
+                data: &input,
+                next: &mut next,
+            };
+            let mut reader = ContentReader::new(Content::Reader(&mut source));
+            let mut body = BodyCrlf::default();
+            let mut out = Vec::new();
+            let mut got = Vec::new();
+            loop {
+                // A packet header before each chunk, as in a conversation.
+                out.extend_from_slice(b"HDR");
+                let more = body
+                    .fill_from_reader(&mut reader, &mut out, 3 + max)
+                    .unwrap();
+                assert!(out.len() <= 3 + max, "case {case}: chunk over {max}");
+                got.extend_from_slice(&out[3..]);
+                out.clear();
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "case {case}: len {len}, max {max}");
+        }
+    }
+
+    #[test]
+    fn body_long_lines_and_8bit_bytes_pass_whole() {
+        let mut input = vec![0xa6u8; 200_000];
+        input.extend_from_slice(b"\nend");
+        let chunks = body_of(&input, MAX_DATA_LEN);
+        assert!(chunks.iter().all(|c| c.len() <= MAX_DATA_LEN));
+        let mut want = vec![0xa6u8; 200_000];
+        want.extend_from_slice(b"\r\nend");
+        assert_eq!(chunks.concat(), want);
+    }
+
+    #[test]
+    fn header_section_parses_folds_and_finds_the_body() {
+        let msg = b"Subject: hi\r\n there\r\nX-A:b\n\nbody\n";
+        for step in [1usize, 2, 5, 1000] {
+            let mut t = Trickle { data: msg, step };
+            let mut r = ContentReader::new(Content::Reader(&mut t));
+            let mut fields = HeaderSection::default();
+            let start = read_header_section(&mut r, &mut fields);
+            let h = fields.to_headers();
+            assert_eq!(h.len(), 2);
+            assert_eq!(h[0].name, b"Subject");
+            assert_eq!(h[0].value, b" hi\n there");
+            assert_eq!(h[1].value, b"b");
+            assert!(start.is_empty());
+            assert_eq!(chunks_from(r, start, 100).concat(), b"body\r\n");
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_no_header_starts_the_body() {
+        let msg = b"Subject: x\nthis is text\nmore\n";
+        let mut r = ContentReader::new(Content::Buffer(msg));
+        let mut fields = HeaderSection::default();
+        let start = read_header_section(&mut r, &mut fields);
+        assert_eq!(fields.to_headers().len(), 1);
+        assert_eq!(start, b"this is text\n");
+        assert_eq!(
+            chunks_from(r, start, 1000).concat(),
+            b"this is text\r\nmore\r\n"
+        );
+    }
+
+    /// A field pushed whole parses as the same field read from a message; a line that does not
+    /// continue it, or a first line without a name, is refused by name and leaves nothing.
+    #[test]
+    fn pushed_fields_parse_as_read_ones() {
+        let mut pushed = HeaderSection::default();
+        pushed.push_field(b"Subject: hi\r\n there\r\n").unwrap();
+        pushed.push_field(b"X-A:b\n").unwrap();
+        pushed.push_field(b"X-End: no line end").unwrap();
+        let mut read = HeaderSection::default();
+        let mut r = ContentReader::new(Content::Buffer(
+            b"Subject: hi\r\n there\r\nX-A:b\nX-End: no line end\r\n\r\n",
+        ));
+        assert!(read_header_section(&mut r, &mut read).is_empty());
+        assert_eq!(pushed.to_headers(), read.to_headers());
+        for bad in [
+            &b"no colon\r\n"[..],
+            b": empty name\n",
+            b"A: b\nC: d\n",
+            b"",
+        ] {
+            let e = pushed.push_field(bad).expect_err("a malformed field");
+            assert_eq!(e.kind, crate::ErrorKind::Message);
+            assert!(e.message.starts_with("header field \""), "{e}");
+            assert_eq!(pushed.len(), 3, "{e}");
+        }
+    }
+}

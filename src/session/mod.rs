@@ -1210,3 +1210,395 @@ impl<'m, S: Timeouts> Pushes<'m> for Direct<'m, '_, S> {
         self.conv.decided()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{self, Read, Write};
+    use std::time::Duration;
+
+    /// A stream that records what the session does with it: writes, reads and quick-ACK.
+    struct Recording {
+        inner: std::os::unix::net::UnixStream,
+        events: Vec<&'static str>,
+    }
+
+    impl Read for Recording {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.events.push("read");
+            self.inner.read(buf)
+        }
+    }
+
+    impl Write for Recording {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.events.push("write");
+            self.inner.write_all(buf).map(|()| buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for Recording {
+        fn set_read_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+            self.inner.set_read_timeout(Some(timeout))
+        }
+        fn set_write_timeout_to(&mut self, timeout: Duration) -> io::Result<()> {
+            self.inner.set_write_timeout(Some(timeout))
+        }
+        fn quickack(&mut self) {
+            self.events.push("quickack");
+        }
+    }
+
+    /// One message against a scripted Milter that negotiates `actions` and asks for nothing
+    /// but end of message, where it sends `eom` (packets: command, data) and then CONTINUE.
+    /// Returns what the session did with its stream.
+    fn events_at_eom(actions: u32, eom: &[(u8, &'static [u8])]) -> Vec<&'static str> {
+        let (ours, mut milter) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let eom: Vec<(u8, &'static [u8])> = eom.to_vec();
+        let script = std::thread::spawn(move || {
+            let packet = |cmd: u8, data: &[u8]| {
+                let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+                p.push(cmd);
+                p.extend_from_slice(data);
+                p
+            };
+            let read = |m: &mut std::os::unix::net::UnixStream| -> Option<u8> {
+                let mut len = [0u8; 4];
+                m.read_exact(&mut len).ok()?;
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                m.read_exact(&mut body).ok()?;
+                Some(body[0])
+            };
+            let nothing_but_eom = SMFIP_NOCONNECT
+                | SMFIP_NOHELO
+                | SMFIP_NOMAIL
+                | SMFIP_NORCPT
+                | SMFIP_NOBODY
+                | SMFIP_NOHDRS
+                | SMFIP_NOEOH
+                | SMFIP_NOUNKNOWN
+                | SMFIP_NODATA;
+            while let Some(cmd) = read(&mut milter) {
+                let reply = match cmd {
+                    SMFIC_OPTNEG => {
+                        let mut d = Vec::new();
+                        for v in [6, actions, nothing_but_eom] {
+                            d.extend_from_slice(&v.to_be_bytes());
+                        }
+                        packet(SMFIC_OPTNEG, &d)
+                    }
+                    SMFIC_BODYEOB => {
+                        for (cmd, data) in &eom {
+                            milter.write_all(&packet(*cmd, data)).unwrap();
+                        }
+                        packet(SMFIR_CONTINUE, &[])
+                    }
+                    _ => continue,
+                };
+                milter.write_all(&reply).unwrap();
+            }
+        });
+        let config = Config::with_host_port("127.0.0.1", 1);
+        let env = Envelope {
+            sender: b"a@example.org".to_vec(),
+            ..Envelope::default()
+        };
+        let mut stream = Recording {
+            inner: ours,
+            events: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let timeouts = SocketTimeouts {
+            read: None,
+            write: None,
+        };
+        let content = Content::Buffer(b"Subject: t\r\n\r\nbody\r\n");
+        run(
+            &config,
+            &mut stream,
+            "test",
+            &env,
+            content,
+            deadline,
+            None,
+            None,
+            false,
+            timeouts,
+        )
+        .expect("the conversation");
+        drop(stream.inner);
+        script.join().expect("the scripted Milter");
+        stream.events
+    }
+
+    #[test]
+    fn quick_ack_before_end_of_message_replies_only_when_edits_may_come_first() {
+        let header: &[u8] = b"X-Test\0yes\0";
+        // Allowed to edit: set before the first reply is read, as edits come first.
+        let e = events_at_eom(SMFIF_ADDHDRS, &[(SMFIR_ADDHEADER, header)]);
+        assert_eq!(e[..4], ["write", "read", "write", "quickack"], "{e:?}");
+        assert_eq!(e.iter().filter(|&&x| x == "quickack").count(), 1, "{e:?}");
+        // Allowed no edit, one final reply: no call at all.
+        let e = events_at_eom(0, &[]);
+        assert!(!e.contains(&"quickack"), "{e:?}");
+        // Allowed no edit, but a PROGRESS comes first: set once that packet is in.
+        let e = events_at_eom(0, &[(SMFIR_PROGRESS, b"")]);
+        let at = e
+            .iter()
+            .position(|&x| x == "quickack")
+            .expect("quick-ACK set");
+        assert_eq!(e[..at], ["write", "read", "write", "read"], "{e:?}");
+        assert_eq!(e.iter().filter(|&&x| x == "quickack").count(), 1, "{e:?}");
+    }
+
+    #[test]
+    fn percent_unescape() {
+        assert_eq!(unescape_percent(b"550 100%% sure"), b"550 100% sure");
+        assert_eq!(unescape_percent(b"%%%%"), b"%%");
+    }
+
+    /// An in-memory Milter for the push tests: it answers OPTNEG with `protocol` (and every
+    /// action), CONTINUE to each command the protocol bits leave a reply for, and an ADDHEADER
+    /// then CONTINUE to end of message; one reply packet per read. It records what it was sent.
+    struct Answering {
+        protocol: u32,
+        written: Vec<u8>,
+        parsed: usize,
+        replies: std::collections::VecDeque<Vec<u8>>,
+    }
+
+    impl Answering {
+        fn new(protocol: u32) -> Answering {
+            Answering {
+                protocol,
+                written: Vec::new(),
+                parsed: 0,
+                replies: Default::default(),
+            }
+        }
+
+        fn reply(&mut self, cmd: u8, data: &[u8]) {
+            let mut p = Vec::new();
+            protocol::encode_packet(&mut p, cmd, &[data]);
+            self.replies.push_back(p);
+        }
+
+        /// Queues the replies to the command `cmd` just received.
+        fn answer(&mut self, cmd: u8) {
+            let silent = |bit: u32| self.protocol & bit != 0;
+            let continues = match cmd {
+                SMFIC_OPTNEG => {
+                    let mut d = Vec::new();
+                    for v in [6, OFFERED_ACTIONS, self.protocol] {
+                        d.extend_from_slice(&v.to_be_bytes());
+                    }
+                    return self.reply(SMFIC_OPTNEG, &d);
+                }
+                SMFIC_BODYEOB => {
+                    self.reply(SMFIR_ADDHEADER, b"X-Pushed\0yes\0");
+                    true
+                }
+                SMFIC_CONNECT => !silent(SMFIP_NR_CONN),
+                SMFIC_HELO => !silent(SMFIP_NR_HELO),
+                SMFIC_MAIL => !silent(SMFIP_NR_MAIL),
+                SMFIC_RCPT => !silent(SMFIP_NR_RCPT),
+                SMFIC_DATA => !silent(SMFIP_NR_DATA),
+                SMFIC_HEADER => !silent(SMFIP_NR_HDR),
+                SMFIC_EOH => !silent(SMFIP_NR_EOH),
+                SMFIC_BODY => !silent(SMFIP_NR_BODY),
+                _ => false,
+            };
+            if continues {
+                self.reply(SMFIR_CONTINUE, &[]);
+            }
+        }
+    }
+
+    impl Read for Answering {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(p) = self.replies.pop_front() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            buf[..p.len()].copy_from_slice(&p);
+            Ok(p.len())
+        }
+    }
+
+    impl Write for Answering {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            while self.written.len() >= self.parsed + 5 {
+                let at = self.parsed;
+                let len = u32::from_be_bytes(self.written[at..at + 4].try_into().unwrap());
+                let end = at + 4 + len as usize;
+                if self.written.len() < end {
+                    break;
+                }
+                self.parsed = end;
+                self.answer(self.written[at + 4]);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for Answering {
+        fn set_read_timeout_to(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_write_timeout_to(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const FIELDS: [&[u8]; 3] = [
+        b"From: a@example.org\n",
+        b"Subject: folded\r\n  over two lines\n",
+        b"X-Empty:\r\n",
+    ];
+
+    fn pushed_envelope() -> Envelope {
+        Envelope {
+            client_name: Some(b"client.example".to_vec()),
+            client_addr: Some("192.0.2.7".parse().unwrap()),
+            client_port: 4000,
+            helo: Some(b"helo.example".to_vec()),
+            sender: b"a@example.org".to_vec(),
+            mail_args: vec![b"SIZE=10".to_vec()],
+            recipients: vec![
+                crate::Recipient::new(b"b@example.net".to_vec()),
+                crate::Recipient::new(b"c@example.net".to_vec()),
+            ],
+            macros: vec![(b"i".to_vec(), b"Q1".to_vec())],
+        }
+    }
+
+    /// A body of LF and CRLF lines, longer than one BODY packet.
+    fn pushed_body() -> Vec<u8> {
+        let mut body = Vec::new();
+        for i in 0..9000 {
+            body.extend_from_slice(format!("line {i}\n").as_bytes());
+            body.extend_from_slice(b"crlf line\r\n");
+        }
+        body
+    }
+
+    /// The whole message through `run`, as `spamfilter_filter` hands it over.
+    fn whole(protocol: u32, message: &[u8]) -> (Vec<u8>, Outcome) {
+        let config = Config::with_host_port("127.0.0.1", 1);
+        let mut milter = Answering::new(protocol);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ended = run(
+            &config,
+            &mut milter,
+            "in-memory",
+            &pushed_envelope(),
+            Content::Buffer(message),
+            deadline,
+            None,
+            None,
+            false,
+            SocketTimeouts::default(),
+        )
+        .expect("the whole message");
+        (milter.written, ended.outcome)
+    }
+
+    /// The same message pushed field by field and its body one byte at a time.
+    fn pushed(protocol: u32, body: &[u8]) -> (Vec<u8>, Outcome) {
+        let config = Config::with_host_port("127.0.0.1", 1);
+        let mut milter = Answering::new(protocol);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let env = pushed_envelope();
+        let mut fields = HeaderSection::default();
+        let mut done = Done::default();
+        let mut c = Conversation::new(
+            &config,
+            &mut milter,
+            Arc::from("in-memory"),
+            SocketTimeouts::default(),
+            deadline,
+            false,
+        );
+        c.start(None).expect("OPTNEG");
+        macro_rules! push {
+            ($call:ident $(, $arg:expr)*) => {
+                c.$call(&Pushed { env: &env, fields: &fields, done } $(, $arg)*)
+                    .expect(stringify!($call))
+            };
+        }
+        push!(connect);
+        done.connect = true;
+        push!(mail);
+        done.mail = true;
+        for i in 0..env.recipients.len() {
+            push!(rcpt, i);
+            done.rcpts += 1;
+        }
+        push!(end_of_recipients);
+        done.data = true;
+        for (i, field) in FIELDS.iter().enumerate() {
+            fields.push_field(field).expect("a well-formed field");
+            push!(header, i);
+            done.headers += 1;
+        }
+        push!(end_of_header);
+        done.eoh = true;
+        for b in body.chunks(1) {
+            push!(body, Body::Piece(b));
+        }
+        push!(end_of_message);
+        let outcome = c.take_decided().expect("an outcome");
+        drop(c.finish(&outcome, false));
+        (milter.written, outcome)
+    }
+
+    /// Every reply a Milter may leave out, left out: only OPTNEG and end of message answered.
+    const NO_REPLIES: u32 = SMFIP_NR_CONN
+        | SMFIP_NR_HELO
+        | SMFIP_NR_MAIL
+        | SMFIP_NR_RCPT
+        | SMFIP_NR_DATA
+        | SMFIP_NR_HDR
+        | SMFIP_NR_EOH
+        | SMFIP_NR_BODY;
+
+    /// A message pushed field by field and in 1-byte body chunks puts the same bytes on the
+    /// wire and gets the same outcome as the whole message, whether every stage is answered
+    /// or none but end of message; also when the negotiation this thread remembers for the
+    /// Milter is not the one it gives (the pushes so far are encoded again).
+    #[test]
+    fn pushes_give_the_bytes_and_outcome_of_the_whole_message() {
+        let body = pushed_body();
+        let message = [FIELDS.concat(), b"\n".to_vec(), body.clone()].concat();
+        for protocol in [0, NO_REPLIES, 0, NO_REPLIES] {
+            let (push_bytes, push_outcome) = pushed(protocol, &body);
+            let (whole_bytes, whole_outcome) = whole(protocol, &message);
+            assert_eq!(push_outcome, whole_outcome, "protocol {protocol:#x}");
+            assert_eq!(
+                push_outcome.edits.len(),
+                1,
+                "the ADDHEADER at end of message"
+            );
+            assert!(
+                push_bytes == whole_bytes,
+                "protocol {protocol:#x}: pushed {} bytes, whole {} bytes",
+                push_bytes.len(),
+                whole_bytes.len()
+            );
+            // Two full BODY packets (65535 bytes and the command: length 65536), then the rest.
+            let bodies = push_bytes
+                .windows(5)
+                .filter(|w| w == &[0, 1, 0, 0, SMFIC_BODY])
+                .count();
+            // 9000 bare LFs each get a CR.
+            let full = (body.len() + 9000) / MAX_DATA_LEN;
+            assert_eq!(bodies, full, "protocol {protocol:#x}");
+        }
+    }
+}

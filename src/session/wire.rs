@@ -483,3 +483,40 @@ fn trace_packet(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts written a few bytes at a time, with an interruption, arrive whole and in order;
+    /// a send that takes nothing is an error, not a loop.
+    #[test]
+    fn vectored_writes_survive_short_sends() {
+        let a = b"\0\0\0\x05Bbody".to_vec();
+        let b = vec![b'x'; 100];
+        let mut parts = [IoSlice::new(&a), IoSlice::new(&[]), IoSlice::new(&b)];
+        let mut got = Vec::new();
+        let mut calls = 0;
+        all_vectored(&mut parts, |p| {
+            calls += 1;
+            if calls == 2 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let mut n = 0;
+            for part in p {
+                let take = part.len().min(3 - n);
+                got.extend_from_slice(&part[..take]);
+                n += take;
+                if n == 3 {
+                    break;
+                }
+            }
+            Ok(n)
+        })
+        .expect("all sent");
+        assert_eq!(got, [a.clone(), b.clone()].concat());
+        let mut parts = [IoSlice::new(&a)];
+        let e = all_vectored(&mut parts, |_| Ok(0)).expect_err("nothing taken");
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+    }
+}
