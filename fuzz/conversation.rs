@@ -443,11 +443,9 @@ fn converse(
         (true, false) => &[SMFIC_QUIT_NC],
         (true, true) => &[SMFIC_QUIT_NC, SMFIC_OPTNEG],
     };
-    let answered = std::cell::Cell::new(false);
     let reused = reused.map(|negotiation| Resume {
         negotiation,
         prove: c.prove,
-        answered: &answered,
     });
     let result = log_sink(config).run(|| {
         session::run(
@@ -475,7 +473,7 @@ fn converse(
             check_ended(c, &ended, &stream, envelope, message, was_reused, &context);
             check_written(&stream, Some(&ended.negotiation), start, &context);
             assert!(
-                !was_reused || answered.get(),
+                !was_reused || ended.answered,
                 "a message on a kept connection ended without its first reply being noted"
             );
             if !ended.reusable && !stream.write_failed {

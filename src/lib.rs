@@ -10,12 +10,14 @@
 
 pub mod bmi;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod ffi;
 pub mod handle;
 pub mod logging;
 pub mod message;
 pub mod net;
+pub mod outcome;
 pub mod protocol;
 pub mod push;
 pub mod resolve;
