@@ -4,9 +4,10 @@
  * file, an unreachable Milter. Each must return the documented error, set its out-parameters
  * (NULL), leave a last-error text that names the problem, and never crash.
  *
- * usage: bmi_abuse LIBRARY DIRECTORY CLOSED_PORT
+ * usage: bmi_abuse LIBRARY DIRECTORY CLOSED_PORT LIVE_PORT
  *   DIRECTORY: a scratch directory for option files; CLOSED_PORT: a loopback port where
- *   nothing listens (the unreachable Milter).
+ *   nothing listens (the unreachable Milter); LIVE_PORT: a Milter that continues (the load
+ *   Milter, tests/milters/load_milter.py, for a message without a numbered Subject).
  * Prints "ok N checks" and exits 0, or lists each failed check and exits 1.
  */
 #define _GNU_SOURCE
@@ -88,9 +89,9 @@ static void systems(const char *dir) {
           "NULL system: 0x%08x", (unsigned)e);
 }
 
-static BmiSystem *open_system(const char *dir, int port) {
+static BmiSystem *open_system(const char *dir, const char *name, int port) {
     char path[4096], text[256];
-    snprintf(path, sizeof path, "%s/closed.opt", dir);
+    snprintf(path, sizeof path, "%s/%s.opt", dir, name);
     snprintf(text, sizeof text, "HOST=127.0.0.1\nPORT=%d\nTIMEOUT=2000\nCONNECT_TIMEOUT=2000\n", port);
     write_file(path, text);
     BmiSystem *s = NULL;
@@ -298,8 +299,9 @@ static void verdict_functions(BmiSystem *s) {
           "NULL string: 0x%08x", (unsigned)e);
 }
 
-/* The unreachable Milter: a NETWORK/CONNECT error from whichever call connects. */
-static void unreachable(BmiSystem *s) {
+/* A message that ended: stray calls after it are STATE errors that leave its verdicts; the
+ * iterators refuse pointers that are not theirs, setting NULL. */
+static void after_the_end(BmiSystem *s) {
     BmiMessage *m = new_message(s);
     BmiError e = BMI_OK;
     const char *where = "";
@@ -308,6 +310,53 @@ static void unreachable(BmiSystem *s) {
         e = call;                                                                                \
         where = #call;                                                                           \
     }
+    STEP(p_bmiProcessConnection("127.0.0.1", m))
+    STEP(p_bmiProcessFROM("", m))
+    STEP(p_bmiAccumulateTO("a@example.org", NULL, m))
+    STEP(p_bmiAccumulateTO("b@example.org", NULL, m))
+    STEP(p_bmiEndTO(m))
+    STEP(p_bmiAccumulateHeaders("Subject: no number\n", 19, m))
+    STEP(p_bmiEndHeaders(m))
+    STEP(p_bmiAccumulateBody("", 0, m))
+    STEP(p_bmiEndBody(m))
+    STEP(p_bmiEndMessage(m))
+    CHECK(e == BMI_OK, "a plain message: 0x%08x from %s: %s", (unsigned)e, where, last());
+    if (e != BMI_OK) {
+        p_bmiFreeMessage(m);
+        return;
+    }
+    e = p_bmiAccumulateBody("x", 1, m);
+    CHECK(IS(e, BMI_ERROR_LOCATION_CLIENT, BMI_ERROR_TYPE_STATE), "a push after the end: 0x%08x",
+          (unsigned)e);
+    e = p_bmiEndMessage(m);
+    CHECK(IS(e, BMI_ERROR_LOCATION_CLIENT, BMI_ERROR_TYPE_STATE), "a second end: 0x%08x",
+          (unsigned)e);
+    const BmiVerdict *v = NULL, *next = (const BmiVerdict *)1;
+    e = p_bmiAccessFirstVerdict(m, &v);
+    CHECK(e == BMI_OK && v != NULL, "the verdicts stay: 0x%08x", (unsigned)e);
+    if (v) {
+        CHECK(p_bmiVerdictDestinationIsDefault(v) == BMI_TRUE, "a default verdict");
+        e = p_bmiAccessNextVerdict(m, v, &next);
+        CHECK(e == BMI_OK && next == NULL, "one verdict: 0x%08x", (unsigned)e);
+        next = (const BmiVerdict *)1;
+        e = p_bmiAccessNextVerdict(m, (const BmiVerdict *)((const char *)v + 1), &next);
+        CHECK(next == NULL && IS(e, BMI_ERROR_LOCATION_CLIENT, BMI_ERROR_TYPE_INVALID_ARG),
+              "a pointer that is not a verdict: 0x%08x", (unsigned)e);
+        const BmiRecipient *r = p_bmiVerdictAccessFirstRecipient(v);
+        CHECK(r && p_bmiVerdictAccessNextRecipient(v, r) &&
+                  !p_bmiVerdictAccessNextRecipient(v, p_bmiVerdictAccessNextRecipient(v, r)),
+              "two recipients");
+        CHECK(p_bmiVerdictAccessNextRecipient(v, (const BmiRecipient *)v) == NULL,
+              "a pointer that is not a recipient");
+    }
+    p_bmiFreeMessage(m);
+}
+
+/* The unreachable Milter: a NETWORK/CONNECT error from whichever call connects. */
+static void unreachable(BmiSystem *s) {
+    BmiMessage *m = new_message(s);
+    BmiError e = BMI_OK;
+    const char *where = "";
     STEP(p_bmiProcessConnection("127.0.0.1", m))
     STEP(p_bmiProcessFROM("a@example.org", m))
     STEP(p_bmiAccumulateTO("b@example.org", NULL, m))
@@ -325,8 +374,8 @@ static void unreachable(BmiSystem *s) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s LIBRARY DIRECTORY CLOSED_PORT\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s LIBRARY DIRECTORY CLOSED_PORT LIVE_PORT\n", argv[0]);
         return 2;
     }
     bmi_load(argv[1]);
@@ -334,11 +383,14 @@ int main(int argc, char **argv) {
     systems(argv[2]);
     null_messages();
     optins();
-    BmiSystem *s = open_system(argv[2], atoi(argv[3]));
-    order_and_arguments(s);
-    verdict_functions(s);
-    unreachable(s);
-    p_bmiFreeSystem(s);
+    BmiSystem *closed = open_system(argv[2], "closed", atoi(argv[3]));
+    BmiSystem *live = open_system(argv[2], "live", atoi(argv[4]));
+    order_and_arguments(live);
+    verdict_functions(live);
+    after_the_end(live);
+    unreachable(closed);
+    p_bmiFreeSystem(closed);
+    p_bmiFreeSystem(live);
     if (failures) {
         fprintf(stderr, "bmi_abuse: %d of %d checks failed\n", failures, checks);
         return 1;

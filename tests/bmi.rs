@@ -5,6 +5,8 @@
 //! dovecot-sieve). Also: the Rust signatures against include/bmi_api.h (a compile), the
 //! exported names (nm -D), and bad input of every kind (c_tests/bmi_abuse.c).
 
+#[path = "../fuzz/bmi_checks.rs"]
+mod bmi_checks;
 #[path = "support/milters.rs"]
 mod milters;
 #[path = "support/sieve.rs"]
@@ -268,10 +270,12 @@ fn the_bmi_functions_stay_out_of_milter_spamfilter_h() {
 fn every_bad_call_is_a_clear_error_and_never_a_crash() {
     let dir = TempDir::new("abuse");
     let port = milters::free_port();
+    let live = LoadMilter::start();
     let out = Command::new(program("bmi_abuse"))
         .arg(library())
         .arg(&dir.0)
         .arg(port.to_string())
+        .arg(live.port.to_string())
         .output()
         .expect("running bmi_abuse");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -281,6 +285,23 @@ fn every_bad_call_is_a_clear_error_and_never_a_crash() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_verdict_string_fuzz_corpus_replays_cleanly() {
+    let mut n = 0;
+    for dir in ["corpus", "regressions"] {
+        let path = Path::new(MANIFEST)
+            .join("fuzz")
+            .join(dir)
+            .join("bmi_verdict_str");
+        for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+            let data = std::fs::read(entry.path()).expect("a corpus file");
+            bmi_checks::check_bmi_verdict_str(&data);
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "fuzz/corpus/bmi_verdict_str holds {n} inputs");
 }
 
 // ---------------------------------------------------------------------------------------------
