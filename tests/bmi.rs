@@ -795,3 +795,118 @@ fn a_100_mb_body_in_4_kb_chunks_grows_the_peak_memory_by_less_than_2_mb() {
         rss[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Threads: different messages pushed at the same time.
+
+/// One load message (its verdict follows the Subject's number `n`, see load_milter.py) pushed
+/// through the exported functions; panics unless it got its own verdict.
+fn load_message(option_file: &std::ffi::CStr, n: usize) {
+    use milter_spamfilter::bmi::*;
+    use std::ffi::{CStr, CString};
+    use std::ptr::{null, null_mut};
+    let text = |s: String| CString::new(s).expect("no NUL");
+    let last = || {
+        // SAFETY: the library's per-thread last-error string, valid until its next call here.
+        unsafe { CStr::from_ptr(milter_spamfilter::ffi::spamfilter_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let subject = text(format!("Subject: load {n}\n"));
+    let sender = text("From: a@example.org\n".into());
+    let body = "line\n".repeat(n % 5 + 1);
+    let (ip, from, to) = (
+        text("192.0.2.1".into()),
+        text("".into()),
+        text("x@example.org".into()),
+    );
+    // SAFETY: every pointer is a live C string or an out-parameter of ours; the system and the
+    // message are freed once, at the end, and used by this thread only.
+    unsafe {
+        let mut system = null_mut();
+        assert_eq!(
+            bmiInitSystem(1, option_file.as_ptr(), &mut system),
+            0,
+            "{}",
+            last()
+        );
+        let mut m = null_mut();
+        assert_eq!(bmiInitMessage(system, &mut m), 0);
+        let steps = [
+            bmiProcessConnection(ip.as_ptr(), m),
+            bmiProcessFROM(from.as_ptr(), m),
+            bmiAccumulateTO(to.as_ptr(), null_mut(), m),
+            bmiEndTO(m),
+            bmiAccumulateHeaders(subject.as_ptr(), subject.as_bytes().len() as i32, m),
+            bmiAccumulateHeaders(sender.as_ptr(), sender.as_bytes().len() as i32, m),
+            bmiEndHeaders(m),
+            bmiAccumulateBody(body.as_ptr().cast(), body.len() as i32, m),
+            bmiEndBody(m),
+        ];
+        assert!(
+            steps.iter().all(|&e| e == 0),
+            "message {n}: {steps:x?}: {}",
+            last()
+        );
+        let end = bmiEndMessage(m);
+        let mut v = null();
+        bmiAccessFirstVerdict(m, &mut v);
+        let destination = || {
+            let d = bmiVerdictAccessDestination(v);
+            (!d.is_null()).then(|| CStr::from_ptr(d).to_string_lossy().into_owned())
+        };
+        match n % 4 {
+            0 => {
+                let d = destination().unwrap_or_else(|| panic!("message {n}: {end:x} {}", last()));
+                assert!(
+                    d.contains(&format!("\"X-Load-Id\" \"{n}\";")),
+                    "message {n}: {d}"
+                );
+                let bytes = body.len() * 6 / 5;
+                assert!(
+                    d.contains(&format!("\"X-Body-Bytes\" \"{bytes}\";")),
+                    "{n}: {d}"
+                );
+            }
+            1 => {
+                let d = destination().unwrap_or_else(|| panic!("message {n}: {end:x} {}", last()));
+                let want = format!("ereject \"550 5.7.1 rejected load message {n}\";");
+                assert!(d.contains(&want), "message {n}: {d}");
+            }
+            2 => {
+                assert_eq!(end, error::TEMPFAIL, "message {n}");
+                assert!(v.is_null());
+                assert!(
+                    last().contains(&format!("deferred load message {n}")),
+                    "{}",
+                    last()
+                );
+            }
+            _ => {
+                assert_eq!(end, 0, "message {n}: {}", last());
+                assert!(!v.is_null() && destination().is_none(), "message {n}");
+                assert_eq!(bmiVerdictDestinationIsDefault(v), BMI_FALSE, "message {n}");
+            }
+        }
+        bmiFreeMessage(m);
+        bmiFreeSystem(system);
+    }
+}
+
+#[test]
+fn messages_pushed_from_several_threads_at_once_each_get_their_own_verdict() {
+    let milter = LoadMilter::with_connect(0);
+    let dir = TempDir::new("threads");
+    let opt = option_file(&dir, milter.port, "CONNECTION_REUSE=2\n");
+    let path = std::ffi::CString::new(opt.to_str().expect("a UTF-8 path")).expect("no NUL");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let path = &path;
+            s.spawn(move || {
+                for k in 0..12 {
+                    load_message(path, t * 12 + k);
+                }
+            });
+        }
+    });
+}
