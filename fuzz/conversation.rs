@@ -1,7 +1,7 @@
 //! The conversation fuzz check, shared by fuzz_targets/conversation.rs and by the corpus replay in
-//! tests/fuzz_conversation.rs: one whole Milter conversation (`session::run`: the pushes `spamfilter_filter`
-//! makes, into one `session::Conversation`) over an in-memory stream whose replies, read sizes and I/O errors come from the fuzzer,
-//! then the verdict as the library builds it. No dependency beyond the library and the project's
+//! tests/fuzz_conversation.rs: one whole Milter conversation (`session::run`: the pushes
+//! `spamfilter_filter` makes, into one `session::Conversation`) over an in-memory stream whose
+//! replies, read sizes and I/O errors come from the fuzzer, then the verdict as the library builds it. No dependency beyond the library and the project's
 //! Sieve parser, so that the main test build can include this file as it is.
 //!
 //! The input, in order (anything missing reads as zero, so every input makes a conversation):
