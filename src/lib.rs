@@ -3,9 +3,11 @@
 //! The data flow, one way:
 //! 1. `ffi` receives the MTA's calls and turns C structs into `message::Envelope`/`Content`;
 //! 2. `config` has read the option file once, at `spamfilter_init`;
-//! 3. `session` runs one Milter conversation per message over a stream from `net`, using the
-//!    sans-I/O codec in `protocol`;
-//! 4. `verdict` turns the Milter's decisions into a Sieve scriptlet, a deferral or nothing;
+//! 3. `push::Message` takes the message piece by piece (a whole one is cut into those pieces by
+//!    `content`), and `session` runs one Milter conversation per message over a stream from
+//!    `net`, one method per stage, using the sans-I/O codec in `protocol`;
+//! 4. `verdict` turns the Milter's decisions (`outcome`) into a Sieve scriptlet, a deferral or
+//!    nothing;
 //! 5. `ffi` hands that back to the MTA.
 
 pub mod bmi;
