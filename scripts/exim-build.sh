@@ -75,6 +75,8 @@ rm -rf "$SRC"
 
 # The smallest Exim that receives over SMTP, runs BMI and delivers to maildirs. Paths compiled
 # in are only defaults: the tests pass their own configuration (-C) with their own spool and logs.
+# SUPPORT_PROXY (the PROXY protocol, hosts_proxy) lets a test on loopback present another client
+# address, the one Exim hands to bmiProcessConnection.
 cat > "$SRC/Local/Makefile" <<EOF
 BIN_DIRECTORY=$OUT/bin
 CONFIGURE_FILE=$OUT/configure
@@ -86,6 +88,7 @@ TRANSPORT_APPENDFILE=yes
 SUPPORT_MAILDIR=yes
 LOOKUP_LSEARCH=yes
 DISABLE_TLS=yes
+SUPPORT_PROXY=yes
 EXPERIMENTAL_BRIGHTMAIL=yes
 CFLAGS += -I$ROOT/include
 EXTRALIBS_EXIM=-L$OUT/lib -lbmiclient_single -Wl,-rpath,$OUT/lib

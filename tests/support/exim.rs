@@ -225,10 +225,13 @@ impl Exim {
         )
     }
 
-    /// Sends one message over SMTP and returns the id Exim gave it. `message` may have LF or
-    /// CRLF line ends; it is sent with CRLF and dot-stuffed. Every reply must be positive.
-    pub fn send(&self, sender: &str, recipients: &[&str], message: &[u8]) -> String {
-        let mut smtp = Smtp::connect(self.port).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    /// Sends one message over SMTP from the client address `client` (an IPv4 address, told to
+    /// Exim with the PROXY protocol: Exim hands it to bmiProcessConnection) and returns the id
+    /// Exim gave it. `message` may have LF or CRLF line ends; it is sent with CRLF and
+    /// dot-stuffed. Every reply must be positive.
+    pub fn send(&self, client: &str, sender: &str, recipients: &[&str], message: &[u8]) -> String {
+        let mut smtp =
+            Smtp::connect(self.port, client).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
         let id = smtp
             .transaction(sender, recipients, message)
             .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
@@ -260,8 +263,8 @@ impl Exim {
         }
     }
 
-    /// Sends a message and waits until it is delivered; returns its id and the copies
-    /// delivered to the maildirs that carry `marker` (a string in the message).
+    /// Sends a message from 127.0.0.1 and waits until it is delivered; returns its id and the
+    /// copies delivered to the maildirs that carry `marker` (a string in the message).
     pub fn deliver(
         &self,
         sender: &str,
@@ -269,7 +272,19 @@ impl Exim {
         message: &[u8],
         marker: &str,
     ) -> (String, Vec<Delivery>) {
-        let id = self.send(sender, recipients, message);
+        self.deliver_from("127.0.0.1", sender, recipients, message, marker)
+    }
+
+    /// `deliver` from the client address `client`.
+    pub fn deliver_from(
+        &self,
+        client: &str,
+        sender: &str,
+        recipients: &[&str],
+        message: &[u8],
+        marker: &str,
+    ) -> (String, Vec<Delivery>) {
+        let id = self.send(client, sender, recipients, message);
         self.wait_completed(&id);
         let copies = self
             .deliveries()
@@ -349,6 +364,8 @@ deliver_drop_privilege = true
 bmi_config_file = {d}/spamfilter.opt
 domainlist local_domains = example.org : example.net
 acl_smtp_rcpt = check_rcpt
+# The tests' SMTP client names the client address it stands for (the PROXY protocol).
+hosts_proxy = 127.0.0.1
 
 begin acl
 
@@ -499,9 +516,19 @@ struct Smtp {
 }
 
 impl Smtp {
-    fn connect(port: u16) -> Result<Smtp, String> {
-        let stream = TcpStream::connect(("127.0.0.1", port))
+    /// Connects, tells Exim the client address `client` in a PROXY protocol (v1) header, and
+    /// says EHLO.
+    fn connect(port: u16, client: &str) -> Result<Smtp, String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
             .map_err(|e| format!("connecting to Exim on 127.0.0.1:{port}: {e}"))?;
+        let local = stream
+            .local_addr()
+            .map_err(|e| format!("the socket's address: {e}"))?;
+        stream
+            .write_all(
+                format!("PROXY TCP4 {client} 127.0.0.1 {} {port}\r\n", local.port()).as_bytes(),
+            )
+            .map_err(|e| format!("sending the PROXY header: {e}"))?;
         stream
             .set_read_timeout(Some(DELIVERED_WITHIN))
             .map_err(|e| format!("setting a read timeout: {e}"))?;
