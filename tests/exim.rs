@@ -116,7 +116,8 @@ fn assert_not_delivered(exim: &Exim, id: &str, copies: &[Delivery], recipients: 
 #[test]
 fn a_clean_message_is_delivered_normally() {
     let milter = milters::any_reply("{}");
-    let exim = Exim::start(&options(milter.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-clean-7f3a";
     let client = "192.0.2.25";
     let (_, copies) = exim.deliver_from(
@@ -159,7 +160,8 @@ fn a_clean_message_is_delivered_normally() {
 #[test]
 fn a_rejected_message_is_not_delivered() {
     let milter = milters::any_reply(r#"{"replies": {"eom": "554 5.7.1 not wanted here"}}"#);
-    let exim = Exim::start(&options(milter.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-reject-19c2";
     let rcpts = ["bob@example.net", "carol@example.org"];
     let (id, copies) = exim.deliver(SENDER, &rcpts, &message(marker), marker);
@@ -171,7 +173,8 @@ fn a_rejected_message_is_not_delivered() {
 #[test]
 fn a_discarded_message_is_not_delivered() {
     let milter = milters::any_reply(r#"{"replies": {"eom": "discard"}}"#);
-    let exim = Exim::start(&options(milter.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-discard-55d0";
     let (id, copies) = exim.deliver(SENDER, &["bob@example.net"], &message(marker), marker);
     assert!(copies.is_empty(), "{copies:#?}\n{}", exim.logs());
@@ -191,7 +194,8 @@ fn an_edited_message_carries_the_sieve_verdict_in_bmi_alt_location() {
         r#"{"edits": [["addheader", "X-Spam-Score", "5.2"],
                       ["chgheader", "Subject", 1, "[SPAM] exim-edit-a41b"]]}"#,
     );
-    let exim = Exim::start(&options(milter.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-edit-a41b";
     let (_, copies) = exim.deliver(SENDER, &["bob@example.net"], &message(marker), marker);
 
@@ -224,7 +228,8 @@ fn a_recipient_refused_at_rcpt_gets_its_own_verdict() {
         r#"{{"replies": {{"envrcpt": {{"{bad}": "550 5.1.1 no such user", "*": "continue"}}}},
             "edits": [["addheader", "X-Checked", "yes"]]}}"#
     ));
-    let exim = Exim::start(&options(milter.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-rcpt-0e9d";
     let (id, copies) = exim.deliver(SENDER, &[bad, good], &message(marker), marker);
 
@@ -257,7 +262,8 @@ fn a_recipient_refused_at_rcpt_gets_its_own_verdict() {
 #[test]
 fn an_unreachable_milter_is_a_bmi_fatal_error_and_the_message_is_accepted() {
     let port = exim::free_port();
-    let exim = Exim::start(&options(port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(port));
     let marker = "exim-unreachable-c8e1";
     let (_, copies) = exim.deliver(SENDER, &["bob@example.net"], &message(marker), marker);
 
@@ -297,7 +303,8 @@ fn header_value(name: &str) -> u32 {
 #[test]
 fn opendkim_signature_arrives_in_the_verdict() {
     let signer = milters::opendkim();
-    let exim = Exim::start(&options(signer.port));
+    let dns = daemons::Resolver::start(&[]);
+    let exim = Exim::start(&dns, &options(signer.port));
     let marker = "exim-dkim-3b77";
     let (_, copies) = exim.deliver(SENDER, &["bob@example.net"], &message(marker), marker);
 
@@ -324,7 +331,7 @@ fn opendkim_signature_arrives_in_the_verdict() {
 fn clamav_milter_eicar_is_not_delivered() {
     let dns = daemons::Resolver::start(&[]);
     let clamav = daemons::clamav(&dns);
-    let exim = Exim::start(&options(clamav.port));
+    let exim = Exim::start(&dns, &options(clamav.port));
     let marker = "exim-eicar-d20f";
     let mut m = message(marker);
     m.extend_from_slice(format!("{}\n", daemons::eicar()).as_bytes());
@@ -338,7 +345,7 @@ fn spamass_milter_gtube_is_not_delivered() {
     let dns = daemons::Resolver::start(&[]);
     let spamd = daemons::spamd(&dns);
     let milter = daemons::spamass_milter(&dns, &spamd, &["-m", "-r", "-1"]);
-    let exim = Exim::start(&options(milter.port));
+    let exim = Exim::start(&dns, &options(milter.port));
     let marker = "exim-spamass-61a9";
     let (id, copies) = exim.deliver(
         SENDER,
@@ -356,7 +363,7 @@ fn spamass_milter_gtube_is_not_delivered() {
 fn rspamd_gtube_is_not_delivered_and_plain_mail_gets_its_headers() {
     let dns = daemons::Resolver::start(&[]);
     let rspamd = daemons::rspamd(&dns);
-    let exim = Exim::start(&options(rspamd.port));
+    let exim = Exim::start(&dns, &options(rspamd.port));
 
     let marker = "exim-rspamd-gtube-2c4e";
     let (id, copies) = exim.deliver(

@@ -19,6 +19,10 @@
 //! daemon (with everything it forked) is stopped when the `Exim` is dropped, whatever the test's
 //! outcome; the scratch directory is kept only when the test failed or EXIM_KEEP is set.
 //!
+//! Exim runs in the mount namespace of a `daemons::Resolver` (the including test file has
+//! `mod daemons`): its /etc/resolv.conf names a dnsmasq on loopback, so that the reverse lookup
+//! Exim makes of every client address it is told with the PROXY protocol stays on this machine.
+//!
 //! Exim runs every BMI call as its compiled-in user `mail`: the scratch directory is made that
 //! user's. Running it needs root (`-C` with a configuration of our own, and the user switch), as
 //! CI does. BMI_LIBRARY names another library to link in the place of ours (for developing these
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 
 #[path = "process.rs"]
 mod process;
+use super::daemons::Resolver;
 pub use process::free_port;
 use process::Group;
 
@@ -153,8 +158,9 @@ pub struct Exim {
 }
 
 impl Exim {
-    /// Starts Exim with `options` (the library's option file) as its bmi_config_file.
-    pub fn start(options: &str) -> Exim {
+    /// Starts Exim with `options` (the library's option file) as its bmi_config_file, resolving
+    /// names through `dns` only.
+    pub fn start(dns: &Resolver, options: &str) -> Exim {
         let bin = binary();
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
@@ -173,7 +179,7 @@ impl Exim {
             // Root's, not Exim's user's: Exim refuses a configuration its user could change.
             std::fs::write(dir.join("configure"), configuration(bin, &dir))
                 .unwrap_or_else(|e| panic!("writing the configuration in {}: {e}", dir.display()));
-            match Exim::spawn(bin, port, dir) {
+            match Exim::spawn(dns, bin, port, dir) {
                 Ok(exim) => return exim,
                 Err(e) => last = e,
             }
@@ -181,10 +187,14 @@ impl Exim {
         panic!("Exim could not be started: {last}")
     }
 
-    fn spawn(bin: &Path, port: u16, dir: PathBuf) -> Result<Exim, String> {
+    fn spawn(dns: &Resolver, bin: &Path, port: u16, dir: PathBuf) -> Result<Exim, String> {
         let stderr = std::fs::File::create(dir.join("stderr"))
             .map_err(|e| format!("creating {}/stderr: {e}", dir.display()))?;
-        let mut cmd = Command::new(bin);
+        let program = bin
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", bin.display()))?;
+        // unshare and sh exec, so the process group's leader (its pid) is Exim's daemon.
+        let mut cmd = dns.command(program);
         cmd.arg("-C")
             .arg(dir.join("configure"))
             .args(["-bdf", "-oX", &port.to_string()])
