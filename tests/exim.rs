@@ -256,6 +256,30 @@ fn a_recipient_refused_at_rcpt_gets_its_own_verdict() {
     assert_eq!(rcpts, [format!("<{bad}>"), format!("<{good}>")]);
 }
 
+/// A recipient the Milter defers at RCPT: BMI has no deferral, so the library gives it a verdict
+/// of its own whose bmiVerdictError is fatal (SERVER, TEMPFAIL); Exim treats a verdict with an
+/// error as "deliver normally" (bmi_get_delivery_status): that recipient is delivered
+/// unfiltered, to the default maildir, while the other one gets the message's verdict.
+#[test]
+fn a_recipient_deferred_at_rcpt_is_delivered_unfiltered_by_exim() {
+    let busy = "busy@example.org";
+    let good = "good@example.org";
+    let dns = daemons::Resolver::start(&[]);
+    let milter = milters::any_reply(&format!(
+        r#"{{"replies": {{"envrcpt": {{"{busy}": "451 4.3.0 try later", "*": "continue"}}}},
+            "edits": [["addheader", "X-Checked", "yes"]]}}"#
+    ));
+    let exim = Exim::start(&dns, &options(milter.port));
+    let marker = "exim-defer-4d21";
+    let (_, copies) = exim.deliver(SENDER, &[busy, good], &message(marker), marker);
+
+    let deferred = copy_for(&copies, busy, &exim);
+    assert_eq!(deferred.folder, Folder::Default, "{}", exim.logs());
+    let copy = copy_for(&copies, good, &exim);
+    assert_eq!(copy.folder, Folder::Alternate, "{}", exim.logs());
+    assert_eq!(values(&applied(copy), "X-Checked"), ["yes"]);
+}
+
 /// Nothing listens on the Milter's port: a fatal BMI error, which Exim writes to its panic log
 /// as `bmi error [loc L type T]` with the location and type numbers of include/bmi_api.h
 /// (NETWORK, CONNECT), and the message is accepted and delivered unfiltered (Exim fails open).
