@@ -138,6 +138,12 @@ fn a_clean_message_is_delivered_normally() {
         record.first("connect").get("address").text().as_deref(),
         Some(client)
     );
+    // BMI knows no host name and no HELO (docs/exim.md).
+    assert_eq!(
+        record.first("connect").get("hostname").text(),
+        Some(format!("[{client}]"))
+    );
+    assert!(record.all("helo").is_empty(), "{:?}", record.names());
     assert_eq!(
         record.first("envfrom").get("args").texts()[0],
         format!("<{SENDER}>")
