@@ -13,6 +13,8 @@ mod daemons;
 mod date;
 #[path = "support/exim.rs"]
 mod exim;
+// milters.rs has a copy of process.rs of its own, as daemons.rs and exim.rs have.
+#[allow(clippy::duplicate_mod)]
 #[path = "support/milters.rs"]
 mod milters;
 #[path = "support/sieve.rs"]

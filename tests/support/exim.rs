@@ -38,6 +38,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+// Stateless helpers, so a test that also includes daemons.rs or milters.rs (each with its own
+// copy) loses nothing by the second copy.
+#[allow(clippy::duplicate_mod)]
 #[path = "process.rs"]
 mod process;
 use super::daemons::Resolver;
