@@ -100,6 +100,11 @@ if ! make -C "$SRC" -j"$(nproc)" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "building Exim failed; the whole log is in $log"
 fi
+# include/bmi_api.h is reconstructed from these very call sites (src/bmi_spam.c): a compiler
+# warning about one of its functions, or pointing into it, means that it disagrees with them.
+if grep -E "(warning|error):.*[^a-z_]bmi[A-Z]|bmi_api\.h:[0-9]+" "$log" >&2; then
+    die "include/bmi_api.h disagrees with Exim's calls (above; the whole log is in $log)"
+fi
 install -m 0755 "$SRC"/build-Linux-*/exim "$OUT/bin/exim"
 version=$("$OUT/bin/exim" -C /dev/null -bV 2>&1 || true)
 grep -q Experimental_Brightmail <<<"$version" \
