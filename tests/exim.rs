@@ -288,6 +288,34 @@ fn a_recipient_deferred_at_rcpt_is_delivered_unfiltered_by_exim() {
     assert_eq!(values(&applied(copy), "X-Checked"), ["yes"]);
 }
 
+/// Opt-in values set in Exim's RCPT ACL (`bmi_optin`, here from an lsearch file as Exim's
+/// documentation shows) take Exim through bmiOptinInit, bmiOptinMset(values, ':') and
+/// bmiOptinFree around that recipient's bmiAccumulateTO: the message is filtered and delivered
+/// to both recipients, and the Milter saw both. (Whether the values reach the Milter is the
+/// library's choice, docs/bmi.md; this test does not assume one.)
+#[test]
+fn a_recipient_with_optin_values_is_filtered_and_delivered() {
+    let dns = daemons::Resolver::start(&[]);
+    let milter = milters::any_reply(r#"{"edits": [["addheader", "X-Checked", "yes"]]}"#);
+    let exim = Exim::start(&dns, &options(milter.port));
+    exim.set_optin("carol@example.org: spam:virus\n");
+    let marker = "exim-optin-b6f0";
+    let rcpts = ["carol@example.org", "dave@example.org"];
+    let (_, copies) = exim.deliver(SENDER, &rcpts, &message(marker), marker);
+    for r in rcpts {
+        let copy = copy_for(&copies, r, &exim);
+        assert_eq!(copy.folder, Folder::Alternate, "{}", exim.logs());
+        assert_eq!(values(&applied(copy), "X-Checked"), ["yes"]);
+    }
+    let seen: Vec<String> = milter
+        .recorded(marker)
+        .all("envrcpt")
+        .iter()
+        .map(|e| e.get("args").texts()[0].clone())
+        .collect();
+    assert_eq!(seen, ["<carol@example.org>", "<dave@example.org>"]);
+}
+
 /// Nothing listens on the Milter's port: a fatal BMI error, which Exim writes to its panic log
 /// as `bmi error [loc L type T]` with the location and type numbers of include/bmi_api.h
 /// (NETWORK, CONNECT), and the message is accepted and delivered unfiltered (Exim fails open).

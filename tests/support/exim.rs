@@ -5,8 +5,9 @@
 //! `Exim::start(options)` runs it as an SMTP daemon on a free loopback port, with a spool, logs,
 //! configuration and two maildirs of its own in a scratch directory, and our option file
 //! (`options`) as its `bmi_config_file`. The RCPT ACL sets `control = bmi_run`, so every message
-//! goes through the library; the routers then act on each recipient's verdict, as docs/exim.md
-//! tells an administrator to:
+//! goes through the library, with the recipient's opt-in values (`bmi_optin`) looked up in the
+//! file `optin` (`address: value:value`, empty unless a test writes it with `set_optin`); the
+//! routers then act on each recipient's verdict, as docs/exim.md tells an administrator to:
 //! - `bmi_dont_deliver`: the verdict is NULL (do not deliver): `:blackhole:`;
 //! - `bmi_milter_reject`: the verdict is a destination whose Sieve rejects the message (an
 //!   unguarded `ereject`): Exim cannot run Sieve, so it is not delivered either (`:blackhole:`);
@@ -178,6 +179,8 @@ impl Exim {
             let dir = scratch_dir();
             std::fs::write(dir.join("spamfilter.opt"), options)
                 .unwrap_or_else(|e| panic!("writing the option file in {}: {e}", dir.display()));
+            std::fs::write(dir.join("optin"), "")
+                .unwrap_or_else(|e| panic!("writing the optin file in {}: {e}", dir.display()));
             chown_tree(&dir, EXIM_USER);
             // Root's, not Exim's user's: Exim refuses a configuration its user could change.
             std::fs::write(dir.join("configure"), configuration(bin, &dir))
@@ -215,6 +218,13 @@ impl Exim {
     /// The scratch directory (spool, log, maildirs, configure, spamfilter.opt).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Writes the opt-in file (lines `address: value:value`) that the RCPT ACL looks each
+    /// recipient up in for `bmi_optin`.
+    pub fn set_optin(&self, lines: &str) {
+        let path = self.dir.join("optin");
+        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 
     /// Exim's main log so far.
@@ -384,6 +394,7 @@ begin acl
 
 check_rcpt:
   accept domains = +local_domains
+         bmi_optin = ${{lookup{{$local_part@$domain}}lsearch{{{d}/optin}}}}
          control = bmi_run
 
 begin routers
