@@ -264,6 +264,48 @@ fn a_recipient_refused_at_rcpt_gets_its_own_verdict() {
     assert_eq!(rcpts, [format!("<{bad}>"), format!("<{good}>")]);
 }
 
+/// Forty recipients, every fourth refused by the Milter at RCPT: eleven verdicts (ten of one
+/// recipient each, one shared), which Exim stores joined by ':' on one spool line and parses again
+/// for every router of every recipient (writing a NUL over each '@' it compares): each refused
+/// recipient is not delivered, each other one gets the message's edit.
+#[test]
+fn forty_recipients_are_each_routed_by_their_own_verdict() {
+    let all: Vec<String> = (0..40).map(|i| format!("r{i:02}@example.org")).collect();
+    let refused: Vec<&String> = all.iter().step_by(4).collect();
+    let replies: Vec<String> = refused
+        .iter()
+        .map(|r| format!(r#""{r}": "550 5.1.1 no {r}""#))
+        .collect();
+    let dns = daemons::Resolver::start(&[]);
+    let milter = milters::any_reply(&format!(
+        r#"{{"replies": {{"envrcpt": {{{}, "*": "continue"}}}},
+            "edits": [["addheader", "X-Checked", "yes"]]}}"#,
+        replies.join(", ")
+    ));
+    let exim = Exim::start(&dns, &options(milter.port));
+    let marker = "exim-forty-71c3";
+    let rcpts: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (id, copies) = exim.deliver(SENDER, &rcpts, &message(marker), marker);
+
+    assert_eq!(copies.len(), 30, "{copies:#?}\n{}", exim.logs());
+    // The shared verdict makes the edit; every delivered recipient has that same verdict.
+    let shared = verdict_of(&copies[0]).to_vec();
+    assert_eq!(values(&applied(&copies[0]), "X-Checked"), ["yes"]);
+    for r in &all {
+        if refused.contains(&r) {
+            assert!(
+                exim.blackholed(&id, r, "bmi_milter_reject"),
+                "{r}\n{}",
+                exim.logs()
+            );
+        } else {
+            let copy = copy_for(&copies, r, &exim);
+            assert_eq!(copy.folder, Folder::Alternate, "{r}");
+            assert_eq!(verdict_of(copy), shared, "{r}");
+        }
+    }
+}
+
 /// A recipient the Milter defers at RCPT: BMI has no deferral, so the library gives it a verdict
 /// of its own whose bmiVerdictError is fatal (SERVER, TEMPFAIL); Exim treats a verdict with an
 /// error as "deliver normally" (bmi_get_delivery_status): that recipient is delivered
