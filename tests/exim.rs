@@ -383,6 +383,30 @@ fn an_unreachable_milter_is_a_bmi_fatal_error_and_the_message_is_accepted() {
     );
 }
 
+/// A Milter that tempfails the message: BMI has no deferral, so bmiEndMessage returns a fatal
+/// error (SERVER, TEMPFAIL); Exim logs it and, failing open, delivers the message unfiltered.
+#[test]
+fn a_milter_tempfail_is_a_bmi_fatal_error_and_the_message_is_accepted() {
+    let dns = daemons::Resolver::start(&[]);
+    let milter = milters::any_reply(r#"{"replies": {"eom": "tempfail"}}"#);
+    let exim = Exim::start(&dns, &options(milter.port));
+    let marker = "exim-tempfail-93e5";
+    let (_, copies) = exim.deliver(SENDER, &["bob@example.net"], &message(marker), marker);
+
+    let copy = copy_for(&copies, "bob@example.net", &exim);
+    assert_eq!(copy.folder, Folder::Default, "{}", exim.logs());
+    let wanted = format!(
+        "bmi error [loc {} type {}]: bmiEndMessage() failed.",
+        header_value("BMI_ERROR_LOCATION_SERVER"),
+        header_value("BMI_ERROR_TYPE_TEMPFAIL")
+    );
+    assert!(
+        exim.paniclog().contains(&wanted),
+        "no {wanted:?} in the panic log\n{}",
+        exim.logs()
+    );
+}
+
 /// The value of an enumerator in include/bmi_api.h (`NAME = N,`): the numbers a BMI caller
 /// logs come from the header it was built with.
 fn header_value(name: &str) -> u32 {
