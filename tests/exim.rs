@@ -407,6 +407,52 @@ fn a_milter_tempfail_is_a_bmi_fatal_error_and_the_message_is_accepted() {
     );
 }
 
+/// Exim calls bmiInitSystem for every message and never bmiFreeSystem after a success: with
+/// CONNECTION_REUSE, three messages in one SMTP session (one Exim process) go over one Milter
+/// connection, so the option file's handle and its connection pool outlive each message's
+/// system object, as issue 17 asks.
+#[test]
+fn messages_of_one_smtp_session_share_one_milter_connection() {
+    let dns = daemons::Resolver::start(&[]);
+    let milter = milters::any_reply("{}");
+    let exim = Exim::start(
+        &dns,
+        &format!("{}CONNECTION_REUSE=2\n", options(milter.port)),
+    );
+    let markers = [
+        "exim-reuse-1-5e0a",
+        "exim-reuse-2-5e0a",
+        "exim-reuse-3-5e0a",
+    ];
+    let bodies: Vec<Vec<u8>> = markers.iter().map(|m| message(m)).collect();
+    let rcpts = ["bob@example.net"];
+    let batch: Vec<(&str, &[&str], &[u8])> = bodies
+        .iter()
+        .map(|b| (SENDER, &rcpts[..], b.as_slice()))
+        .collect();
+    for id in exim.send_in_one_session(&batch) {
+        exim.wait_completed(&id);
+    }
+    let delivered = exim.deliveries();
+    for m in markers {
+        assert!(
+            delivered
+                .iter()
+                .any(|d| d.folder == Folder::Default
+                    && String::from_utf8_lossy(&d.message).contains(m)),
+            "{m} not delivered normally\n{}",
+            exim.logs()
+        );
+    }
+    // libmilter ends a logical connection at QUIT_NC (any_reply writes its record then) but
+    // negotiates only once per TCP connection: only the first message's record has OPTNEG.
+    let negotiated: Vec<usize> = markers
+        .iter()
+        .map(|m| milter.recorded(m).all("negotiate").len())
+        .collect();
+    assert_eq!(negotiated, [1, 0, 0], "{}", exim.logs());
+}
+
 /// The value of an enumerator in include/bmi_api.h (`NAME = N,`): the numbers a BMI caller
 /// logs come from the header it was built with.
 fn header_value(name: &str) -> u32 {

@@ -262,6 +262,22 @@ impl Exim {
         id
     }
 
+    /// Sends several messages from 127.0.0.1 in one SMTP session (so one Exim process receives
+    /// them all, calling bmiInitSystem for each) and returns their ids.
+    pub fn send_in_one_session(&self, messages: &[(&str, &[&str], &[u8])]) -> Vec<String> {
+        let mut smtp = Smtp::connect(self.port, "127.0.0.1")
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        let ids = messages
+            .iter()
+            .map(|(sender, recipients, message)| {
+                smtp.transaction(sender, recipients, message)
+                    .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+            })
+            .collect();
+        let _ = smtp.command("QUIT");
+        ids
+    }
+
     /// Waits until Exim has finished delivering message `id` (its `Completed` line) and
     /// returns the main log lines about it.
     pub fn wait_completed(&self, id: &str) -> Vec<String> {
