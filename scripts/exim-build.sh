@@ -69,7 +69,8 @@ dsc=$(ls "$DL"/exim4_4.96-*.dsc | tail -n 1)
 SRC=$OUT/src
 rm -rf "$SRC"
 # From the download folder: dpkg-source leaves a copy of the upstream tarball in its working
-# folder.
+# folder. --no-check: apt already checked every file against the signed archive's hashes; the
+# .dsc's own signature would need debian-keyring.
 (cd "$DL" && dpkg-source --no-check -x "$dsc" "$SRC" >/dev/null)
 [ -f "$SRC/src/bmi_spam.c" ] || die "$dsc has no src/bmi_spam.c: not an Exim with Brightmail support"
 
