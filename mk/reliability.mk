@@ -25,7 +25,7 @@ $(GUARD): c_tests/guard.c include/milter_spamfilter.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, c_tests/loader.c) under valgrind
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c) under valgrind
 ## memcheck against the pymilter load Milter: any memory error or definitely lost block fails.
 memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
