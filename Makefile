@@ -36,9 +36,9 @@ $(LOADER): tools/loader.c $(MTA_C) $(MS_C) $(MS_H)
 
 # The check tool: in the build tree it defaults to the library built here; `make install`
 # builds its own copy pointing at the installed library (always anew: PREFIX may have changed).
-$(CHECK): tools/check.c $(MTA_C)
+$(CHECK): tools/check.c tools/exports.c tools/exports.h $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Itools -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ tools/check.c tools/mta.c -ldl
+	$(CC) $(CFLAGS) -Itools -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ tools/check.c tools/exports.c tools/mta.c -ldl
 
 $(DEMO): FORCE
 	$(CARGO) build --release --example demo_milter
