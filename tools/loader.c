@@ -30,7 +30,7 @@
  *   slot N: verdict K: recipients: ADDRESS ...
  *   slot N: verdict K: default: deliver normally | null | string (L bytes)
  *   slot N: verdict K: spamfilterN_string_action (L bytes):   (then the action, $U replaced,
- *                                                            exactly L bytes, and a newline)
+ *                                   exactly L bytes, and a newline unless it ends with one)
  *   message: accept | defer: <the first deferring slot's 451 text>
  * Exit code: 0 accepted, 1 deferred, 2 usage, option file or loading error.
  */

@@ -5,7 +5,6 @@
 #include "ms_slot.h"
 #include "optiondat.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,10 +138,12 @@ static char *substitute(const char *action, const char *verdict)
 }
 
 /* The action text exactly, prefixed by its length, so that a reader can take it byte for byte
- * (a Sieve scriptlet spans lines). */
+ * (a Sieve scriptlet spans lines); then a line end unless the text ends with one. */
 static void print_action(const char *prefix, const char *option, const char *text)
 {
-    printf("%s: %s (%zu bytes):\n%s\n", prefix, option, strlen(text), text);
+    size_t len = strlen(text);
+    printf("%s: %s (%zu bytes):\n%s%s", prefix, option, len, text,
+           len > 0 && text[len - 1] == '\n' ? "" : "\n");
 }
 
 static void print_recipients(const char *prefix, const struct ms_verdict *v)
@@ -303,11 +304,10 @@ int ms_run(const char *prog, const char *option_dat, const char *message_file,
         rc = report(slots);
     }
 out:
-    for (int n = 1; n <= MS_SLOTS; n++) {
+    /* The libraries stay loaded, as in the MTA, which loads them once for its life: unloading a
+     * Rust library would orphan its process-wide caches (reported as leaks by valgrind). */
+    for (int n = 1; n <= MS_SLOTS; n++)
         ms_slot_result_free(&slots[n].job.result);
-        if (slots[n].api.lib != NULL)
-            dlclose(slots[n].api.lib);
-    }
     ms_options_free(&opts);
     return rc;
 }
