@@ -25,8 +25,10 @@ $(GUARD): c_tests/guard.c include/milter_spamfilter.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c) under valgrind
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c, also with
+## --option-dat: the BMI path, two slots on threads) under valgrind
 ## memcheck against the pymilter load Milter: any memory error or definitely lost block fails.
+## (With --option-dat, message 2 is a Milter tempfail: slot 1, optional=0, defers it: exit 1.)
 memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
 	@/usr/bin/python3 -c 'import Milter' 2>/dev/null || { echo "memcheck: pymilter missing: apt-get install python3-milter" >&2; exit 1; }
@@ -50,6 +52,17 @@ memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 		echo "memcheck: loader, message $$n (buffer and stream)"; \
 		$(VALGRIND) $(VALGRIND_FLAGS) $(LOADER) --quiet --repeat 3 $(LIB) "$$work/load.opt" "$$work/msg$$n.eml"; \
 		$(VALGRIND) $(VALGRIND_FLAGS) $(LOADER) --quiet --stream --repeat 3 $(LIB) "$$work/load.opt" "$$work/msg$$n.eml"; \
+	done; \
+	printf 'spamfilter1_library=%s\nspamfilter1_config_file=%s\nspamfilter1_string_action=data:,$$U\nspamfilter2_library=%s\nspamfilter2_config_file=%s\nspamfilter2_null_action=data:,discard;\nspamfilter2_optional=1\n' \
+		"$(CURDIR)/$(LIB)" "$$work/load.opt" "$(CURDIR)/$(LIB)" "$$work/load.opt" > "$$work/option.dat"; \
+	for n in 0 1 2 3; do \
+		echo "memcheck: loader as Messaging Server (BMI, two slots at once), message $$n"; \
+		rc=0; \
+		$(VALGRIND) $(VALGRIND_FLAGS) --error-exitcode=99 $(LOADER) --repeat 3 \
+			--rcpt a@example.net --rcpt b@example.net \
+			--option-dat "$$work/option.dat" "$$work/msg$$n.eml" > /dev/null || rc=$$?; \
+		[ $$rc -eq 0 ] || { [ $$n -eq 2 ] && [ $$rc -eq 1 ]; } || \
+			{ echo "memcheck: loader --option-dat, message $$n: exit $$rc" >&2; exit 1; }; \
 	done; \
 	echo "memcheck: clean"
 
