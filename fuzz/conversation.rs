@@ -1,7 +1,7 @@
 //! The conversation fuzz check, shared by fuzz_targets/conversation.rs and by the corpus replay in
-//! tests/fuzz_conversation.rs: one whole Milter conversation (`session::run`, as the handle runs
-//! it) over an in-memory stream whose replies, read sizes and I/O errors come from the fuzzer,
-//! then the verdict as the library builds it. No dependency beyond the library and the project's
+//! tests/fuzz_conversation.rs: one whole Milter conversation (`session::run`: the pushes
+//! `spamfilter_filter` makes, into one `session::Conversation`) over an in-memory stream whose
+//! replies, read sizes and I/O errors come from the fuzzer, then the verdict as the library builds it. No dependency beyond the library and the project's
 //! Sieve parser, so that the main test build can include this file as it is.
 //!
 //! The input, in order (anything missing reads as zero, so every input makes a conversation):
@@ -24,7 +24,7 @@ use milter_spamfilter::net::SocketTimeouts;
 use milter_spamfilter::protocol::consts::*;
 use milter_spamfilter::protocol::{Negotiation, MAX_DATA_LEN};
 use milter_spamfilter::session::{self, Ended, Resume, Timeouts};
-use milter_spamfilter::verdict::{self, Disposition, Edit, Stage, VerdictKind, VerdictOptions};
+use milter_spamfilter::verdict::{self, Disposition, Stage, VerdictKind, VerdictOptions};
 use milter_spamfilter::{Config, Content, Envelope, ErrorKind, Recipient};
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
@@ -443,11 +443,9 @@ fn converse(
         (true, false) => &[SMFIC_QUIT_NC],
         (true, true) => &[SMFIC_QUIT_NC, SMFIC_OPTNEG],
     };
-    let answered = std::cell::Cell::new(false);
     let reused = reused.map(|negotiation| Resume {
         negotiation,
         prove: c.prove,
-        answered: &answered,
     });
     let result = log_sink(config).run(|| {
         session::run(
@@ -475,7 +473,7 @@ fn converse(
             check_ended(c, &ended, &stream, envelope, message, was_reused, &context);
             check_written(&stream, Some(&ended.negotiation), start, &context);
             assert!(
-                !was_reused || answered.get(),
+                !was_reused || ended.answered,
                 "a message on a kept connection ended without its first reply being noted"
             );
             if !ended.reusable && !stream.write_failed {
@@ -594,11 +592,7 @@ fn check_ended(
         }
         _ => {}
     }
-    // The project's Sieve parser (tests/support/sieve.rs) does not know the DELRCPT guard
-    // (`if envelope :is "to" ... { discard; stop; }`, docs/verdicts.md) yet: such verdicts get
-    // only the checks above.
-    let delrcpt = o.edits.iter().any(|e| matches!(e, Edit::DelRcpt { .. }));
-    if v.kind == VerdictKind::Sieve && !delrcpt {
+    if v.kind == VerdictKind::Sieve {
         if let Err(why) = parse_verdict(&v.script) {
             panic!(
                 "the verdict is not a well-formed scriptlet: {why}\n{}\noutcome {o:?}",

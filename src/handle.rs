@@ -2,15 +2,14 @@
 //! This is the safe Rust API that `ffi.rs` wraps; tests and Rust callers use it directly.
 
 use crate::config::Config;
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::logging::LogSink;
 use crate::message::{Content, Envelope};
 use crate::net::Connection;
 use crate::protocol::Negotiation;
+use crate::push::Message;
 use crate::session;
-use crate::verdict::{self, Outcome, Verdict, VerdictKind, VerdictOptions};
-use std::cell::Cell;
-use std::io::Read;
+use crate::verdict::{Outcome, Verdict, VerdictKind, VerdictOptions};
 use std::net::TcpStream;
 use std::path::Path;
 use std::ptr;
@@ -51,12 +50,12 @@ const ANSWERS: u8 = 1;
 const SILENT: u8 = 2;
 
 /// A connection kept open after a message that ended cleanly at end of message.
-struct Pooled {
-    stream: TcpStream,
-    peer: Arc<str>,
-    negotiation: Negotiation,
+pub(crate) struct Pooled {
+    pub stream: TcpStream,
+    pub peer: Arc<str>,
+    pub negotiation: Negotiation,
     /// The timeouts its last conversation left set.
-    timeouts: crate::net::SocketTimeouts,
+    pub timeouts: crate::net::SocketTimeouts,
 }
 
 /// One slot of the pool: empty (null) or owning one idle connection, boxed. A connection is
@@ -185,7 +184,7 @@ impl Handle {
 
     /// A connection for the next message: an idle one kept from an earlier message (with what
     /// was negotiated on it), or a new one.
-    fn connection(
+    pub(crate) fn connection(
         &self,
         deadline: Instant,
         fresh: bool,
@@ -265,7 +264,7 @@ impl Handle {
 
     /// Keeps a connection whose conversation ended cleanly at end of message in an empty slot,
     /// this thread's own first, or closes it (with QUIT) when every slot holds one.
-    fn give_back(&self, p: Pooled) {
+    pub(crate) fn give_back(&self, p: Pooled) {
         let n = self.pool.len();
         let first = thread_slot();
         let mut p = Box::new(p);
@@ -283,7 +282,8 @@ impl Handle {
         &self.config
     }
 
-    /// Runs one complete Milter conversation for one message and builds the verdict.
+    /// Runs one complete Milter conversation for one message and builds the verdict: the
+    /// message's pushes (`push::Message`), made from the whole message.
     pub fn filter(&self, envelope: &Envelope, content: Content<'_>) -> Result<Filtered> {
         self.log.run(|| self.filter_logged(envelope, content, None))
     }
@@ -303,6 +303,20 @@ impl Handle {
         (result, transcript)
     }
 
+    /// The logger of this handle's options.
+    pub(crate) fn log(&self) -> &Arc<LogSink> {
+        &self.log
+    }
+
+    pub(crate) fn verdict_options(&self) -> &VerdictOptions {
+        &self.verdict_options
+    }
+
+    /// Whether a kept connection proves itself in step before a message (`crate::resume`).
+    pub(crate) fn proves_step(&self) -> bool {
+        self.optneg_after_quit_nc.load(Ordering::Relaxed) == ANSWERS
+    }
+
     /// Where an option's value comes from, for hints: `PORT at milter.opt:3` or
     /// `PORT (default)`.
     pub fn where_set(&self, name: &str) -> String {
@@ -316,7 +330,7 @@ impl Handle {
     }
 
     /// What an administrator can do about an error, appended to its message.
-    fn hint(&self, e: &crate::Error) -> Option<String> {
+    pub(crate) fn hint(&self, e: &crate::Error) -> Option<String> {
         use crate::ErrorKind;
         let socks = !self.config.socks_host.is_empty();
         Some(match e.kind {
@@ -359,189 +373,45 @@ impl Handle {
         })
     }
 
-    /// One try at the message's conversation: on a kept connection unless `fresh`. The error
-    /// says whether the connection was a kept one.
-    #[allow(clippy::too_many_arguments)]
-    fn attempt(
-        &self,
-        envelope: &Envelope,
-        content: Content<'_>,
-        deadline: Instant,
-        start: Instant,
-        mut transcript: Option<&mut Vec<String>>,
-        fresh: bool,
-        answered: &Cell<bool>,
-    ) -> std::result::Result<(Outcome, Negotiation, Arc<str>), (crate::Error, bool)> {
-        let (conn, reused) = self.connection(deadline, fresh).map_err(|e| (e, false))?;
-        let kept = reused.is_some();
-        if let Some(t) = transcript.as_deref_mut() {
-            match &reused {
-                Some(_) => t.push(format!("reusing the open connection to {}", conn.peer)),
-                None => t.push(format!(
-                    "connected to {} in {} ms",
-                    conn.peer,
-                    start.elapsed().as_millis()
-                )),
-            }
-        }
-        let prove = self.optneg_after_quit_nc.load(Ordering::Relaxed) == ANSWERS;
-        let mut stream = conn.stream;
-        let ended = session::run(
-            &self.config,
-            &mut stream,
-            &conn.peer,
-            envelope,
-            content,
-            deadline,
-            transcript,
-            reused.map(|negotiation| session::Resume {
-                negotiation,
-                prove,
-                answered,
-            }),
-            self.config.connection_reuse > 0,
-            conn.timeouts,
-        )
-        .map_err(|e| (e, kept))?;
-        if ended.reusable {
-            self.give_back(Pooled {
-                stream,
-                peer: Arc::clone(&conn.peer),
-                negotiation: ended.negotiation.clone(),
-                timeouts: ended.timeouts,
-            });
-        }
-        Ok((ended.outcome, ended.negotiation, conn.peer))
-    }
-
     fn filter_logged(
         &self,
         envelope: &Envelope,
-        content: Content<'_>,
+        mut content: Content<'_>,
         mut transcript: Option<&mut Vec<String>>,
     ) -> Result<Filtered> {
-        let start = Instant::now();
-        let deadline = start + self.config.message_timeout;
-        let id = || {
-            envelope
-                .macro_value(b"i")
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_else(|| "-".to_string())
-        };
-        if let Some(t) = transcript.as_deref_mut() {
-            t.push(format!(
-                "connecting to Milter {}:{}{}",
-                self.config.host,
-                self.config.port,
-                if self.config.socks_host.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " through SOCKS proxy {}:{}",
-                        self.config.socks_host, self.config.socks_port
-                    )
-                }
-            ));
-        }
-        let mut content = content;
         let mut fresh = false;
-        let result = loop {
-            let mut touched = Touched::default();
-            let answered = Cell::new(false);
+        let in_memory = matches!(content, Content::Buffer(_));
+        loop {
             let this = match &mut content {
                 Content::Buffer(b) => Content::Buffer(b),
-                Content::Reader(r) => {
-                    touched.inner = Some(&mut **r);
-                    Content::Reader(&mut touched)
-                }
+                Content::Reader(r) => Content::Reader(&mut **r),
             };
-            let attempt = self.attempt(
-                envelope,
-                this,
-                deadline,
-                start,
-                transcript.as_deref_mut(),
-                fresh,
-                &answered,
-            );
-            match attempt {
-                // A kept connection that failed before any reply of this message arrived (the
-                // Milter closed it between the look at it and its use, or it was out of step):
-                // nothing of the message was answered, and unless the MTA's reader was read,
-                // all of it can be sent again. Once, on a new connection.
-                Err((e, true))
-                    if !answered.get()
-                        && !touched.read
-                        && matches!(e.kind, ErrorKind::Io | ErrorKind::Protocol) =>
-                {
-                    log::info!("{e}; the message is sent again on a new connection");
-                    if let Some(t) = transcript.as_deref_mut() {
-                        t.push(format!(
-                            "the kept connection failed before any reply to this message: {e}; \
-                             connecting anew"
-                        ));
-                    }
-                    fresh = true;
-                }
-                other => break other.map_err(|(e, _)| e),
+            let mut message = Message::lent(self, envelope, transcript.is_some(), fresh);
+            let result = message.filter(this);
+            if let Some(t) = transcript.as_deref_mut() {
+                t.append(&mut message.take_transcript());
             }
-        };
-        let elapsed = start.elapsed();
-        match result {
-            Ok((outcome, negotiation, peer)) => {
-                let verdict = verdict::build(&outcome, &self.verdict_options);
-                // Built only when this handle logs at DEBUG≥1: the escaped verdict is not free.
-                if self.config.debug >= 1 {
-                    log::info!(
-                        "message {}: milter {peer}: {} in {} ms",
-                        id(),
-                        describe_verdict(&verdict),
-                        elapsed.as_millis()
-                    );
-                }
-                Ok(Filtered {
-                    verdict,
-                    outcome,
-                    negotiation,
-                    peer,
-                    elapsed,
-                })
+            // A kept connection that failed before any reply of this message arrived, after
+            // body bytes went out: a message in memory is sent again whole, once, on a new
+            // connection (the pushes could not send again what nobody keeps).
+            let again = result.is_err() && message.retry_whole() && !fresh && in_memory;
+            drop(message);
+            if !again {
+                return result;
             }
-            Err(mut e) => {
-                if let Some(h) = self.hint(&e) {
-                    e.message = format!("{}: {h}", e.message);
-                }
-                log::error!(
-                    "message {}: milter {}:{}: failed after {} ms: {e}",
-                    id(),
-                    self.config.host,
-                    self.config.port,
-                    elapsed.as_millis()
+            if let Some(t) = transcript.as_deref_mut() {
+                t.push(
+                    "the kept connection failed before any reply to this message; \
+                        connecting anew"
+                        .to_string(),
                 );
-                Err(e)
             }
+            fresh = true;
         }
     }
 }
 
-/// The MTA's reader, noting whether it was read at all (then the message cannot be sent again).
-#[derive(Default)]
-struct Touched<'r> {
-    inner: Option<&'r mut dyn Read>,
-    read: bool,
-}
-
-impl Read for Touched<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.read = true;
-        match self.inner.as_deref_mut() {
-            Some(r) => r.read(buf),
-            None => Ok(0),
-        }
-    }
-}
-
-fn describe_verdict(v: &Verdict) -> String {
+pub(crate) fn describe_verdict(v: &Verdict) -> String {
     let mut text = match v.kind {
         VerdictKind::None => "no verdict".to_string(),
         VerdictKind::Defer => format!(

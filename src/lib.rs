@@ -3,19 +3,25 @@
 //! The data flow, one way:
 //! 1. `ffi` receives the MTA's calls and turns C structs into `message::Envelope`/`Content`;
 //! 2. `config` has read the option file once, at `spamfilter_init`;
-//! 3. `session` runs one Milter conversation per message over a stream from `net`, using the
-//!    sans-I/O codec in `protocol`;
-//! 4. `verdict` turns the Milter's decisions into a Sieve scriptlet, a deferral or nothing;
+//! 3. `push::Message` takes the message piece by piece (a whole one is cut into those pieces by
+//!    `content`), and `session` runs one Milter conversation per message over a stream from
+//!    `net`, one method per stage, using the sans-I/O codec in `protocol`;
+//! 4. `verdict` turns the Milter's decisions (`outcome`) into a Sieve scriptlet, a deferral or
+//!    nothing;
 //! 5. `ffi` hands that back to the MTA.
 
+pub mod bmi;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod ffi;
 pub mod handle;
 pub mod logging;
 pub mod message;
 pub mod net;
+pub mod outcome;
 pub mod protocol;
+pub mod push;
 pub mod resolve;
 pub mod resume;
 pub mod scan;
@@ -25,7 +31,8 @@ pub mod verdict;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Filtered, Handle};
-pub use message::{Content, Envelope, Recipient};
+pub use message::{Client, Content, Envelope, Recipient};
+pub use push::Message;
 pub use verdict::{Verdict, VerdictKind};
 
 /// What the unit tests of several modules share.

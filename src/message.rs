@@ -66,6 +66,24 @@ pub fn bare_macro_name(name: &[u8]) -> &[u8] {
     }
 }
 
+/// What the MTA knows of the SMTP client when a message starts: the first push of a message
+/// (`push::Message::connect`). Every field may be unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The client's host name (verified reverse DNS); `None` when unknown.
+    pub name: Option<Vec<u8>>,
+    /// The client's address; `None` for a local submission (sent as family 'U').
+    pub addr: Option<IpAddr>,
+    /// The client's TCP port (0 when unknown).
+    pub port: u16,
+    /// The HELO/EHLO argument; `None` when the MTA has none.
+    pub helo: Option<Vec<u8>>,
+    /// The MTA's Milter macros for the whole message (`j`, `i`, `{auth_authen}`,
+    /// `{tls_version}`, ...), by name as written on the wire, with or without braces; each is
+    /// sent at the stages whose macro list names it.
+    pub macros: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// The message content: header and body as received (LF or CRLF line ends, 8-bit allowed).
 pub enum Content<'a> {
     /// The whole message in memory.

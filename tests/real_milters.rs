@@ -1330,6 +1330,234 @@ Message-ID: <dkim1@example.org>\r\n\
 \r\n\
 This message is signed.\r\n";
 
+// ---------------------------------------------------------------------------------------------
+// The push API (`Handle::message`): the same conversation as `filter`, piece by piece.
+
+/// A loopback relay in front of `upstream` that keeps what each connection sent the Milter, in
+/// the order the connections were accepted.
+fn recording_relay(upstream: u16) -> (u16, std::sync::Arc<Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the relay");
+    let port = listener.local_addr().expect("its address").port();
+    let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&sent);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { return };
+            let Ok(milter) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let index = {
+                let mut all = record.lock().unwrap();
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let (mut m_in, mut c_out) = (
+                milter.try_clone().expect("clone"),
+                client.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut m_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+            let record = std::sync::Arc::clone(&record);
+            let (mut c_in, mut m_out) = (client, milter);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 || m_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    record.lock().unwrap()[index].extend_from_slice(&buf[..n]);
+                }
+                let _ = m_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// The relay's record of connection `i`, once the library has closed it (QUIT is its last
+/// packet).
+fn relayed(sent: &Mutex<Vec<Vec<u8>>>, i: usize) -> Vec<u8> {
+    let start = std::time::Instant::now();
+    loop {
+        let got = sent.lock().unwrap().get(i).cloned().unwrap_or_default();
+        if got.ends_with(&[0, 0, 0, 1, b'Q']) {
+            return got;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "connection {i} did not end with QUIT: {} bytes",
+            got.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Pushes `env` and `message` into a push-API message: each header field whole, the body one
+/// byte at a time.
+fn push_bytewise(h: &Handle, env: &Envelope, message: &[u8]) -> Filtered {
+    let mut m = h.message();
+    m.connect(milter_spamfilter::Client {
+        name: env.client_name.clone(),
+        addr: env.client_addr,
+        port: env.client_port,
+        helo: env.helo.clone(),
+        macros: env.macros.clone(),
+    })
+    .expect("connect");
+    let args: Vec<&[u8]> = env.mail_args.iter().map(|a| a.as_slice()).collect();
+    m.mail(&env.sender, &args).expect("mail");
+    for r in &env.recipients {
+        let args: Vec<&[u8]> = r.esmtp_args.iter().map(|a| a.as_slice()).collect();
+        m.rcpt(&r.address, &args).expect("rcpt");
+    }
+    m.end_of_recipients().expect("end_of_recipients");
+    let split = message
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("a header section")
+        + 1;
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in message[..split].split_inclusive(|&b| b == b'\n') {
+        match line.first() {
+            Some(b' ' | b'\t') => fields.last_mut().expect("a field").extend_from_slice(line),
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    for f in &fields {
+        m.header(f).expect("header");
+    }
+    m.end_of_header().expect("end_of_header");
+    for b in message[split + 1..].chunks(1) {
+        m.body(b).expect("body");
+    }
+    m.end_of_message().expect("end_of_message")
+}
+
+/// A message pushed field by field and in 1-byte body chunks puts the same bytes on the wire
+/// and gets the same verdict and outcome as `filter` on the whole buffer: against pymilter
+/// answering every stage, and answering only end of message; with edits.
+#[test]
+fn pushes_put_the_bytes_of_the_whole_message_on_the_wire() {
+    let mut body = Vec::new();
+    for i in 0..7000 {
+        body.extend_from_slice(format!("line {i} with LF\n").as_bytes());
+    }
+    let message = [
+        &MESSAGE[..MESSAGE.len() - 25],
+        b"Folded: one\n two\n\n",
+        &body,
+    ]
+    .concat();
+    for protocol in [
+        r#"["SKIP"]"#,
+        r#"["NR_CONN","NR_HELO","NR_MAIL","NR_RCPT","NR_DATA","NR_HDR","NR_EOH","NR_BODY"]"#,
+    ] {
+        let m = any_reply(&format!(
+            r#"{{"protocol": {protocol}, "edits": [["addheader", "X-Pushed", "yes"], ["chgheader", "Subject", 1, "changed"]]}}"#
+        ));
+        let (relay, sent) = recording_relay(m.port);
+        let mut config = m.config();
+        config.port = relay;
+        let h = Handle::new(config);
+        let env = envelope("pushes");
+        let whole = filter_with(&m, &h, &env, &message);
+        let pushed = push_bytewise(&h, &env, &message);
+        let (a, b) = (relayed(&sent, 0), relayed(&sent, 1));
+        assert!(
+            a == b,
+            "{protocol}: the whole message sent {} bytes, the pushes {}",
+            a.len(),
+            b.len()
+        );
+        assert_eq!(whole.outcome, pushed.outcome, "{protocol}");
+        assert_eq!(whole.verdict, pushed.verdict, "{protocol}");
+        assert_eq!(
+            pushed.outcome.edits.len(),
+            2,
+            "{protocol}: {:?}",
+            pushed.outcome
+        );
+        assert_eq!(pushed.verdict.kind, VerdictKind::Sieve);
+        let folded = pushed
+            .outcome
+            .headers
+            .last()
+            .expect("the fields, for the edits");
+        assert_eq!(folded.value, b" one\n two", "{protocol}");
+    }
+}
+
+/// A message given up before end of message (dropped) aborts its conversation and closes its
+/// connection at once: the Milter sees ABORT and the end of the connection, and the connection
+/// is not kept for the next message.
+#[test]
+fn a_dropped_message_aborts_and_closes_its_connection() {
+    let m = any_reply("{}");
+    let mut config = m.config();
+    config.connection_reuse = 1;
+    let h = Handle::new(config);
+    let env = envelope("dropped");
+    let mut msg = h.message();
+    msg.connect(milter_spamfilter::Client {
+        name: env.client_name.clone(),
+        ..Default::default()
+    })
+    .expect("connect");
+    msg.mail(&env.sender, &[]).expect("mail");
+    msg.rcpt(b"bob@example.net", &[]).expect("rcpt");
+    msg.header(b"Subject: never finished\r\n").expect("header");
+    drop(msg);
+    // The record is written when the Milter's side of the connection ends.
+    let record = m.recorded("dropped.client.example");
+    let names = record.names();
+    assert!(names.contains(&"abort".to_string()), "{names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("close"), "{names:?}");
+    assert!(!names.contains(&"eom".to_string()), "{names:?}");
+    // The next message has a connection of its own.
+    let next = filter_with(&m, &h, &envelope("after-drop"), MESSAGE);
+    assert_eq!(next.outcome.stage, Stage::Eom);
+    // Its connection is kept by the handle: closing the handle ends it, and its record.
+    drop(h);
+    let record = m.recorded("after-drop.client.example");
+    assert_eq!(
+        record.names().first().map(String::as_str),
+        Some("negotiate"),
+        "{:?}",
+        record.names()
+    );
+}
+
+/// Pushes out of SMTP order are refused by name and change nothing; stages not pushed are run
+/// with what is known; after a rejection at MAIL every later push is a no-op and the verdict is
+/// that rejection.
+#[test]
+fn pushes_keep_smtp_order_and_stop_at_a_decision() {
+    let m = any_reply(r#"{"replies": {"envfrom": "550 5.7.1 not you"}}"#);
+    let h = m.handle();
+    let mut msg = h.message();
+    msg.mail(b"order@example.org", &[])
+        .expect("mail, with an implied connect");
+    let e = msg
+        .connect(Default::default())
+        .expect_err("connect after mail");
+    assert!(e.message.contains("connect() after mail()"), "{e}");
+    msg.rcpt(b"bob@example.net", &[])
+        .expect("a no-op after the rejection");
+    msg.header(b"Subject: x\n").expect("a no-op");
+    msg.body(b"body\n").expect("a no-op");
+    let f = msg.end_of_message().expect("the verdict");
+    assert_rejected(&f, Stage::Mail, b"550 5.7.1 not you");
+    let record = m.recorded("order@example.org");
+    assert!(
+        !record.names().contains(&"envrcpt".to_string()),
+        "{:?}",
+        record.names()
+    );
+}
+
 /// The envelope of a submission from loopback, which opendkim's InternalHosts signs.
 fn submission(tag: &str) -> Envelope {
     let mut env = envelope(tag);

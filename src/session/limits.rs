@@ -5,7 +5,7 @@
 
 use crate::config::MilterLimits;
 use crate::error::escape;
-use crate::verdict::Edit;
+use crate::outcome::Edit;
 
 /// What one message has used of the limits so far.
 #[derive(Debug)]

@@ -1068,6 +1068,11 @@ pub enum Op {
     HoldRecipient {
         address: Vec<u8>,
     },
+    /// `if envelope :is "to" address { discard; stop; }`: a recipient the Milter deleted
+    /// (DELRCPT).
+    DeleteRecipient {
+        address: Vec<u8>,
+    },
     Discard,
     Fileinto(Vec<u8>),
     Redirect(Vec<u8>),
@@ -1271,6 +1276,19 @@ pub fn parse_verdict(script: &[u8]) -> Result<Vec<Op>, String> {
                     }] if s == "stop" && sa.is_empty() => Op::HoldRecipient {
                         address: string(address),
                     },
+                    [Cmd {
+                        name: d,
+                        args: da,
+                        block: None,
+                    }, Cmd {
+                        name: s,
+                        args: sa,
+                        block: None,
+                    }] if d == "discard" && da.is_empty() && s == "stop" && sa.is_empty() => {
+                        Op::DeleteRecipient {
+                            address: string(address),
+                        }
+                    }
                     b => return Err(format!("an envelope guard around {b:?}")),
                 }
             }

@@ -1,0 +1,133 @@
+//! TIMEOUT and MESSAGE_TIMEOUT: every read and write on the connection is bounded by the smaller
+//! of TIMEOUT and the time left before the message's deadline, set as socket timeouts, and set
+//! again only when that bound changes. The clock is read as seldom as that allows.
+//!
+//! MESSAGE_TIMEOUT counts the time the library spends on the message: a caller that pushes a
+//! message piece by piece (the push API) pauses the clock between pushes (`pause`, `resume`),
+//! so the MTA's own time between them (a slow SMTP client) is not charged to the Milter.
+
+use super::wire::Timeouts;
+use crate::error::{Error, Result};
+use crate::net::SocketTimeouts;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// What a socket timeout is set for (`Clock::arm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A small write with nothing unanswered before it, and the read of its reply: together
+    /// bounded by one timeout.
+    QuickExchange,
+    /// A read of its own (another packet of a reply, PROGRESS): bounded by one timeout.
+    Read,
+    /// Any other write: it may take more than one timeout, so the clock is read after it too.
+    LongWrite,
+}
+
+/// The bounds of one conversation's reads and writes.
+pub struct Clock {
+    pub timeout: Duration,
+    pub deadline: Instant,
+    /// The timeouts set on the socket now (to save system calls).
+    pub timeouts: SocketTimeouts,
+    /// The last write was armed and small enough never to block, so the read of its reply
+    /// may run on the same arming: no second look at the clock (one per round trip).
+    pub read_armed: bool,
+    /// Quick exchanges that may still run on the timeouts set without reading the clock (see
+    /// `arm`).
+    quick_exchanges: u32,
+    /// While paused (between pushes): the time that was left.
+    paused: Option<Duration>,
+}
+
+impl Clock {
+    pub fn new(timeout: Duration, deadline: Instant, timeouts: SocketTimeouts) -> Clock {
+        Clock {
+            timeout,
+            deadline,
+            timeouts,
+            read_armed: false,
+            quick_exchanges: 0,
+            paused: None,
+        }
+    }
+
+    /// Stops the message's clock until `resume`: the time until then is not the library's.
+    pub fn pause(&mut self) {
+        self.paused = Some(self.deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// Starts the clock again with the time that was left at `pause`. The deadline only moves
+    /// later, so what `arm` worked out for it stays true.
+    pub fn resume(&mut self) {
+        if let Some(left) = self.paused.take() {
+            self.deadline = Instant::now() + left;
+        }
+    }
+
+    /// Sets the socket timeout to min(TIMEOUT, time left before the message deadline).
+    ///
+    /// The clock is read only when needed: while the deadline is more than n + 1 timeouts
+    /// away, n more quick exchanges (a small write and its reply, each bounded by TIMEOUT)
+    /// cannot bring it closer than one timeout, so TIMEOUT stays right for them.
+    pub fn arm<S: Timeouts>(&mut self, stream: &mut S, op: Op, peer: &str) -> Result<()> {
+        if op == Op::QuickExchange && self.quick_exchanges > 0 {
+            self.quick_exchanges -= 1;
+            return Ok(());
+        }
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(Error::timeout(format!(
+                "milter {peer}: the conversation took longer than MESSAGE_TIMEOUT"
+            )));
+        }
+        let t = self.timeout.min(left);
+        // Reset only when needed: TIMEOUT stays set until the deadline comes closer than it.
+        let stale = |cur: Option<Duration>| match cur {
+            None => true,
+            Some(cur) => t < cur || (t > cur && cur < self.timeout),
+        };
+        let setting = |e: io::Error| Error::io(format!("milter {peer}: setting timeout: {e}"));
+        if stale(self.timeouts.read) {
+            stream.set_read_timeout_to(t).map_err(setting)?;
+            self.timeouts.read = Some(t);
+        }
+        if stale(self.timeouts.write) {
+            stream.set_write_timeout_to(t).map_err(setting)?;
+            self.timeouts.write = Some(t);
+        }
+        // Whole timeouts left beyond this exchange's, less one for the moments between
+        // exchanges: that many more may run without the clock.
+        self.quick_exchanges = if op != Op::LongWrite && t == self.timeout {
+            (left.as_nanos() / t.as_nanos()).saturating_sub(2) as u32
+        } else {
+            0
+        };
+        Ok(())
+    }
+
+    /// The error for a failed read or write: a timeout names the limit that ended the wait.
+    pub fn io_error(&self, peer: &str, doing: &str, e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                // The wait was bounded by the message deadline when that was nearer than
+                // TIMEOUT (the socket was armed with less than TIMEOUT).
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                let by_deadline = self.timeouts.read.is_some_and(|t| t < self.timeout);
+                if left.is_zero() || by_deadline {
+                    Error::timeout(format!(
+                        "milter {peer}: {doing} the Milter: the conversation took longer than \
+                         MESSAGE_TIMEOUT"
+                    ))
+                } else {
+                    Error::timeout(format!(
+                        "milter {peer}: {doing} the Milter timed out after {:.2} s (TIMEOUT)",
+                        self.timeout.as_secs_f64()
+                    ))
+                }
+            }
+            _ => Error::io(format!("milter {peer}: {doing} the Milter: {e}")),
+        }
+    }
+}
