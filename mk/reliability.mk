@@ -39,9 +39,11 @@ $(BMI_MTA): c_tests/bmi_mta.c $(BMI_C)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/bmi_mta.c -ldl
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, c_tests/loader.c, and the BMI
-## ones c_tests/bmi_abuse.c, c_tests/bmi_mta.c) under valgrind memcheck against the pymilter
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c, also with
+## --option-dat: the BMI path as Messaging Server, two slots on threads, and the BMI ones
+## c_tests/bmi_abuse.c, c_tests/bmi_mta.c) under valgrind memcheck against the pymilter
 ## load Milter: any memory error or definitely lost block fails.
+## (With --option-dat, message 2 is a Milter tempfail: slot 1, optional=0, defers it: exit 1.)
 memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD) $(BMI_ABUSE) $(BMI_MTA)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
 	@/usr/bin/python3 -c 'import Milter' 2>/dev/null || { echo "memcheck: pymilter missing: apt-get install python3-milter" >&2; exit 1; }
@@ -68,6 +70,17 @@ memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD) $(BMI_ABUSE) $(BMI_MTA)
 		echo "memcheck: BMI, message $$n (three Init/Free pairs)"; \
 		$(VALGRIND) $(VALGRIND_FLAGS) $(BMI_MTA) $(LIB) "$$work/load.opt" "$$work/msg$$n.eml" \
 			--to a@example.org --to b@example.org --optin spam:virus --repeat 3 >/dev/null; \
+	done; \
+	printf 'spamfilter1_library=%s\nspamfilter1_config_file=%s\nspamfilter1_string_action=data:,$$U\nspamfilter2_library=%s\nspamfilter2_config_file=%s\nspamfilter2_null_action=data:,discard;\nspamfilter2_optional=1\n' \
+		"$(CURDIR)/$(LIB)" "$$work/load.opt" "$(CURDIR)/$(LIB)" "$$work/load.opt" > "$$work/option.dat"; \
+	for n in 0 1 2 3; do \
+		echo "memcheck: loader as Messaging Server (BMI, two slots at once), message $$n"; \
+		rc=0; \
+		$(VALGRIND) $(VALGRIND_FLAGS) --error-exitcode=99 $(LOADER) --repeat 3 \
+			--rcpt a@example.net --rcpt b@example.net \
+			--option-dat "$$work/option.dat" "$$work/msg$$n.eml" > /dev/null || rc=$$?; \
+		[ $$rc -eq 0 ] || { [ $$n -eq 2 ] && [ $$rc -eq 1 ]; } || \
+			{ echo "memcheck: loader --option-dat, message $$n: exit $$rc" >&2; exit 1; }; \
 	done; \
 	closed=$$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
 	mkdir "$$work/bmi"; \

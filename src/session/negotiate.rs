@@ -166,7 +166,8 @@ impl<S: Timeouts> Conversation<'_, S> {
         let (cmd, at) = self.wire.read_packet("OPTNEG")?;
         if cmd != SMFIC_OPTNEG {
             return Err(self.wire.protocol_error(&format!(
-                "the kept connection is out of step: {} ('{}') came before the reply to OPTNEG;                  it belongs to an earlier message",
+                "the kept connection is out of step: {} ('{}') came before the reply to OPTNEG; \
+                 it belongs to an earlier message",
                 reply_name(cmd),
                 escape(&[cmd])
             )));
