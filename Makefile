@@ -25,17 +25,20 @@ $(LIB): FORCE
 header:
 	MILTER_SPAMFILTER_WRITE_HEADER=1 $(CARGO) build --release --lib
 
-MTA_C   := c_tests/mta.c c_tests/mta.h include/milter_spamfilter.h
+MTA_C   := tools/mta.c tools/mta.h include/milter_spamfilter.h
+# The Messaging Server path of the loader (--option-dat): BMI names only, slots on threads.
+MS_C    := tools/msgserver.c tools/ms_slot.c tools/bmi_load.c tools/bmi_feed.c tools/optiondat.c
+MS_H    := $(MS_C:.c=.h) include/bmi_api.h
 
-$(LOADER): c_tests/loader.c $(MTA_C)
+$(LOADER): tools/loader.c $(MTA_C) $(MS_C) $(MS_H)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/loader.c c_tests/mta.c -ldl
+	$(CC) $(CFLAGS) -Itools -o $@ tools/loader.c tools/mta.c $(MS_C) -ldl -pthread
 
 # The check tool: in the build tree it defaults to the library built here; `make install`
 # builds its own copy pointing at the installed library (always anew: PREFIX may have changed).
-$(CHECK): c_tests/check.c $(MTA_C)
+$(CHECK): tools/check.c tools/exports.c tools/exports.h $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ c_tests/check.c c_tests/mta.c -ldl
+	$(CC) $(CFLAGS) -Itools -DSPAMFILTER_LIBRARY='"$(CURDIR)/$(LIB)"' -o $@ tools/check.c tools/exports.c tools/mta.c -ldl
 
 $(DEMO): FORCE
 	$(CARGO) build --release --example demo_milter

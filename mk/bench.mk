@@ -15,7 +15,7 @@ CALLGRIND_OUT  := build/callgrind.out
 # -rdynamic: the library (dlopen'ed) must resolve send/recv/... to the bench's counting wrappers.
 $(BENCH): c_tests/bench.c $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -rdynamic -o $@ c_tests/bench.c c_tests/mta.c -ldl -pthread -lm
+	$(CC) $(CFLAGS) -Itools -rdynamic -o $@ c_tests/bench.c tools/mta.c -ldl -pthread -lm
 
 $(NOOP_MILTER): tests/milters/noop_milter.c
 	@mkdir -p build

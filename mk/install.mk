@@ -14,9 +14,9 @@ MAN_PAGES  := docs/man/spamfilter-check.1 docs/man/milter_spamfilter.3 docs/man/
 
 .PHONY: install uninstall
 
-build/install/spamfilter-check: c_tests/check.c $(MTA_C) FORCE
+build/install/spamfilter-check: tools/check.c tools/exports.c tools/exports.h $(MTA_C) FORCE
 	@mkdir -p build/install
-	$(CC) $(CFLAGS) -Ic_tests -DSPAMFILTER_LIBRARY='"$(LIBDIR)/libmilter_spamfilter.so"' -o $@ c_tests/check.c c_tests/mta.c -ldl
+	$(CC) $(CFLAGS) -Itools -DSPAMFILTER_LIBRARY='"$(LIBDIR)/libmilter_spamfilter.so"' -o $@ tools/check.c tools/exports.c tools/mta.c -ldl
 
 build/install/milter-spamfilter.pc: Cargo.toml mk/install.mk FORCE
 	@mkdir -p build/install

@@ -3,14 +3,18 @@
 
 ABUSE          := build/abuse
 GUARD          := build/guard
+BMI_ABUSE      := build/bmi_abuse
+BMI_MTA        := build/bmi_mta
 LOAD_MILTER    := tests/milters/load_milter.py
 VALGRIND       ?= valgrind
 VALGRIND_FLAGS ?= --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
                   --show-leak-kinds=definite --track-fds=no --num-callers=30
 # The streamed message of the abuse suite (MB); 100 is the issue's size, and valgrind takes it.
 MEMCHECK_BIG_MB ?= 100
+# The generated body bmi_mta pushes in 4 KB chunks under valgrind (MB).
+MEMCHECK_BMI_MB ?= 20
 FUZZ_SECONDS   ?= 60
-FUZZ_TARGETS   := decode_reply decode_optneg config_parse verdict_build conversation
+FUZZ_TARGETS   := decode_reply decode_optneg config_parse verdict_build conversation bmi_verdict_str
 # cargo-fuzz passes -Z flags (sanitizers) that only nightly accepts; this machine has one stable
 # toolchain, which accepts them with RUSTC_BOOTSTRAP=1.
 FUZZ_CARGO     ?= RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
@@ -25,9 +29,22 @@ $(GUARD): c_tests/guard.c include/milter_spamfilter.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
 
-## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, c_tests/loader.c) under valgrind
-## memcheck against the pymilter load Milter: any memory error or definitely lost block fails.
-memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
+BMI_C := c_tests/bmi_load.h include/bmi_api.h
+
+$(BMI_ABUSE): c_tests/bmi_abuse.c $(BMI_C)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/bmi_abuse.c -ldl
+
+$(BMI_MTA): c_tests/bmi_mta.c $(BMI_C)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/bmi_mta.c -ldl
+
+## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c, also with
+## --option-dat: the BMI path as Messaging Server, two slots on threads, and the BMI ones
+## c_tests/bmi_abuse.c, c_tests/bmi_mta.c) under valgrind memcheck against the pymilter
+## load Milter: any memory error or definitely lost block fails.
+## (With --option-dat, message 2 is a Milter tempfail: slot 1, optional=0, defers it: exit 1.)
+memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD) $(BMI_ABUSE) $(BMI_MTA)
 	@command -v $(VALGRIND) >/dev/null || { echo "memcheck: valgrind not found: apt-get install valgrind" >&2; exit 1; }
 	@/usr/bin/python3 -c 'import Milter' 2>/dev/null || { echo "memcheck: pymilter missing: apt-get install python3-milter" >&2; exit 1; }
 	@set -e; \
@@ -50,7 +67,28 @@ memcheck: $(LIB) $(LOADER) $(ABUSE) $(GUARD)
 		echo "memcheck: loader, message $$n (buffer and stream)"; \
 		$(VALGRIND) $(VALGRIND_FLAGS) $(LOADER) --quiet --repeat 3 $(LIB) "$$work/load.opt" "$$work/msg$$n.eml"; \
 		$(VALGRIND) $(VALGRIND_FLAGS) $(LOADER) --quiet --stream --repeat 3 $(LIB) "$$work/load.opt" "$$work/msg$$n.eml"; \
+		echo "memcheck: BMI, message $$n (three Init/Free pairs)"; \
+		$(VALGRIND) $(VALGRIND_FLAGS) $(BMI_MTA) $(LIB) "$$work/load.opt" "$$work/msg$$n.eml" \
+			--to a@example.org --to b@example.org --optin spam:virus --repeat 3 >/dev/null; \
 	done; \
+	printf 'spamfilter1_library=%s\nspamfilter1_config_file=%s\nspamfilter1_string_action=data:,$$U\nspamfilter2_library=%s\nspamfilter2_config_file=%s\nspamfilter2_null_action=data:,discard;\nspamfilter2_optional=1\n' \
+		"$(CURDIR)/$(LIB)" "$$work/load.opt" "$(CURDIR)/$(LIB)" "$$work/load.opt" > "$$work/option.dat"; \
+	for n in 0 1 2 3; do \
+		echo "memcheck: loader as Messaging Server (BMI, two slots at once), message $$n"; \
+		rc=0; \
+		$(VALGRIND) $(VALGRIND_FLAGS) --error-exitcode=99 $(LOADER) --repeat 3 \
+			--rcpt a@example.net --rcpt b@example.net \
+			--option-dat "$$work/option.dat" "$$work/msg$$n.eml" > /dev/null || rc=$$?; \
+		[ $$rc -eq 0 ] || { [ $$n -eq 2 ] && [ $$rc -eq 1 ]; } || \
+			{ echo "memcheck: loader --option-dat, message $$n: exit $$rc" >&2; exit 1; }; \
+	done; \
+	closed=$$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
+	mkdir "$$work/bmi"; \
+	echo "memcheck: BMI bad calls"; \
+	$(VALGRIND) $(VALGRIND_FLAGS) $(BMI_ABUSE) $(LIB) "$$work/bmi" $$closed $$port; \
+	echo "memcheck: BMI, $(MEMCHECK_BMI_MB) MB body in 4 KB chunks"; \
+	$(VALGRIND) $(VALGRIND_FLAGS) $(BMI_MTA) $(LIB) "$$work/load.opt" "$$work/msg0.eml" \
+		--to a@example.org --body-mb $(MEMCHECK_BMI_MB) >/dev/null; \
 	echo "memcheck: clean"
 
 ## fuzz-build: build every fuzz target (cargo install cargo-fuzz first).

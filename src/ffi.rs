@@ -208,7 +208,8 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-fn set_last_error(message: &str) {
+/// Sets this thread's `spamfilter_last_error()` text (the BMI face shares it).
+pub(crate) fn set_last_error(message: &str) {
     let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
     let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
 }

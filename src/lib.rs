@@ -10,6 +10,7 @@
 //!    nothing;
 //! 5. `ffi` hands that back to the MTA.
 
+pub mod bmi;
 pub mod config;
 pub mod content;
 pub mod error;

@@ -46,6 +46,12 @@ The spec (every key optional except "record"):
             ["replacebody", TEXT]               smfi_replacebody
             ["quarantine", REASON]              smfi_quarantine
             ["progress"]                        smfi_progress
+    "rendezvous": {"arrive": PATH, "await": PATH, "seconds": N}
+        at end of message, before anything else: create the file `arrive`, then wait up to N
+        seconds for the file `await` (another Milter's `arrive`). If it does not come, the eom
+        reply is "451 4.0.0 any_reply: rendezvous missed". Two Milters that await each other
+        this way both answer normally only if their ends of message overlap in time: the proof
+        that a client runs them in parallel, with no timing assertion.
   }
 
 A REPLY is one of
@@ -84,6 +90,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 import Milter
 import milter
@@ -178,7 +185,8 @@ def load_spec(path):
         fail("cannot read the spec %s: %s" % (path, e))
     if not isinstance(spec, dict) or not isinstance(spec.get("record"), str):
         fail("the spec must be an object with a \"record\" file name")
-    unknown = set(spec) - {"record", "actions", "protocol", "symlist", "probe", "replies", "edits"}
+    unknown = set(spec) - {"record", "actions", "protocol", "symlist", "probe", "replies", "edits",
+                           "rendezvous"}
     if unknown:
         fail("unknown spec keys: %s" % ", ".join(sorted(unknown)))
     for name in spec.get("actions", []):
@@ -204,6 +212,9 @@ def load_spec(path):
         wanted = [PROTOCOL[n] for n in spec.get("protocol", [])]
         if nr in wanted and reply != "continue":
             fail("%s: NR_* negotiated, so the only reply is continue" % stage)
+    meet = spec.get("rendezvous")
+    if meet is not None and (not isinstance(meet, dict) or set(meet) != {"arrive", "await", "seconds"}):
+        fail("rendezvous: an object with arrive, await and seconds")
     for edit in spec.get("edits", []):
         if not isinstance(edit, list) or not edit or edit[0] not in (
                 "addheader", "insheader", "chgheader", "addrcpt", "delrcpt", "chgfrom",
@@ -339,7 +350,22 @@ class AnyReply(Milter.Base):
         self.body_chunks.append(bytes(chunk))
         return self.answer("body", {"event": "body", "bytes": len(chunk)})
 
+    def rendezvous(self):
+        """True when the other Milter arrived (see "rendezvous" in the docstring)."""
+        meet = SPEC["rendezvous"]
+        with open(meet["arrive"], "w"):
+            pass
+        for _ in range(int(meet["seconds"] * 20)):
+            if os.path.exists(meet["await"]):
+                return True
+            time.sleep(0.05)
+        return os.path.exists(meet["await"])
+
     def eom(self):
+        if "rendezvous" in SPEC and not self.rendezvous():
+            self.events.append({"event": "eom", "rendezvous": False})
+            self.setreply("451", "4.0.0", "any_reply: rendezvous missed")
+            return Milter.TEMPFAIL
         body = b"".join(self.body_chunks)
         edits = SPEC.get("edits", [])
         event = {"event": "eom", "body_bytes": len(body), "body": text(body), "edits": edits,

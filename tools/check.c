@@ -3,11 +3,16 @@
  * Built on the same loader as the tests (mta.c: dlopen/dlsym, never linked at build time).
  *
  *   spamfilter-check [options] OPTION_FILE [MESSAGE_FILE]
+ *   spamfilter-check [--library PATH] --compare-exports VENDOR_LIBRARY
  *
  * Prints the options as understood (with defaults, and warnings for unknown names), how the
  * Milter was reached, what was negotiated (version, actions, protocol steps, macros by stage),
  * every packet of the conversation each way, the result (verdict, reply) and the time taken.
  * Without MESSAGE_FILE a built-in sample message is filtered.
+ *
+ * --compare-exports lists the dynamic symbols of VENDOR_LIBRARY (e.g. Messaging Server's own
+ * libmilter.so) that the library does not export, and the reverse (exports.h); exit code 0 when
+ * ours exports all of them, 1 when some are missing, 2 when a file is not a shared library.
  *
  * Exit code, for scripts and monitoring:
  *   0  the Milter answered, with no verdict (the message would be delivered as it is)
@@ -16,6 +21,7 @@
  *   3  usage error, or the library cannot be loaded
  */
 #define _GNU_SOURCE
+#include "exports.h"
 #include "mta.h"
 
 #include <stdio.h>
@@ -63,6 +69,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: spamfilter-check [options] OPTION_FILE [MESSAGE_FILE]\n"
+            "       spamfilter-check [--library PATH] --compare-exports VENDOR_LIBRARY\n"
             "Checks OPTION_FILE against its live Milter: options as understood, connection,\n"
             "negotiation, every packet, the verdict and the time taken.\n"
             "  --library PATH      the plug-in library (default: $SPAMFILTER_LIBRARY, else\n"
@@ -70,6 +77,10 @@ static void usage(FILE *out)
             "  --stream            pass the message through the read callback, as big\n"
             "                      messages are\n"
             "  --options-only      print the options as understood and stop (no connection)\n"
+            "  --compare-exports VENDOR_LIBRARY\n"
+            "                      list the dynamic symbols of VENDOR_LIBRARY (the MTA's own\n"
+            "                      plug-in, e.g. its libmilter.so) that the library does not\n"
+            "                      export, and the reverse; exit code 0 none missing, 1 some\n"
             "envelope of the message (defaults: a local submission to postmaster@localhost):\n");
     sf_envelope_usage(out);
     fprintf(out,
@@ -92,6 +103,7 @@ int main(int argc, char **argv)
     static struct sf_envelope env;
     const char *library = getenv("SPAMFILTER_LIBRARY");
     int stream = 0, options_only = 0;
+    const char *vendor = NULL;
     int i;
 
     if (library == NULL || *library == '\0')
@@ -124,11 +136,21 @@ int main(int argc, char **argv)
             continue;
         if (strcmp(opt, "--library") == 0) {
             library = val;
+        } else if (strcmp(opt, "--compare-exports") == 0) {
+            vendor = val;
         } else {
             fprintf(stderr, "%s: unknown option %s\n", PROG, opt);
             usage(stderr);
             return 3;
         }
+    }
+    if (vendor != NULL) {
+        sf_envelope_free(&env);
+        if (argc - i != 0) {
+            fprintf(stderr, "%s: --compare-exports takes no option file\n", PROG);
+            return 3;
+        }
+        return compare_exports(PROG, library, vendor);
     }
     if (argc - i < 1 || argc - i > 2) {
         usage(stderr);

@@ -16,8 +16,26 @@
  *                                    (one per recipient with its own outcome, refused at RCPT)
  *   verdict:                         (followed by the Sieve scriptlet, for kind verdict)
  * Exit code: 0 success, 1 the library reported a failure, 2 usage or loading error.
+ *
+ *   spamfilter-load [options] --option-dat OPTION_DAT MESSAGE_FILE
+ *
+ * loads the library as Messaging Server does instead (msgserver.h): every spamfilterN_library of
+ * the MTA option file OPTION_DAT through the BMI names only, all slots at once on the message,
+ * each slot's verdicts applied with its spamfilterN_null_action / _string_action / _optional.
+ * Output, per slot N and its verdict K:
+ *   slot N: spamfilterN_library=PATH
+ *   slot N: fatal error 0xXXXXXXXX from bmiCALL: LOCATION, TYPE     (a failed call)
+ *   slot N: defer: 451 4.0.0 Spam filter CALL failed - LOCATION - TYPE [slot N]
+ *   slot N: spamfilterN_optional=1: the message passes unfiltered
+ *   slot N: verdict K: recipients: ADDRESS ...
+ *   slot N: verdict K: default: deliver normally | null | string (L bytes)
+ *   slot N: verdict K: spamfilterN_string_action (L bytes):   (then the action, $U replaced,
+ *                                   exactly L bytes, and a newline unless it ends with one)
+ *   message: accept | defer: <the first deferring slot's 451 text>
+ * Exit code: 0 accepted, 1 deferred, 2 usage, option file or loading error.
  */
 #define _GNU_SOURCE
+#include "msgserver.h"
 #include "mta.h"
 
 #include <stdio.h>
@@ -28,12 +46,66 @@ static const char *const PROG = "spamfilter-load";
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: spamfilter-load [options] LIBRARY OPTION_FILE MESSAGE_FILE\n");
+    fprintf(stderr, "usage: spamfilter-load [options] LIBRARY OPTION_FILE MESSAGE_FILE\n"
+                    "       spamfilter-load [options] --option-dat OPTION_DAT MESSAGE_FILE\n");
     sf_envelope_usage(stderr);
     fprintf(stderr,
             "  --stream            pass the message through the read callback\n"
             "  --repeat N          filter the message N times (prints the last result)\n"
-            "  --quiet             print nothing on success (for load tests)\n");
+            "  --quiet             print nothing on success (for load tests)\n"
+            "  --option-dat FILE   load every spamfilterN_library of this MTA option file as\n"
+            "                      Messaging Server does (BMI names only, slots in parallel);\n"
+            "                      envelope: --from, --rcpt, --client-addr only\n"
+            "  --optin VALUES      (--option-dat) opt-in values of every recipient, a:b:c\n");
+}
+
+/* The envelope options a BMI caller has no place for: refused with --option-dat rather than
+ * silently dropped. Returns the first one given, or NULL. */
+static const char *not_for_bmi(const struct sf_envelope *e, int stream)
+{
+    if (stream)
+        return "--stream";
+    if (e->nmail > 0)
+        return "--mail-arg";
+    if (e->nmacro > 0)
+        return "--macro";
+    for (size_t r = 0; r < e->nrcpt; r++)
+        if (e->rcpt_argc[r] > 0)
+            return "--rcpt-arg";
+    const char *given[][2] = {
+        {e->client_name, "--client-name"}, {e->helo, "--helo"}, {e->hostname, "--hostname"},
+        {e->queue_id, "--queue-id"},       {e->auth_type, "--auth-type"},
+        {e->auth_user, "--auth-user"},
+    };
+    for (size_t k = 0; k < sizeof given / sizeof given[0]; k++)
+        if (given[k][0] != NULL)
+            return given[k][1];
+    return e->client_port != 0 ? "--client-port" : NULL;
+}
+
+/* --option-dat: the Messaging Server path (msgserver.c). */
+static int run_option_dat(struct sf_envelope *env, int stream, const char *option_dat,
+                          const char *optin, const char *message_file, long repeat, int quiet)
+{
+    const char *bad = not_for_bmi(env, stream);
+    if (bad != NULL) {
+        fprintf(stderr,
+                "spamfilter-load: %s: the BMI calls of --option-dat carry only the client "
+                "address, the sender and the recipients\n",
+                bad);
+        return 2;
+    }
+    sf_envelope_finish(env);
+    struct ms_envelope me = {
+        env->client_addr != NULL ? env->client_addr : "127.0.0.1",
+        env->from,
+        env->rcpt_addr,
+        env->nrcpt,
+        optin,
+    };
+    int rc = ms_run(PROG, option_dat, message_file, &me, repeat, quiet);
+    sf_envelope_free(env);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -41,6 +113,7 @@ int main(int argc, char **argv)
     static struct sf_envelope env;
     int stream = 0, quiet = 0;
     long repeat = 1;
+    const char *option_dat = NULL, *optin = NULL;
     int i;
 
     sf_envelope_init(&env);
@@ -65,12 +138,32 @@ int main(int argc, char **argv)
         if (taken)
             continue;
         if (strcmp(opt, "--repeat") == 0) {
-            repeat = atol(val);
+            char *end;
+            repeat = strtol(val, &end, 10);
+            if (*val == '\0' || *end != '\0' || repeat < 1) {
+                fprintf(stderr, "spamfilter-load: --repeat %s: not a whole number from 1\n", val);
+                return 2;
+            }
+        } else if (strcmp(opt, "--option-dat") == 0) {
+            option_dat = val;
+        } else if (strcmp(opt, "--optin") == 0) {
+            optin = val;
         } else {
             fprintf(stderr, "spamfilter-load: unknown or misplaced option %s\n", opt);
             usage();
             return 2;
         }
+    }
+    if (option_dat != NULL) {
+        if (argc - i != 1) {
+            usage();
+            return 2;
+        }
+        return run_option_dat(&env, stream, option_dat, optin, argv[i], repeat, quiet);
+    }
+    if (optin != NULL) {
+        fprintf(stderr, "spamfilter-load: --optin: only with --option-dat (a BMI caller's)\n");
+        return 2;
     }
     if (argc - i != 3) {
         usage();
