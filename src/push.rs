@@ -619,7 +619,18 @@ impl<'a> Message<'a> {
 
     /// The whole message at once (`Handle::filter`): its pushes, end of message, the verdict.
     pub(crate) fn filter(&mut self, content: Content<'a>) -> Result<Filtered> {
-        content::drive(self, content)?;
+        if let Err(e) = content::drive(self, content) {
+            if let State::Failed(_) = self.state {
+                return Err(e);
+            }
+            // The MTA's message failed outside a stage (its read callback, while the header
+            // section was read): the conversation ends here as on any failure.
+            let e = match &mut self.state {
+                State::Talking(c) if e.kind == ErrorKind::Message => c.settle_before(e),
+                _ => e,
+            };
+            return Err(self.fail(e));
+        }
         self.finish()
     }
 }

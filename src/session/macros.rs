@@ -157,11 +157,7 @@ pub struct MacroValues<'e> {
     text: &'e ClientText,
     /// The recipient of the last RCPT, once there is one.
     rcpt: Option<&'e [u8]>,
-    /// The MTA's macros by bare name, the last of a name first (it wins), worked out once
-    /// instead of for every name looked up; None when there are more than fit.
-    mta: Option<(MtaTable<'e>, usize)>,
-    /// A bit per MTA macro name (`name_bit`): most names looked up are none of the MTA's, and
-    /// a clear bit says so without comparing names.
+    /// `ClientText::mta_names`.
     mta_names: u64,
 }
 
@@ -175,65 +171,54 @@ fn name_bit(bare: &[u8]) -> u64 {
     1 << ((bare.len() as u64 * 7 + u64::from(first) * 3 + u64::from(last)) % 64)
 }
 
-/// (bare name, value) pairs.
-type MtaTable<'e> = [(&'e [u8], &'e [u8]); MTA_MACROS];
-
-/// The MTA's macros looked up from a small table when there are at most this many.
+/// With more MTA macros than this, every name is taken as possibly the MTA's (all bits set).
 const MTA_MACROS: usize = 16;
 
-/// The client's address and port as text, worked out once per message (at CONNECT) for every
-/// stage's macros.
+/// What every stage's macros need of the client and the MTA's macros, worked out once per
+/// message (at CONNECT).
 pub struct ClientText {
+    /// The client's address and port as text.
     pub addr: Option<protocol::InlineText>,
     pub port: protocol::InlineText,
+    /// A bit per MTA macro name (`name_bit`): most names looked up are none of the MTA's, and
+    /// a clear bit says so without comparing names.
+    pub mta_names: u64,
 }
 
 impl ClientText {
     pub fn of(env: &Envelope) -> ClientText {
+        let mta_names = match env.macros.len() <= MTA_MACROS {
+            true => env
+                .macros
+                .iter()
+                .fold(0, |bits, (name, _)| bits | name_bit(bare_macro_name(name))),
+            false => u64::MAX,
+        };
         ClientText {
             addr: env.client_addr.as_ref().map(protocol::InlineText::new),
             port: protocol::InlineText::decimal(u32::from(env.client_port)),
+            mta_names,
         }
     }
 }
 
 impl<'e> MacroValues<'e> {
     pub fn new(env: &'e Envelope, text: &'e ClientText) -> MacroValues<'e> {
-        let mta_names = if env.macros.len() <= MTA_MACROS {
-            env.macros
-                .iter()
-                .fold(0, |bits, (name, _)| bits | name_bit(bare_macro_name(name)))
-        } else {
-            u64::MAX
-        };
         MacroValues {
             env,
-            mta_names,
+            mta_names: text.mta_names,
             name: env.client_name.as_deref().filter(|n| !n.is_empty()),
             text,
             rcpt: None,
-            mta: (env.macros.len() <= MTA_MACROS).then(|| {
-                let mut table: MtaTable<'_> = [(&[], &[]); MTA_MACROS];
-                for (slot, (name, value)) in table.iter_mut().zip(env.macros.iter().rev()) {
-                    *slot = (bare_macro_name(name), value.as_slice());
-                }
-                (table, env.macros.len())
-            }),
         }
     }
 
-    /// The MTA's value of the macro whose bare name is `bare`.
+    /// The MTA's value of the macro whose bare name is `bare` (the last of that name wins).
     fn mta_value(&self, bare: &[u8]) -> Option<&'e [u8]> {
         if self.mta_names & name_bit(bare) == 0 {
             return None;
         }
-        match &self.mta {
-            Some((table, n)) => table[..*n]
-                .iter()
-                .find(|(name, _)| *name == bare)
-                .map(|m| m.1),
-            None => self.env.macro_value(bare),
-        }
+        self.env.macro_value(bare)
     }
 
     pub fn set_rcpt(&mut self, address: &'e [u8]) {
@@ -420,7 +405,7 @@ mod tests {
             env.macros.push((b"{x}".to_vec(), b"2".to_vec()));
             let text = ClientText::of(&env);
             let v = MacroValues::new(&env, &text);
-            assert_eq!(v.mta.is_some(), extra == 0);
+            assert_eq!(text.mta_names == u64::MAX, extra > 0);
             assert_eq!(value(&v, "x").as_deref(), Some("2"));
             assert_eq!(value(&v, "{x}").as_deref(), Some("2"));
             assert_eq!(value(&v, "{m0}").as_deref(), (extra > 0).then_some("v"));
