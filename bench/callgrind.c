@@ -94,6 +94,11 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
         msg.data_len = m.len;
         src.data = m.data;
         src.len = m.len;
+        if (k->bmi) { /* as in the BMI table: the LF form, converted as the library must */
+            src.data = (const unsigned char *)m.lf;
+            src.len = m.lf_len;
+            src.lf = 1;
+        }
     }
     struct conn c = {.fd = -1};
     struct obuf b = {0};

@@ -507,8 +507,46 @@ static int ideal_headers(struct conn *c, struct obuf *b, const unsigned char *ms
     return GO_ON;
 }
 
-/* The body in BODY packets of at most CHUNK bytes, from the buffer (from pos) or the
- * generator; written at HIGH_WATER when no reply is due. */
+/* Appends the LF text s[*pos..len) to b as CRLF text, at most `room` bytes: a LF with no CR
+ * before it gets one, as the library converts an LF body (a CRLF that does not fit ends the
+ * packet before its LF, as there). Runs between line ends are found with memchr and copied at
+ * once. The whole message is in memory, so the byte before a LF is always at hand. Returns the
+ * bytes appended. */
+static size_t put_crlf(struct obuf *b, const unsigned char *s, size_t len, size_t *pos,
+                       size_t room)
+{
+    ob_need(b, room);
+    unsigned char *out = b->p + b->len, *o = out;
+    size_t p = *pos;
+    while (p < len) {
+        size_t left = room - (size_t)(o - out);
+        size_t n = len - p < left ? len - p : left;
+        const unsigned char *lf = memchr(s + p, '\n', n);
+        size_t run = lf != NULL ? (size_t)(lf - (s + p)) : n;
+        memcpy(o, s + p, run);
+        o += run;
+        p += run;
+        if (lf == NULL)
+            break;
+        left -= run;
+        if (p > 0 && s[p - 1] == '\r') {
+            *o++ = '\n';
+        } else {
+            if (left < 2)
+                break;
+            *o++ = '\r';
+            *o++ = '\n';
+        }
+        p++;
+    }
+    size_t wrote = (size_t)(o - out);
+    b->len += wrote;
+    *pos = p;
+    return wrote;
+}
+
+/* The body in BODY packets of at most CHUNK bytes, from the buffer (from pos; converted to
+ * CRLF if src->lf) or the generator; written at HIGH_WATER when no reply is due. */
 static int ideal_body(struct conn *c, struct obuf *b, const struct source *src, size_t pos,
                       char *final)
 {
@@ -517,7 +555,9 @@ static int ideal_body(struct conn *c, struct obuf *b, const struct source *src, 
     for (;;) {
         size_t at = pkt_begin(b, 'B');
         size_t n;
-        if (src->data != NULL) {
+        if (src->data != NULL && src->lf) {
+            n = put_crlf(b, src->data, src->len, &pos, CHUNK);
+        } else if (src->data != NULL) {
             n = src->len - pos;
             if (n > CHUNK)
                 n = CHUNK;

@@ -69,6 +69,9 @@ struct source {
     size_t len;
     struct gen *gen;
     const struct ideal_env *env;
+    /* data has LF line ends, as a BMI caller holds it: the body goes out converted to CRLF,
+     * the work the library must do for the same conversation. */
+    int lf;
 };
 
 /* 0: the ideal client does not set TCP_QUICKACK (the line that shows why it must). */

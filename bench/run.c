@@ -156,6 +156,13 @@ static void work_block(struct job *j, SpamfilterMessage *msg, struct conn *c, st
     msg->data = j->m->data;
     msg->data_len = j->m->len;
     struct source src = {.data = j->m->data, .len = j->m->len, .env = t->env};
+    if (t->bmi != NULL) {
+        /* Beside the BMI face, the ideal client starts from what the face gets: the LF form,
+         * whose body it converts to CRLF as the library must. */
+        src.data = (const unsigned char *)j->m->lf;
+        src.len = j->m->lf_len;
+        src.lf = 1;
+    }
     memset(&t_io, 0, sizeof t_io);
     t_lastfd = -1;
     t_mode = j->client == CLIENT_LIB ? M_LIB : M_IDEAL;
