@@ -615,8 +615,7 @@ pub unsafe extern "C" fn bmiCreateStrFromVerdict(
             return Err(null("bmiCreateStrFromVerdict: verdict"));
         }
         // SAFETY: non-NULL, live (caller's promise).
-        let s = verdict_str::encode(unsafe { &*verdict });
-        let c = CString::new(s).unwrap_or_default().into_raw();
+        let c = verdict_str::encode_c(unsafe { &*verdict }).into_raw();
         // SAFETY: checked non-NULL above.
         unsafe { text.write(c) };
         Ok(())

@@ -35,21 +35,35 @@ const SIEVE: u8 = 2;
 
 /// The verdict as a string.
 pub fn encode(v: &Verdict) -> String {
-    let mut raw = Vec::with_capacity(
-        16 + v
-            .recipients
-            .iter()
-            .map(|r| r.address().len() + 2)
-            .sum::<usize>(),
-    );
+    // The tag and base64 are ASCII: the bytes are valid UTF-8 as they are.
+    String::from_utf8(encode_c(v).into_bytes()).unwrap_or_default()
+}
+
+/// The verdict as a C string (bmiCreateStrFromVerdict). Exim asks for the string of every
+/// verdict of every message, the default one too, so this is on every BMI message's path:
+/// the payload is laid out once at its exact size and the string made in one allocation of its
+/// final size, the NUL included (no growing, no copy into a CString).
+pub fn encode_c(v: &Verdict) -> CString {
+    let script: &[u8] = match &v.destination {
+        Destination::Sieve(script) => script.as_bytes(),
+        _ => &[],
+    };
+    let mut raw_len = 1 + 4 + varint_len(v.recipients.len() as u64) + 4;
+    if matches!(v.destination, Destination::Sieve(_)) {
+        raw_len += varint_len(script.len() as u64) + script.len();
+    }
+    for r in &v.recipients {
+        raw_len += varint_len(r.address().len() as u64) + r.address().len();
+    }
+    let mut raw = Vec::with_capacity(raw_len);
     match &v.destination {
         Destination::Default => raw.push(DEFAULT),
         Destination::Discard => raw.push(DISCARD),
         Destination::Sieve(_) => raw.push(SIEVE),
     }
     raw.extend_from_slice(&v.error.to_le_bytes());
-    if let Destination::Sieve(script) = &v.destination {
-        put_bytes(&mut raw, script.as_bytes());
+    if let Destination::Sieve(_) = &v.destination {
+        put_bytes(&mut raw, script);
     }
     put_varint(&mut raw, v.recipients.len() as u64);
     for r in &v.recipients {
@@ -57,10 +71,27 @@ pub fn encode(v: &Verdict) -> String {
     }
     let crc = crc32(&raw);
     raw.extend_from_slice(&crc.to_le_bytes());
-    let mut out = String::with_capacity(TAG.len() + raw.len().div_ceil(3) * 4);
-    out.push_str(TAG);
+    let mut out = Vec::with_capacity(TAG.len() + base64_len(raw.len()) + 1);
+    out.extend_from_slice(TAG.as_bytes());
     base64_encode(&raw, &mut out);
-    out
+    out.push(0);
+    // No NUL but the last: the tag and base64 have none.
+    CString::from_vec_with_nul(out).unwrap_or_default()
+}
+
+/// The bytes a LEB128 varint of `n` takes.
+fn varint_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// The length of the unpadded base64 of `n` bytes.
+fn base64_len(n: usize) -> usize {
+    n / 3 * 4 + [0, 2, 3][n % 3]
 }
 
 /// The verdict a string made by `encode` stands for; anything else is a fatal BAD_VERDICT
@@ -199,16 +230,20 @@ impl<'a> Reader<'a> {
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_encode(raw: &[u8], out: &mut String) {
-    for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for k in 0..chunk.len() + 1 {
-            out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
+/// Unpadded base64: whole groups of three bytes four characters at a time, then the tail.
+fn base64_encode(raw: &[u8], out: &mut Vec<u8>) {
+    let sextet = |n: u32, k: u32| ALPHABET[(n >> (18 - 6 * k) & 63) as usize];
+    let groups = raw.chunks_exact(3);
+    let tail = groups.remainder();
+    for g in groups {
+        let n = u32::from(g[0]) << 16 | u32::from(g[1]) << 8 | u32::from(g[2]);
+        out.extend_from_slice(&[sextet(n, 0), sextet(n, 1), sextet(n, 2), sextet(n, 3)]);
+    }
+    if let Some(&first) = tail.first() {
+        let second = tail.get(1).copied().unwrap_or(0);
+        let n = u32::from(first) << 16 | u32::from(second) << 8;
+        for k in 0..tail.len() as u32 + 1 {
+            out.push(sextet(n, k));
         }
     }
 }
@@ -438,9 +473,9 @@ mod tests {
     fn with_crc(mut payload: Vec<u8>) -> Vec<u8> {
         let crc = crc32(&payload);
         payload.extend_from_slice(&crc.to_le_bytes());
-        let mut s = String::from(TAG);
+        let mut s = TAG.as_bytes().to_vec();
         base64_encode(&payload, &mut s);
-        s.into_bytes()
+        s
     }
 
     #[test]
