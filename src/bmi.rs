@@ -264,11 +264,13 @@ unsafe fn push_text(
         }
         // SAFETY: non-NULL, from bmiInitMessage, not shared (caller's promise).
         let m = unsafe { &mut *message };
-        // SAFETY: NULL or NUL-terminated (caller's promise).
-        match unsafe { c_bytes(text, &format!("{name}: {what}")) } {
-            Ok(bytes) => m.push(push(bytes)),
-            Err(f) => Err(m.fail_with(f)),
+        // The error's text is made only when there is one: this runs for every envelope
+        // call of every message.
+        if text.is_null() {
+            return Err(m.fail_with(null(&format!("{name}: {what}"))));
         }
+        // SAFETY: non-NULL, NUL-terminated (caller's promise).
+        m.push(push(unsafe { CStr::from_ptr(text) }.to_bytes()))
     })
 }
 

@@ -10,10 +10,11 @@
 
 use crate::error::Result;
 use crate::handle::Handle;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// What tells one version of a file from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +53,15 @@ fn cache() -> &'static Mutex<HashMap<PathBuf, Loaded>> {
 pub fn open(path: &Path) -> Result<Arc<Handle>> {
     let now = stamp(path);
     if let Some(now) = now {
+        if let Some(handle) = last_opened(path, now) {
+            return Ok(handle);
+        }
         let map = cache().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = map.get(path).filter(|l| l.stamp == now) {
-            return Ok(Arc::clone(&l.handle));
+            let handle = Arc::clone(&l.handle);
+            drop(map);
+            remember(path, now, &handle);
+            return Ok(handle);
         }
     }
     // Read outside the lock: other messages with other (or this) files go on meanwhile. The
@@ -70,8 +77,43 @@ pub fn open(path: &Path) -> Result<Arc<Handle>> {
                 handle: Arc::clone(&handle),
             },
         );
+        drop(map);
+        remember(path, now, &handle);
     }
     Ok(handle)
+}
+
+thread_local! {
+    /// The file this thread opened last, its stamp and its Handle. Exim opens the same file
+    /// for every message: this spares hashing the path and taking the lock. Weak, so that a
+    /// thread's memory never keeps a replaced Handle (and its kept connections) alive.
+    static LAST: RefCell<Option<(PathBuf, Stamp, Weak<Handle>)>> = const { RefCell::new(None) };
+}
+
+/// The Handle this thread opened last for `path`, if the file is still the one it was.
+fn last_opened(path: &Path, now: Stamp) -> Option<Arc<Handle>> {
+    LAST.try_with(|last| match &*last.borrow() {
+        Some((p, stamp, handle)) if *stamp == now && p.as_os_str() == path.as_os_str() => {
+            handle.upgrade()
+        }
+        _ => None,
+    })
+    .ok()
+    .flatten()
+}
+
+fn remember(path: &Path, now: Stamp, handle: &Arc<Handle>) {
+    let _ = LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &mut *last {
+            // The same path: its buffer is kept, not allocated again.
+            Some((p, stamp, h)) if p.as_os_str() == path.as_os_str() => {
+                *stamp = now;
+                *h = Arc::downgrade(handle);
+            }
+            _ => *last = Some((path.to_path_buf(), now, Arc::downgrade(handle))),
+        }
+    });
 }
 
 /// How many option files are cached (for tests).

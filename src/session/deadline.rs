@@ -53,13 +53,26 @@ impl Clock {
     }
 
     /// Stops the message's clock until `resume`: the time until then is not the library's.
+    /// A push that did no I/O (a header field or body piece only added to the write buffer)
+    /// never started the clock (see `resume`), and stopping it reads no clock either.
     pub fn pause(&mut self) {
-        self.paused = Some(self.deadline.saturating_duration_since(Instant::now()));
+        if self.paused.is_none() {
+            self.paused = Some(self.deadline.saturating_duration_since(Instant::now()));
+        }
+        // A reply to a write of this push is read in a later one on an arming of its own, so
+        // that the clock is started for it.
+        self.read_armed = false;
     }
 
-    /// Starts the clock again with the time that was left at `pause`. The deadline only moves
+    /// Starts the clock again with the time that was left at `pause`, at the push's first read
+    /// or write (`arm`), not here: a push that only adds to the write buffer (each header field
+    /// and body piece under the NR_* bits, one call each from a BMI caller) then costs no look
+    /// at the clock, and its microseconds of encoding are not charged. The deadline only moves
     /// later, so what `arm` worked out for it stays true.
-    pub fn resume(&mut self) {
+    pub fn resume(&mut self) {}
+
+    /// The clock started for real, if a push left it waiting (see `resume`).
+    fn start(&mut self) {
         if let Some(left) = self.paused.take() {
             self.deadline = Instant::now() + left;
         }
@@ -71,6 +84,7 @@ impl Clock {
     /// away, n more quick exchanges (a small write and its reply, each bounded by TIMEOUT)
     /// cannot bring it closer than one timeout, so TIMEOUT stays right for them.
     pub fn arm<S: Timeouts>(&mut self, stream: &mut S, op: Op, peer: &str) -> Result<()> {
+        self.start();
         if op == Op::QuickExchange && self.quick_exchanges > 0 {
             self.quick_exchanges -= 1;
             return Ok(());
