@@ -542,8 +542,9 @@ impl BodyCrlf {
     /// `src` from its first bare LF (at `first`) on, converted line by line. Text with one bare
     /// LF most likely has one on every line (an LF spool, as BMI callers hand it over): each LF
     /// is then found with memchr, cheaper per line than the vector scan's set-up, and the
-    /// lines are converted in this one loop, not a call each. A packet that cannot take a
-    /// line's CRLF ends before its LF.
+    /// lines are written in this one loop straight into `out`'s reserved room (a copy and one
+    /// or two bytes a line, no capacity check each). A packet that cannot take a line's CRLF
+    /// ends before its LF.
     fn convert_lines(
         &mut self,
         src: &[u8],
@@ -551,33 +552,49 @@ impl BodyCrlf {
         out: &mut Vec<u8>,
         max: usize,
     ) -> (usize, bool) {
+        out.reserve(max - out.len());
         let (mut used, mut lf) = (0, first);
-        loop {
+        let mut w = out.len();
+        let full = loop {
             // src[used..lf] holds no LF; src[lf] is one.
-            let room = max - out.len();
             let bare = if lf > 0 {
                 src[lf - 1] != b'\r'
             } else {
                 !self.last_cr
             };
             let run = lf - used;
-            if run + 1 + usize::from(bare) > room {
-                let n = run.min(room);
-                return (used + self.copy_run(&src[used..used + n], out), true);
+            if w + run + 1 + usize::from(bare) > max {
+                break true;
             }
-            out.extend_from_slice(&src[used..lf]);
-            out.extend_from_slice(if bare { b"\r\n" } else { b"\n" });
-            self.last_cr = false;
+            // SAFETY: w + run + 2 <= max when bare (+ 1 otherwise), and out's capacity is at
+            // least max (reserved above), so every byte written is within the allocation;
+            // src[used..lf] is in bounds (lf < src.len()) and does not overlap `out`, which
+            // this function borrows mutably.
+            unsafe {
+                let dst = out.as_mut_ptr().add(w);
+                std::ptr::copy_nonoverlapping(src.as_ptr().add(used), dst, run);
+                if bare {
+                    dst.add(run).write(b'\r');
+                }
+                dst.add(run + usize::from(bare)).write(b'\n');
+            }
+            w += run + 1 + usize::from(bare);
             used = lf + 1;
             match find_lf(&src[used..]) {
                 Some(i) => lf = used + i,
-                None => {
-                    // The last line, without its LF (yet): what fits.
-                    let n = (src.len() - used).min(max - out.len());
-                    return (used + self.copy_run(&src[used..used + n], out), false);
-                }
+                None => break false,
             }
+        };
+        // SAFETY: bytes out.len()..w were written above, within the capacity.
+        unsafe { out.set_len(w) };
+        if used > 0 {
+            self.last_cr = false;
         }
+        // What fits of the run before the next LF (the packet is full), or of the last line,
+        // which has no LF (yet).
+        let end = if full { lf } else { src.len() };
+        let n = (end - used).min(max - out.len());
+        (used + self.copy_run(&src[used..used + n], out), full)
     }
 
     /// Copies `run` (no LF in it) into `out`; returns its length.
