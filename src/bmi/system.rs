@@ -156,6 +156,15 @@ mod tests {
             "a file replaced by rename was not read again"
         );
         assert!(cached_files() >= 1);
+        // The thread's own note of the last file it opened does not keep a replaced Handle
+        // (and its kept connections) alive.
+        let (gone, gone_too) = (Arc::downgrade(&a), Arc::downgrade(&c));
+        drop((a, b, c));
+        assert!(gone.upgrade().is_none() && gone_too.upgrade().is_none());
+        assert!(
+            Arc::ptr_eq(&open(&p).unwrap(), &d),
+            "the unchanged file was read again"
+        );
         let _ = std::fs::remove_file(&p);
     }
 

@@ -145,3 +145,67 @@ impl Clock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A stream that takes any timeout and is never read or written here.
+    struct Idle;
+
+    impl Read for Idle {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    impl Write for Idle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Timeouts for Idle {
+        fn set_read_timeout_to(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_write_timeout_to(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Between pushes the clock stands; a push that only buffers is charged nothing, and one
+    /// that reads or writes is charged from its first arming to its end.
+    #[test]
+    fn a_push_is_charged_from_its_first_read_or_write() {
+        let ten = Duration::from_secs(10);
+        let mut c = Clock::new(ten, Instant::now() + ten, SocketTimeouts::default());
+        c.pause();
+        let left = c.paused.expect("paused");
+        let nap = Duration::from_millis(30);
+        // A push with no I/O.
+        c.resume();
+        std::thread::sleep(nap);
+        c.pause();
+        assert_eq!(c.paused, Some(left), "a push without I/O was charged");
+        // A push that reads.
+        c.resume();
+        c.arm(&mut Idle, Op::Read, "test").expect("armed");
+        assert!(
+            c.paused.is_none(),
+            "the first arming did not start the clock"
+        );
+        std::thread::sleep(nap);
+        c.pause();
+        let after = c.paused.expect("paused");
+        assert!(
+            left - after >= nap,
+            "charged {:?} for {nap:?}",
+            left - after
+        );
+    }
+}
