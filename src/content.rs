@@ -417,9 +417,12 @@ pub fn drive<'m>(to: &mut impl Pushes<'m>, content: Content<'m>) -> Result<()> {
 pub struct BodyCrlf {
     /// The last byte written was a CR (so a LF at the start of the next run needs none).
     last_cr: bool,
-    /// How far the write buffer's current allocation (`out_at`) is known to hold initialized
-    /// bytes beyond its length: read into before, or zero-filled once. A body read straight
-    /// into the buffer then needs no zero-fill for each chunk.
+    /// How far the write buffer's current allocation (`out_at`: pointer and capacity) is known
+    /// to hold initialized bytes beyond its length: read into before, or zero-filled once. A
+    /// body read straight into the buffer then needs no zero-fill for each read. Valid only
+    /// within one `fill_from_reader` call, where `out` stays borrowed and only our own resize
+    /// can reallocate it: across calls the buffer could be freed and another allocated at the
+    /// same address with the same capacity, and its bytes would be taken as initialized.
     out_init: usize,
     out_at: (usize, usize),
 }
@@ -437,8 +440,9 @@ impl BodyCrlf {
         if len > self.out_init {
             let known = self.out_init;
             // SAFETY: out.len() <= known <= capacity: bytes out.len()..known of this same
-            // allocation (pointer and capacity unchanged since they were recorded) were written
-            // by an earlier resize or read, and truncating a Vec<u8> does not uninitialize them.
+            // allocation were written by an earlier resize or read in this `fill_from_reader`
+            // call, during which `out` stayed borrowed (pointer and capacity unchanged since they
+            // were recorded), and truncating a Vec<u8> does not uninitialize them.
             unsafe { out.set_len(known) };
             out.resize(len, 0);
             if out.as_ptr() as usize != at.0 || out.capacity() != at.1 {
@@ -614,6 +618,9 @@ impl BodyCrlf {
         out: &mut Vec<u8>,
         max: usize,
     ) -> Result<bool> {
+        // What was known of `out` before this call is forgotten (see `out_init`): one zero-fill
+        // of the packet per call, at most MAX_DATA_LEN bytes.
+        self.out_at = (0, 0);
         loop {
             if out.len() >= max {
                 return Ok(true);
@@ -734,6 +741,48 @@ mod tests {
         for max in 2..20 {
             assert_eq!(body_of(&input, max).concat(), input, "max {max}");
         }
+    }
+
+    /// A buffer freed and another allocated at the same address with the same capacity: the
+    /// bytes handed to the MTA's reader are zero, never what the freed buffer held (keyed on
+    /// pointer and capacity across calls, the old code took them as initialized and handed the
+    /// reader the first buffer's bytes).
+    #[test]
+    fn a_buffer_allocated_where_a_freed_one_was_is_never_taken_as_initialized() {
+        struct Checked(usize);
+        impl Read for Checked {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                assert!(
+                    buf.iter().all(|&b| b == 0),
+                    "the reader was handed bytes it did not write"
+                );
+                let n = buf.len().min(self.0);
+                buf[..n].fill(b'A');
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let max = 65536;
+        let mut body = BodyCrlf::default();
+        let mut first = Vec::with_capacity(max);
+        let at = first.as_ptr();
+        let mut source = Checked(10);
+        let mut reader = ContentReader::new(Content::Reader(&mut source));
+        body.fill_from_reader(&mut reader, &mut first, max)
+            .expect("the first read");
+        assert_eq!(first, b"AAAAAAAAAA");
+        drop(first);
+        let mut second = Vec::with_capacity(max);
+        assert_eq!(
+            second.as_ptr(),
+            at,
+            "the allocator did not reuse the freed block: the test proves nothing"
+        );
+        let mut source = Checked(10);
+        let mut reader = ContentReader::new(Content::Reader(&mut source));
+        body.fill_from_reader(&mut reader, &mut second, max)
+            .expect("the second read");
+        assert_eq!(second, b"AAAAAAAAAA");
     }
 
     /// A body streamed through a callback of random read sizes into one write buffer that is

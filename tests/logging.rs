@@ -11,7 +11,7 @@
 
 use milter_spamfilter::{Config, Content, Envelope, Handle, Recipient, VerdictKind};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -571,15 +571,17 @@ fn stderr_child(kind: StderrKind, port: u16, messages: usize) -> String {
             c
         }
     };
-    let (stderr, ours): (Stdio, Box<dyn Read + Send>) = match kind {
+    // A socket: our end, and a copy of the child's end to give it room once we read again.
+    let (stderr, ours, theirs): (Stdio, Option<UnixStream>, Option<UnixStream>) = match kind {
         StderrKind::Socket => {
             let (theirs, ours) = UnixStream::pair().expect("a socket pair");
             socket2::SockRef::from(&theirs)
                 .set_send_buffer_size(4096)
                 .expect("a small send buffer");
-            (Stdio::from(OwnedFd::from(theirs)), Box::new(ours))
+            let copy = theirs.try_clone().expect("a copy of the child's end");
+            (Stdio::from(OwnedFd::from(theirs)), Some(ours), Some(copy))
         }
-        _ => (Stdio::piped(), Box::new(std::io::empty())),
+        _ => (Stdio::piped(), None, None),
     };
     let mut child = cmd
         .env(CHILD_PORT, port.to_string())
@@ -594,9 +596,10 @@ fn stderr_child(kind: StderrKind, port: u16, messages: usize) -> String {
         });
     // Our copy of the child's end of a socket goes, so that its end is the child's exit.
     drop(cmd);
-    let stderr: Box<dyn Read + Send> = match child.stderr.take() {
-        Some(pipe) => Box::new(pipe),
-        None => ours,
+    let mut stderr = match (child.stderr.take(), ours) {
+        (Some(pipe), _) => std::fs::File::from(OwnedFd::from(pipe)),
+        (None, Some(socket)) => std::fs::File::from(OwnedFd::from(socket)),
+        (None, None) => panic!("{kind:?}: no end of the child's stderr"),
     };
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped stdin");
@@ -623,22 +626,69 @@ fn stderr_child(kind: StderrKind, port: u16, messages: usize) -> String {
         }
     };
     wait_for("FILLED");
+    // Empty stderr before the child logs again, so that its last message finds room however
+    // late this process's threads run. Read only by a thread started now, it could stay full
+    // while the child logged that message, tried its count a last time on closing and exited:
+    // lines dropped, and their count never written since writing never worked again.
+    let mut text = drain(&mut stderr, kind);
+    if let Some(theirs) = theirs {
+        // Room for the whole message at once (the kernel caps this at net.core.wmem_max).
+        socket2::SockRef::from(&theirs)
+            .set_send_buffer_size(256 * 1024)
+            .expect("a larger send buffer");
+    }
     // Read stderr to its end from now on, and let the child log one more message.
     let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut s);
-        s
+        let mut rest = Vec::new();
+        let _ = stderr.read_to_end(&mut rest);
+        rest
     });
     stdin.write_all(b"go\n").expect("tell the child to go on");
     wait_for("DONE");
     drop(stdin);
     let status = child.wait().expect("the child's status");
-    let text = reader.join().expect("the stderr reader");
+    text.extend(reader.join().expect("the stderr reader"));
+    let text = String::from_utf8(text).expect("the log is UTF-8");
     assert!(
         status.success(),
         "{kind:?}: the child failed: {status}\n{text}"
     );
     text
+}
+
+/// Everything in our end of the child's stderr now, read without waiting; the end is left
+/// blocking, for reading to the end. The child does not share this end's O_NONBLOCK flag: the
+/// flag belongs to our open file description, not to the pipe or socket.
+fn drain(f: &mut std::fs::File, kind: StderrKind) -> Vec<u8> {
+    set_nonblocking(f, true);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("{kind:?}: reading the child's stderr: {e}"),
+        }
+    }
+    set_nonblocking(f, false);
+    out
+}
+
+fn set_nonblocking(f: &std::fs::File, on: bool) {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor `f` owns, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(flags >= 0, "F_GETFL: {}", std::io::Error::last_os_error());
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    assert!(r == 0, "F_SETFL: {}", std::io::Error::last_os_error());
 }
 
 /// Run by `stderr_read_again_gets_the_count`, with stderr a pipe: filters
