@@ -212,7 +212,9 @@ impl<'e> MacroValues<'e> {
         MacroValues {
             env,
             mta_names: text.mta_names,
-            name: text.name.then(|| env.client_name.as_deref().unwrap_or_default()),
+            name: text
+                .name
+                .then(|| env.client_name.as_deref().unwrap_or_default()),
             text,
             rcpt: None,
         }
