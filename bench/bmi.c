@@ -11,47 +11,11 @@
 /* spamfilter_last_error: the text behind a BMI error (bmi_api.h). */
 static const char *(*last_error)(void);
 
-int bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen)
+int bench_bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen)
 {
-    /* The bench loaded the library already (sf_load): this finds the same copy. */
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (lib == NULL) {
-        snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
+    if (bmi_load("library", path, api, err, errlen) != 0)
         return -1;
-    }
-#define SYM(field, name)                                                                    \
-    do {                                                                                    \
-        *(void **)(&api->field) = dlsym(lib, name);                                         \
-        if (api->field == NULL) {                                                           \
-            snprintf(err, errlen, "%s has no symbol %s: a library without the BMI face",    \
-                     path, name);                                                           \
-            return -1;                                                                      \
-        }                                                                                   \
-    } while (0)
-    SYM(error_is_fatal, "bmiErrorIsFatal");
-    SYM(error_get_location, "bmiErrorGetLocation");
-    SYM(error_get_type, "bmiErrorGetType");
-    SYM(init_system, "bmiInitSystem");
-    SYM(free_system, "bmiFreeSystem");
-    SYM(init_message, "bmiInitMessage");
-    SYM(free_message, "bmiFreeMessage");
-    SYM(process_connection, "bmiProcessConnection");
-    SYM(process_from, "bmiProcessFROM");
-    SYM(accumulate_to, "bmiAccumulateTO");
-    SYM(end_to, "bmiEndTO");
-    SYM(accumulate_headers, "bmiAccumulateHeaders");
-    SYM(end_headers, "bmiEndHeaders");
-    SYM(accumulate_body, "bmiAccumulateBody");
-    SYM(end_body, "bmiEndBody");
-    SYM(end_message, "bmiEndMessage");
-    SYM(access_first_verdict, "bmiAccessFirstVerdict");
-    SYM(access_next_verdict, "bmiAccessNextVerdict");
-    SYM(verdict_destination_is_default, "bmiVerdictDestinationIsDefault");
-    SYM(verdict_access_destination, "bmiVerdictAccessDestination");
-    SYM(create_str_from_verdict, "bmiCreateStrFromVerdict");
-    SYM(free_str, "bmiFreeStr");
-#undef SYM
-    *(void **)(&last_error) = dlsym(lib, "spamfilter_last_error");
+    *(void **)(&last_error) = dlsym(api->lib, "spamfilter_last_error");
     return 0;
 }
 

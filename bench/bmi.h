@@ -10,6 +10,7 @@
 #define BENCH_BMI_H
 
 #include "bmi_api.h"
+#include "bmi_load.h"
 #include "message.h"
 
 #include <stddef.h>
@@ -17,35 +18,10 @@
 /* Exim's body chunk: it reads its spool file 4096 bytes at a time. */
 #define BMI_CHUNK 4096
 
-/* The BMI entry points the bench calls. */
-struct bmi_api {
-    BmiBoolean (*error_is_fatal)(BmiError);
-    BmiErrorLocation (*error_get_location)(BmiError);
-    BmiErrorType (*error_get_type)(BmiError);
-    BmiError (*init_system)(int, const char *, BmiSystem **);
-    void (*free_system)(BmiSystem *);
-    BmiError (*init_message)(BmiSystem *, BmiMessage **);
-    void (*free_message)(BmiMessage *);
-    BmiError (*process_connection)(const char *, BmiMessage *);
-    BmiError (*process_from)(const char *, BmiMessage *);
-    BmiError (*accumulate_to)(const char *, BmiOptin *, BmiMessage *);
-    BmiError (*end_to)(BmiMessage *);
-    BmiError (*accumulate_headers)(const char *, int, BmiMessage *);
-    BmiError (*end_headers)(BmiMessage *);
-    BmiError (*accumulate_body)(const char *, int, BmiMessage *);
-    BmiError (*end_body)(BmiMessage *);
-    BmiError (*end_message)(BmiMessage *);
-    BmiError (*access_first_verdict)(BmiMessage *, const BmiVerdict **);
-    BmiError (*access_next_verdict)(BmiMessage *, const BmiVerdict *, const BmiVerdict **);
-    BmiBoolean (*verdict_destination_is_default)(const BmiVerdict *);
-    const char *(*verdict_access_destination)(const BmiVerdict *);
-    BmiError (*create_str_from_verdict)(const BmiVerdict *, char **);
-    void (*free_str)(char *);
-};
-
-/* The BMI names of the library at `path` (already loaded or not); 0, or -1 with the missing
- * name in err (a library without the BMI face). */
-int bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen);
+/* The BMI names of the library at `path` (loaded already by the bench: the same copy), by the
+ * MTA-side loader (tools/bmi_load.c), and spamfilter_last_error for the bench's error texts; 0,
+ * or -1 with why in err (a library without the BMI face). */
+int bench_bmi_load(const char *path, struct bmi_api *api, char *err, size_t errlen);
 
 /* The message source of one BMI message: the LF form of a message (message.h), or its header
  * fields and the generator for an LF body of gen->total bytes (gen_read_lf_body: the 100 MiB

@@ -70,7 +70,7 @@ int callgrind_main(const struct callgrind_case *k, const char *lib, const char *
     struct bmi_api bapi;
     if (k->bmi) {
         char why[256];
-        if (bmi_load(lib, &bapi, why, sizeof why) != 0)
+        if (bench_bmi_load(lib, &bapi, why, sizeof why) != 0)
             die("--bmi: %s", why);
         t.bmi = &bapi;
         t.env = &bmi_env;

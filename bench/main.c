@@ -230,7 +230,7 @@ static void check_bmi(struct target *t, const struct msgdef *m)
 static void bmi_table(struct bench *b)
 {
     char err[256];
-    b->has_bmi = bmi_load(b->libpath, &b->bmi, err, sizeof err) == 0;
+    b->has_bmi = bench_bmi_load(b->libpath, &b->bmi, err, sizeof err) == 0;
     if (!b->has_bmi) {
         printf("\nBMI face: not measured: %s\n", err);
         return;

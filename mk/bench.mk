@@ -15,8 +15,8 @@ CALLGRIND_OUT  := build/callgrind.out
 
 # The bench's sources (bench/README.md: one concern per file) and the MTA-side code it shares
 # with the loader (MTA_C, wherever the Makefile keeps it).
-BENCH_SRC      := $(wildcard bench/*.c) $(filter %.c,$(MTA_C))
-BENCH_HDR      := $(wildcard bench/*.h) $(filter %.h,$(MTA_C))
+BENCH_SRC      := $(wildcard bench/*.c) $(filter %.c,$(MTA_C)) tools/bmi_load.c
+BENCH_HDR      := $(wildcard bench/*.h) $(filter %.h,$(MTA_C)) tools/bmi_load.h
 BENCH_MTA_DIR  := $(filter-out include,$(sort $(patsubst %/,%,$(dir $(filter %.h,$(MTA_C))))))
 BENCH_INC      := $(addprefix -I,bench build $(BENCH_MTA_DIR))
 # What the library offers in OPTNEG and its default macro lists, printed from the crate by

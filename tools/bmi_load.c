@@ -57,6 +57,8 @@ int bmi_load(const char *option, const char *path, struct bmi_api *api, char *er
     SYM(verdict_first_recipient, "bmiVerdictAccessFirstRecipient");
     SYM(verdict_next_recipient, "bmiVerdictAccessNextRecipient");
     SYM(recipient_address, "bmiRecipientAccessAddress");
+    SYM(create_str_from_verdict, "bmiCreateStrFromVerdict");
+    SYM(free_str, "bmiFreeStr");
 #undef SYM
     return 0;
 }

@@ -41,6 +41,8 @@ struct bmi_api {
     const BmiRecipient *(*verdict_first_recipient)(const BmiVerdict *);
     const BmiRecipient *(*verdict_next_recipient)(const BmiVerdict *, const BmiRecipient *);
     char *(*recipient_address)(const BmiRecipient *);
+    BmiError (*create_str_from_verdict)(const BmiVerdict *, char **);
+    void (*free_str)(char *);
 };
 
 /* Loads `path` for the option `option` (e.g. "spamfilter2_library"). On failure writes the reason
