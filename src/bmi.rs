@@ -38,10 +38,10 @@ pub type BmiError = u32;
 pub type BmiErrorLocation = c_uint;
 pub type BmiErrorType = c_uint;
 
-/// `BmiSystem`: a reference to a cached option file (`system`).
-pub struct BmiSystem {
-    handle: Arc<Handle>,
-}
+/// `BmiSystem`: a reference to a cached option file (`system`): the pointer the caller holds is
+/// the `Arc<Handle>` itself (`Arc::into_raw`), so a system costs no allocation of its own (Exim
+/// makes one per message).
+pub type BmiSystem = Handle;
 
 /// `BmiMessage`.
 pub type BmiMessage = message::Message;
@@ -182,9 +182,8 @@ pub unsafe extern "C" fn bmiInitSystem(
         let handle = system::open(path).map_err(|e| {
             Failure::new(error::code_of(&e), format!("bmiInitSystem: {}", e.message))
         })?;
-        let boxed = Box::into_raw(Box::new(BmiSystem { handle }));
         // SAFETY: checked non-NULL above.
-        unsafe { system.write(boxed) };
+        unsafe { system.write(Arc::into_raw(handle).cast_mut()) };
         Ok(())
     })
 }
@@ -197,8 +196,8 @@ pub unsafe extern "C" fn bmiInitSystem(
 pub unsafe extern "C" fn bmiFreeSystem(system: *mut BmiSystem) {
     guard_value("bmiFreeSystem", (), || {
         if !system.is_null() {
-            // SAFETY: from Box::into_raw in bmiInitSystem, released once (caller's promise).
-            drop(unsafe { Box::from_raw(system) });
+            // SAFETY: from Arc::into_raw in bmiInitSystem, released once (caller's promise).
+            drop(unsafe { Arc::from_raw(system.cast_const()) });
         }
     })
 }
@@ -222,8 +221,12 @@ pub unsafe extern "C" fn bmiInitMessage(
         if system.is_null() {
             return Err(null("bmiInitMessage: system"));
         }
-        // SAFETY: non-NULL, from bmiInitSystem and not freed (caller's promise).
-        let handle = Arc::clone(unsafe { &(*system).handle });
+        // SAFETY: non-NULL, from Arc::into_raw in bmiInitSystem and not freed (caller's
+        // promise): one more count for the message; the system's own stays the caller's.
+        let handle = unsafe {
+            Arc::increment_strong_count(system.cast_const());
+            Arc::from_raw(system.cast_const())
+        };
         let boxed = Box::into_raw(Box::new(message::Message::new(handle)));
         // SAFETY: checked non-NULL above.
         unsafe { message.write(boxed) };

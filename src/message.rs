@@ -91,3 +91,10 @@ pub enum Content<'a> {
     /// Read on demand, so that a huge message is never held whole.
     Reader(&'a mut dyn Read),
 }
+
+impl AsRef<[u8]> for Recipient {
+    /// The address.
+    fn as_ref(&self) -> &[u8] {
+        &self.address
+    }
+}

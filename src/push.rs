@@ -260,6 +260,17 @@ impl<'a> Message<'a> {
         self.paced(|m| m.finish())
     }
 
+    /// `end_of_message`, handing back the envelope the pushes built (the BMI face names the
+    /// recipients in its verdicts; it keeps no copy of its own).
+    pub fn end_of_message_with_envelope(mut self) -> (Result<Filtered>, Envelope) {
+        let filtered = self.paced(|m| m.finish());
+        let envelope = match &mut self.env {
+            Env::Own(e) => std::mem::take(e),
+            Env::Lent(e) => Envelope::clone(e),
+        };
+        (filtered, envelope)
+    }
+
     /// Runs one push under the handle's logger, with the message's clock running.
     fn paced<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         // The handle is borrowed for 'a, not from self: no count of the shared Arc is touched

@@ -80,10 +80,12 @@ impl Step {
 
 enum State {
     Open {
-        pushed: Box<Pushed>,
+        /// In the message's own allocation: one per message (the C face boxes `Message`).
+        pushed: Pushed,
         step: Step,
-        /// The recipients as pushed, in order: the verdicts name them.
-        recipients: Vec<Vec<u8>>,
+        /// How many recipients were pushed (the engine's envelope holds them: the verdicts
+        /// name them from there).
+        recipients: usize,
     },
     Ended(Vec<Verdict>),
     Failed(Failure),
@@ -173,9 +175,9 @@ impl Message {
     pub fn new(handle: Arc<Handle>) -> Message {
         Message {
             state: State::Open {
-                pushed: Box::new(Pushed::new(handle)),
+                pushed: Pushed::new(handle),
                 step: Step::New,
-                recipients: Vec::new(),
+                recipients: 0,
             },
         }
     }
@@ -231,14 +233,14 @@ impl Message {
             },
             Push::From(sender) => m.mail(sender, &[]),
             Push::To(address) => {
-                if recipients.len() >= MAX_RECIPIENTS {
+                if *recipients >= MAX_RECIPIENTS {
                     let f = Failure::new(
                         error::INVALID_ARG,
                         format!("bmiAccumulateTO: more than {MAX_RECIPIENTS} recipients"),
                     );
                     return Err(self.fail(f));
                 }
-                recipients.push(address.to_vec());
+                *recipients += 1;
                 m.rcpt(address, &[])
             }
             Push::EndTo => m.end_of_recipients(),
@@ -269,12 +271,12 @@ impl Message {
                 "bmiEndMessage did not finish",
             )),
         );
-        let (pushed, recipients) = match state {
+        let pushed = match state {
             State::Open {
                 pushed,
                 step: Step::EndOfBody,
-                recipients,
-            } => (pushed, recipients),
+                ..
+            } => pushed,
             State::Open { step, .. } => {
                 let f = Failure::new(
                     error::STATE,
@@ -294,14 +296,15 @@ impl Message {
                 ));
             }
         };
-        let Pushed { message, handle } = *pushed;
-        let filtered = message.end_of_message();
+        let Pushed { message, handle } = pushed;
+        let (filtered, envelope) = message.end_of_message_with_envelope();
+        let recipients = &envelope.recipients;
         let verdicts = filtered
             .map_err(|e| {
                 let f = Failure::from(e);
                 Failure::new(f.code, format!("bmiEndMessage: {}", f.message))
             })
-            .and_then(|f| verdict::group(&recipients, &f.outcome, handle.verdict_options()));
+            .and_then(|f| verdict::group(recipients, &f.outcome, handle.verdict_options()));
         drop(handle);
         match verdicts {
             Ok(v) => {

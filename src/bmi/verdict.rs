@@ -101,9 +101,15 @@ fn destination_for_the_rest(
     outcome: &Outcome,
     options: &VerdictOptions,
 ) -> Result<Destination, Failure> {
-    let mut rest = outcome.clone();
-    rest.rejected_recipients.clear();
-    let v = sieve::build(&rest, options);
+    // Without the refusals (a copy only when there are any: most messages have none).
+    let v = match outcome.rejected_recipients.is_empty() {
+        true => sieve::build(outcome, options),
+        false => {
+            let mut rest = outcome.clone();
+            rest.rejected_recipients.clear();
+            sieve::build(&rest, options)
+        }
+    };
     match v.kind {
         VerdictKind::None => Ok(Destination::Default),
         VerdictKind::Defer => {
@@ -174,8 +180,8 @@ fn deleted(outcome: &Outcome, address: &[u8]) -> bool {
 /// a recipient refused at RCPT has its own; the others are grouped by destination, in the order
 /// of their first recipient. A whole-message deferral is an error, not a verdict (BMI has no
 /// deferral), unless every recipient was refused at RCPT already.
-pub fn group(
-    recipients: &[Vec<u8>],
+pub fn group<A: AsRef<[u8]>>(
+    recipients: &[A],
     outcome: &Outcome,
     options: &VerdictOptions,
 ) -> Result<Vec<Verdict>, Failure> {
@@ -186,11 +192,14 @@ pub fn group(
         None
     };
     let mut verdicts: Vec<Verdict> = Vec::new();
-    // The verdicts other recipients may join: not the refused recipients' own.
-    let mut shared: Vec<usize> = Vec::new();
+    // Which verdicts are a refused recipient's own (no other recipient joins those).
+    let mut own = vec![false; 0];
     for (i, address) in recipients.iter().enumerate() {
+        let address = address.as_ref();
         if let Some(r) = refusal(i) {
             verdicts.push(own_verdict(r, address, options));
+            own.resize(verdicts.len(), false);
+            own[verdicts.len() - 1] = true;
             continue;
         }
         let Some(rest) = &rest else { continue };
@@ -199,19 +208,16 @@ pub fn group(
         } else {
             rest.clone()
         };
-        match shared
-            .iter()
-            .find(|&&k| verdicts[k].destination == destination)
-        {
-            Some(&k) => verdicts[k].recipients.push(Recipient::new(address)),
-            None => {
-                shared.push(verdicts.len());
-                verdicts.push(Verdict {
-                    error: error::OK,
-                    destination,
-                    recipients: vec![Recipient::new(address)],
-                });
-            }
+        let joins = (0..verdicts.len()).find(|&k| {
+            !own.get(k).copied().unwrap_or(false) && verdicts[k].destination == destination
+        });
+        match joins {
+            Some(k) => verdicts[k].recipients.push(Recipient::new(address)),
+            None => verdicts.push(Verdict {
+                error: error::OK,
+                destination,
+                recipients: vec![Recipient::new(address)],
+            }),
         }
     }
     Ok(verdicts)
