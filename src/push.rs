@@ -301,6 +301,10 @@ impl<'a> Message<'a> {
     /// Moves the message to `phase`, running the stages before it that were not pushed.
     fn enter(&mut self, phase: Phase) -> Result<()> {
         let repeats = matches!(phase, Phase::Rcpt | Phase::Header | Phase::Body);
+        if self.phase == phase && repeats {
+            // The next field or body piece: nothing to run before it (the common case).
+            return Ok(());
+        }
         if self.phase > phase || (self.phase == phase && !repeats) {
             return Err(Error::message(format!(
                 "{} after {}: a message's pushes come in SMTP order (connect, mail, rcpt, \

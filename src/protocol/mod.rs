@@ -98,7 +98,12 @@ pub fn encode_packet(buf: &mut Vec<u8>, cmd: u8, parts: &[&[u8]]) {
     buf.extend_from_slice(&((data + 1) as u32).to_be_bytes());
     buf.push(cmd);
     for p in parts {
-        buf.extend_from_slice(p);
+        // A one-byte part (a field's NUL) is pushed, not copied by a call to memcpy: a header
+        // field is four parts, two of them a NUL.
+        match p {
+            [b] => buf.push(*b),
+            _ => buf.extend_from_slice(p),
+        }
     }
 }
 
