@@ -123,10 +123,14 @@ pub fn encode_optneg(buf: &mut Vec<u8>, version: u32, actions: u32, protocol: u3
 /// A string as it goes on the wire: cut at an embedded NUL (which would end it early on the
 /// Milter's side and shift every later field).
 fn wire_str(s: &[u8]) -> &[u8] {
-    match crate::scan::find_byte(s, 0) {
+    match find_nul(s) {
         Some(i) => &s[..i],
         None => s,
     }
+}
+
+fn find_nul(s: &[u8]) -> Option<usize> {
+    crate::scan::find_byte(s, 0)
 }
 
 /// Appends a MACRO packet for the command `stage_cmd` ('C', 'H', 'M', 'R', 'T', 'L', 'N', 'B', 'E').
@@ -172,7 +176,7 @@ pub fn push_macro_named(buf: &mut Vec<u8>, start: usize, name: &[u8], value: &[&
     let mut last_len = 0;
     let mut total = 0;
     for (i, part) in value.iter().enumerate() {
-        if let Some(nul) = crate::scan::find_byte(part, 0) {
+        if let Some(nul) = find_nul(part) {
             parts = i + 1;
             last_len = nul;
             total += nul;
@@ -384,12 +388,17 @@ pub fn encode_header(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let name = wire_str(name);
     let name = &name[..name.len().min(MAX_DATA_LEN / 2)];
     let value = wire_str(value);
-    let room = MAX_DATA_LEN - name.len() - 2;
-    encode_packet(
-        buf,
-        SMFIC_HEADER,
-        &[name, b"\0", &value[..value.len().min(room)], b"\0"],
-    );
+    let value = &value[..value.len().min(MAX_DATA_LEN - name.len() - 2)];
+    // Laid out here rather than by encode_packet: a header field is on every message's path
+    // many times, and its two NULs are single bytes.
+    let data = name.len() + value.len() + 2;
+    buf.reserve(5 + data);
+    buf.extend_from_slice(&((data + 1) as u32).to_be_bytes());
+    buf.push(SMFIC_HEADER);
+    buf.extend_from_slice(name);
+    buf.push(0);
+    buf.extend_from_slice(value);
+    buf.push(0);
 }
 
 /// Reads the fields of one reply, each checked against the bytes that remain.
