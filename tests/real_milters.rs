@@ -9,6 +9,9 @@
 
 #[path = "support/milters.rs"]
 mod milters;
+mod support {
+    pub mod built;
+}
 
 use milter_spamfilter::protocol::consts::*;
 use milter_spamfilter::session::{offered_protocol, OFFERED_ACTIONS};
@@ -17,11 +20,9 @@ use milter_spamfilter::verdict::{
 };
 use milter_spamfilter::{Content, Envelope, Filtered, Handle, Recipient, VerdictKind};
 use milters::{any_reply, opendkim, Record, Server};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+use support::built::{library, made};
 
 // ---------------------------------------------------------------------------------------------
 // Messages, envelopes, running cases side by side.
@@ -1613,60 +1614,13 @@ fn opendkim_signs_through_the_library() {
 // ---------------------------------------------------------------------------------------------
 // The C loader, as an MTA loads the library.
 
-/// The cdylib cargo built next to this test binary (target/<profile>/).
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let lib = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("libmilter_spamfilter.so");
-    assert!(
-        lib.is_file(),
-        "{} does not exist: cargo builds it with the tests (crate-type cdylib)",
-        lib.display()
-    );
-    lib
-}
-
-/// build/spamfilter-load, made once per test run with `make -s build/spamfilter-load`.
-fn loader() -> PathBuf {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let path = Path::new(MANIFEST).join("build/spamfilter-load");
-    if !*built {
-        let out = Command::new("make")
-            .args(["-s", "build/spamfilter-load"])
-            .current_dir(MANIFEST)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "make -s build/spamfilter-load failed (run make first): {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => panic!(
-                "cannot run make ({e}): run make first to build {}",
-                path.display()
-            ),
-        }
-        *built = true;
-    }
-    assert!(
-        path.is_file(),
-        "{} is missing: run make first",
-        path.display()
-    );
-    path
-}
-
 /// Runs the C loader against `m` on `message` with `args`; returns its stdout.
 fn load(m: &Server, args: &[&str], message: &[u8]) -> String {
     let opt = m.dir().join("milter.opt");
     std::fs::write(&opt, format!("HOST=127.0.0.1\nPORT={}\n", m.port)).expect("writing milter.opt");
     let eml = m.dir().join("message.eml");
     std::fs::write(&eml, message).expect("writing message.eml");
-    let out = Command::new(loader())
+    let out = Command::new(made("build/spamfilter-load"))
         .args(args)
         .arg(library())
         .arg(&opt)
