@@ -402,7 +402,7 @@ fn run_mta(dir: &TempDir, option_file: &Path, args: &[&str]) -> (Vec<Got>, Vec<i
 fn option_file(dir: &TempDir, port: u16, extra: &str) -> PathBuf {
     dir.write(
         "milter.opt",
-        &format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=5000\n{extra}"),
+        format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=5000\n{extra}"),
     )
 }
 
@@ -613,7 +613,7 @@ fn a_changed_option_file_is_read_again() {
     // After the first message the file names the live Milter: the second message goes there.
     let live = dir.write(
         "live.opt",
-        &format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=5000\n", milter.port),
+        format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=5000\n", milter.port),
     );
     let (got, _) = run_mta(
         &dir,

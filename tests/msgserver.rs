@@ -126,7 +126,7 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
     let discarder = meeting_milter(&dir, "two", "one", ", \"replies\": {\"eom\": \"discard\"}");
     let option_dat = dir.write(
         "option.dat",
-        &format!(
+        format!(
             "! the MTA's options\nLOG_FILTER=1\n{}{}",
             slot(
                 1,
@@ -217,7 +217,7 @@ fn null_action_and_string_action_with_u_substituted() {
     let lib = library().display().to_string();
     let option_dat = dir.write(
         "option.dat",
-        &format!(
+        format!(
             "{}{}{}",
             slot(
                 1,
@@ -306,7 +306,7 @@ fn optional_0_defers_and_optional_1_passes_when_the_milter_is_unreachable() {
     for optional in ["0", "1"] {
         let option_dat = dir.write(
             &format!("option{optional}.dat"),
-            &format!(
+            format!(
                 "{}{}",
                 slot(
                     1,
@@ -393,7 +393,7 @@ fn a_wrong_library_path_is_a_clear_error_naming_the_slot_and_the_path() {
         for optional in ["0", "1"] {
             let option_dat = dir.write(
                 "option.dat",
-                &format!(
+                format!(
                     "{}{}",
                     slot(1, &[("library", lib.clone()), ("config_file", up.clone())]),
                     slot(

@@ -35,7 +35,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -47,6 +46,9 @@ mod built;
 #[allow(clippy::duplicate_mod)]
 #[path = "process.rs"]
 mod process;
+#[allow(clippy::duplicate_mod)]
+#[path = "tempdir.rs"]
+mod tempdir;
 use super::daemons::Resolver;
 pub use process::free_port;
 use process::Group;
@@ -456,13 +458,7 @@ alternate:
 
 /// A fresh directory for one Exim under the system temp dir.
 fn scratch_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "milter-exim-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempdir::fresh_dir(&std::env::temp_dir(), "milter-exim");
     for sub in ["spool", "log", "mail"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)
