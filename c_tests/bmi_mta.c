@@ -13,7 +13,9 @@
  * usage: bmi_mta LIBRARY OPTION_FILE MESSAGE_FILE [--ip IP] [--from ADDR] [--to ADDR]...
  *                [--optin VALUES] [--chunk N] [--repeat N] [--body-mb N] [--rss]
  *   --body-mb N   the body is N MiB of generated 64-byte lines (LF) instead of the file's body
- *   --swap FILE   after the first message, FILE's text replaces the option file's (in place)
+ *   --swap FILE   after the first message, FILE's text replaces the option file's (in place),
+ *                 and the next message waits 1.2 s: a thread looks at its option file again
+ *                 only after a second (src/bmi/system.rs, RECHECK)
  *   --rss         print the growth of the peak resident size (getrusage ru_maxrss) between
  *                 the end of the header and bmiEndMessage: "rss_growth_kb K"
  *
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "bmi_test.h"
 
@@ -351,8 +354,10 @@ int main(int argc, char **argv) {
         printf("message %d\n", n);
         one_message(argv[2], &m, &o);
         fflush(stdout);
-        if (n == 0 && o.swap)
+        if (n == 0 && o.swap) {
             copy_file(o.swap, argv[2]);
+            nanosleep(&(struct timespec){.tv_sec = 1, .tv_nsec = 200000000}, NULL);
+        }
     }
     free(m.text);
     free(m.fields);

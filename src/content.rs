@@ -157,7 +157,10 @@ fn strip_eol(line: &[u8]) -> &[u8] {
 
 /// RFC 5322 field name: printable US-ASCII except colon (and no white space).
 fn is_field_name(name: &[u8]) -> bool {
-    name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+    // Every byte looked at, without a branch per byte (the compiler makes it a vector loop):
+    // this runs for every field of every message.
+    name.iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(33) < 94) & (b != b':'))
 }
 
 /// What one line of the header section was.
