@@ -208,6 +208,13 @@ static void expect_status(struct sf_api *api, const char *name, SpamfilterStatus
            "last error \"%s\" lacks \"%s\"", err, text ? text : "");
 }
 
+/* Filters `x` (a message with one thing spoiled) and checks the status and the last error. */
+static void expect_filter(struct sf_api *api, SpamfilterHandle *h, struct msg *x,
+                          const char *name, SpamfilterStatus want, const char *text)
+{
+    expect_status(api, name, api->filter(h, &x->m, &x->res), want, text);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* spamfilter_init with bad option files. */
 
@@ -318,19 +325,19 @@ static void argument_cases(struct sf_api *api, SpamfilterHandle *h)
     /* The first version of the result ended with elapsed_ms: one byte less is too small. */
     msg_init(&x, numbered);
     x.res.struct_size = offsetof(SpamfilterResult, elapsed_ms) + sizeof x.res.elapsed_ms - 1;
-    expect_status(api, "filter: result struct_size too small", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: result struct_size too small",
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "struct_size");
     x.res.struct_size = 0;
-    expect_status(api, "filter: result struct_size 0", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: result struct_size 0",
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "struct_size");
 
     msg_init(&x, numbered);
     x.m.struct_size = 0;
-    expect_status(api, "filter: message struct_size 0", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: message struct_size 0",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "struct_size");
     msg_init(&x, numbered);
     x.m.struct_size = sizeof(size_t);
-    expect_status(api, "filter: message struct_size 8", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: message struct_size 8",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "struct_size");
 
     /* An older, shorter struct: the fields past its size (macros, data, read) must be treated as
@@ -344,49 +351,49 @@ static void argument_cases(struct sf_api *api, SpamfilterHandle *h)
     msg_init(&x, numbered);
     x.m.recipients = NULL;
     x.m.recipient_count = 3;
-    expect_status(api, "filter: recipients NULL, count 3", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipients NULL, count 3",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipients is NULL");
 
     msg_init(&x, numbered);
     x.m.recipient_count = (size_t)-1;
-    expect_status(api, "filter: recipient_count SIZE_MAX", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipient_count SIZE_MAX",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipient_count");
 
     msg_init(&x, numbered);
     x.rcpt[0].address = NULL;
-    expect_status(api, "filter: recipient address NULL", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipient address NULL",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipients[0].address");
 
     msg_init(&x, numbered);
     x.rcpt[0].esmtp_argc = 2;
-    expect_status(api, "filter: recipient esmtp_args NULL, count 2",
-                  api->filter(h, &x.m, &x.res), SPAMFILTER_STATUS_ERR_MESSAGE, "esmtp_args");
+    expect_filter(api, h, &x, "filter: recipient esmtp_args NULL, count 2",
+                  SPAMFILTER_STATUS_ERR_MESSAGE, "esmtp_args");
 
     msg_init(&x, numbered);
     x.m.mail_argc = 2;
-    expect_status(api, "filter: mail_args NULL, count 2", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: mail_args NULL, count 2",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "mail_args");
 
     msg_init(&x, numbered);
     x.m.macro_count = 5;
-    expect_status(api, "filter: macros NULL, count 5", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: macros NULL, count 5",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "macros");
 
     SpamfilterMacro nameless = {NULL, "value"};
     msg_init(&x, numbered);
     x.m.macros = &nameless;
     x.m.macro_count = 1;
-    expect_status(api, "filter: macro with NULL name", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: macro with NULL name",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "macros[0].name");
 
     msg_init(&x, NULL);
     x.m.data_len = 10;
-    expect_status(api, "filter: data NULL, data_len 10", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: data NULL, data_len 10",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "data is NULL");
 
     msg_init(&x, numbered);
     x.m.client_addr = "not an address";
-    expect_status(api, "filter: client_addr garbage", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: client_addr garbage",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "client_addr");
 
     /* After all these failures the handle still works. */
