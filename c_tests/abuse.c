@@ -15,7 +15,8 @@
  * only when every case passed.
  */
 #define _GNU_SOURCE
-#include "milter_spamfilter.h"
+#include "mta.h"
+#include "report.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -36,85 +37,16 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef SpamfilterStatus (*init_fn)(const char *, SpamfilterHandle **);
-typedef SpamfilterStatus (*filter_fn)(const SpamfilterHandle *, const SpamfilterMessage *,
-                                      SpamfilterResult *);
-typedef void (*result_free_fn)(SpamfilterResult *);
-typedef void (*close_fn)(SpamfilterHandle *);
-typedef const char *(*string_fn)(void);
-
-struct api {
-    void *lib;
-    init_fn init;
-    filter_fn filter;
-    result_free_fn result_free;
-    close_fn close;
-    string_fn last_error;
-};
-
 static const char *library_path, *workdir;
 static int milter_port;
-static int cases, failures;
 static int main_finished;
 
 /* ------------------------------------------------------------------------------------------ */
 
-static void report(int ok, const char *name, const char *fmt, ...)
+/* Loads the library as an MTA does (tools/mta.c, as spamfilter-load and spamfilter-check). */
+static int load(struct sf_api *api)
 {
-    cases++;
-    if (ok) {
-        fprintf(stderr, "ok   %s\n", name);
-        return;
-    }
-    failures++;
-    fprintf(stderr, "FAIL %s: ", name);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static const char *status_name(SpamfilterStatus s)
-{
-    switch (s) {
-    case SPAMFILTER_STATUS_OK: return "OK";
-    case SPAMFILTER_STATUS_ERR_ARGUMENT: return "ERR_ARGUMENT";
-    case SPAMFILTER_STATUS_ERR_CONFIG: return "ERR_CONFIG";
-    case SPAMFILTER_STATUS_ERR_CONNECT: return "ERR_CONNECT";
-    case SPAMFILTER_STATUS_ERR_TIMEOUT: return "ERR_TIMEOUT";
-    case SPAMFILTER_STATUS_ERR_PROTOCOL: return "ERR_PROTOCOL";
-    case SPAMFILTER_STATUS_ERR_IO: return "ERR_IO";
-    case SPAMFILTER_STATUS_ERR_MESSAGE: return "ERR_MESSAGE";
-    case SPAMFILTER_STATUS_ERR_SOCKS: return "ERR_SOCKS";
-    case SPAMFILTER_STATUS_ERR_INTERNAL: return "ERR_INTERNAL";
-    }
-    return "unknown status";
-}
-
-static int load(struct api *api)
-{
-    memset(api, 0, sizeof *api);
-    api->lib = dlopen(library_path, RTLD_NOW | RTLD_LOCAL);
-    if (api->lib == NULL) {
-        fprintf(stderr, "abuse: cannot load %s: %s\n", library_path, dlerror());
-        return -1;
-    }
-#define SYM(field, name)                                                                    \
-    do {                                                                                    \
-        *(void **)(&api->field) = dlsym(api->lib, name);                                    \
-        if (api->field == NULL) {                                                           \
-            fprintf(stderr, "abuse: %s has no symbol %s\n", library_path, name);            \
-            return -1;                                                                      \
-        }                                                                                   \
-    } while (0)
-    SYM(init, "spamfilter_init");
-    SYM(filter, "spamfilter_filter");
-    SYM(result_free, "spamfilter_result_free");
-    SYM(close, "spamfilter_close");
-    SYM(last_error, "spamfilter_last_error");
-#undef SYM
-    return 0;
+    return sf_load("abuse", library_path, api);
 }
 
 static int write_file(const char *path, const void *data, size_t len)
@@ -139,6 +71,17 @@ static const char *option_file(const char *name, const char *extra)
         _exit(2); /* not exit(): the exit guard would blame the library */
     }
     return path;
+}
+
+/* `len` pseudo-random bytes (NULs among them), the same for the same seed. */
+static void fill_junk(void *buf, size_t len, unsigned seed)
+{
+    unsigned char *p = buf;
+    unsigned x = seed;
+    for (size_t i = 0; i < len; i++) {
+        x = x * 1103515245u + 12345u;
+        p[i] = (unsigned char)(x >> 16);
+    }
 }
 
 static int count_fds(void)
@@ -207,13 +150,13 @@ static void msg_init(struct msg *x, const char *data)
 }
 
 /* Checks the load Milter's verdict for Subject number n (-1: no number, so no verdict). */
-static void expect_verdict(struct api *api, const char *name, SpamfilterStatus st,
+static void expect_verdict(struct sf_api *api, const char *name, SpamfilterStatus st,
                            const SpamfilterResult *r, long n)
 {
     char num[32], want[96];
     snprintf(num, sizeof num, "%ld", n);
     if (st != SPAMFILTER_STATUS_OK) {
-        report(0, name, "status %s (%s), expected OK", status_name(st), api->last_error());
+        report(0, name, "status %s (%s), expected OK", sf_status_name(st), api->last_error());
         return;
     }
     if (n < 0) {
@@ -252,23 +195,30 @@ static void expect_verdict(struct api *api, const char *name, SpamfilterStatus s
     }
 }
 
-static void expect_status(struct api *api, const char *name, SpamfilterStatus got,
+static void expect_status(struct sf_api *api, const char *name, SpamfilterStatus got,
                           SpamfilterStatus want, const char *text)
 {
     const char *err = api->last_error();
     if (got != want) {
-        report(0, name, "status %s, expected %s (last error: %s)", status_name(got),
-               status_name(want), err);
+        report(0, name, "status %s, expected %s (last error: %s)", sf_status_name(got),
+               sf_status_name(want), err);
         return;
     }
     report(text == NULL || strstr(err, text) != NULL, name,
            "last error \"%s\" lacks \"%s\"", err, text ? text : "");
 }
 
+/* Filters `x` (a message with one thing spoiled) and checks the status and the last error. */
+static void expect_filter(struct sf_api *api, SpamfilterHandle *h, struct msg *x,
+                          const char *name, SpamfilterStatus want, const char *text)
+{
+    expect_status(api, name, api->filter(h, &x->m, &x->res), want, text);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* spamfilter_init with bad option files. */
 
-static void init_cases(struct api *api)
+static void init_cases(struct sf_api *api)
 {
     SpamfilterHandle *h = (SpamfilterHandle *)&h; /* not NULL: must be reset to NULL */
     char path[4096];
@@ -313,11 +263,7 @@ static void init_cases(struct api *api)
 
     /* Binary: pseudo-random bytes with NULs. */
     unsigned char bin[4096];
-    unsigned x = 12345;
-    for (size_t i = 0; i < sizeof bin; i++) {
-        x = x * 1103515245u + 12345u;
-        bin[i] = (unsigned char)(x >> 16);
-    }
+    fill_junk(bin, sizeof bin, 12345);
     bin[7] = 0;
     snprintf(path, sizeof path, "%s/binary.opt", workdir);
     write_file(path, bin, sizeof bin);
@@ -361,7 +307,7 @@ static void init_cases(struct api *api)
 /* ------------------------------------------------------------------------------------------ */
 /* spamfilter_filter with bad arguments and bad envelopes. */
 
-static void argument_cases(struct api *api, SpamfilterHandle *h)
+static void argument_cases(struct sf_api *api, SpamfilterHandle *h)
 {
     struct msg x;
     const char *numbered = "Subject: load 1\r\n\r\nbody\r\n";
@@ -379,19 +325,19 @@ static void argument_cases(struct api *api, SpamfilterHandle *h)
     /* The first version of the result ended with elapsed_ms: one byte less is too small. */
     msg_init(&x, numbered);
     x.res.struct_size = offsetof(SpamfilterResult, elapsed_ms) + sizeof x.res.elapsed_ms - 1;
-    expect_status(api, "filter: result struct_size too small", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: result struct_size too small",
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "struct_size");
     x.res.struct_size = 0;
-    expect_status(api, "filter: result struct_size 0", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: result struct_size 0",
                   SPAMFILTER_STATUS_ERR_ARGUMENT, "struct_size");
 
     msg_init(&x, numbered);
     x.m.struct_size = 0;
-    expect_status(api, "filter: message struct_size 0", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: message struct_size 0",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "struct_size");
     msg_init(&x, numbered);
     x.m.struct_size = sizeof(size_t);
-    expect_status(api, "filter: message struct_size 8", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: message struct_size 8",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "struct_size");
 
     /* An older, shorter struct: the fields past its size (macros, data, read) must be treated as
@@ -405,49 +351,49 @@ static void argument_cases(struct api *api, SpamfilterHandle *h)
     msg_init(&x, numbered);
     x.m.recipients = NULL;
     x.m.recipient_count = 3;
-    expect_status(api, "filter: recipients NULL, count 3", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipients NULL, count 3",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipients is NULL");
 
     msg_init(&x, numbered);
     x.m.recipient_count = (size_t)-1;
-    expect_status(api, "filter: recipient_count SIZE_MAX", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipient_count SIZE_MAX",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipient_count");
 
     msg_init(&x, numbered);
     x.rcpt[0].address = NULL;
-    expect_status(api, "filter: recipient address NULL", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: recipient address NULL",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "recipients[0].address");
 
     msg_init(&x, numbered);
     x.rcpt[0].esmtp_argc = 2;
-    expect_status(api, "filter: recipient esmtp_args NULL, count 2",
-                  api->filter(h, &x.m, &x.res), SPAMFILTER_STATUS_ERR_MESSAGE, "esmtp_args");
+    expect_filter(api, h, &x, "filter: recipient esmtp_args NULL, count 2",
+                  SPAMFILTER_STATUS_ERR_MESSAGE, "esmtp_args");
 
     msg_init(&x, numbered);
     x.m.mail_argc = 2;
-    expect_status(api, "filter: mail_args NULL, count 2", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: mail_args NULL, count 2",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "mail_args");
 
     msg_init(&x, numbered);
     x.m.macro_count = 5;
-    expect_status(api, "filter: macros NULL, count 5", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: macros NULL, count 5",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "macros");
 
     SpamfilterMacro nameless = {NULL, "value"};
     msg_init(&x, numbered);
     x.m.macros = &nameless;
     x.m.macro_count = 1;
-    expect_status(api, "filter: macro with NULL name", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: macro with NULL name",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "macros[0].name");
 
     msg_init(&x, NULL);
     x.m.data_len = 10;
-    expect_status(api, "filter: data NULL, data_len 10", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: data NULL, data_len 10",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "data is NULL");
 
     msg_init(&x, numbered);
     x.m.client_addr = "not an address";
-    expect_status(api, "filter: client_addr garbage", api->filter(h, &x.m, &x.res),
+    expect_filter(api, h, &x, "filter: client_addr garbage",
                   SPAMFILTER_STATUS_ERR_MESSAGE, "client_addr");
 
     /* After all these failures the handle still works. */
@@ -501,7 +447,7 @@ static void argument_cases(struct api *api, SpamfilterHandle *h)
 /* ------------------------------------------------------------------------------------------ */
 /* Odd message content. */
 
-static void content_case(struct api *api, SpamfilterHandle *h, const char *name,
+static void content_case(struct sf_api *api, SpamfilterHandle *h, const char *name,
                          const char *data, long n)
 {
     struct msg x;
@@ -511,7 +457,7 @@ static void content_case(struct api *api, SpamfilterHandle *h, const char *name,
     api->result_free(&x.res);
 }
 
-static void content_cases(struct api *api, SpamfilterHandle *h)
+static void content_cases(struct sf_api *api, SpamfilterHandle *h)
 {
     content_case(api, h, "message: empty (data NULL)", NULL, -1);
     content_case(api, h, "message: empty (data \"\")", "", -1);
@@ -528,18 +474,15 @@ static void content_cases(struct api *api, SpamfilterHandle *h)
 
     /* Binary junk with NULs: any verdict or a message error, never a crash. */
     static char junk[65536];
-    unsigned x = 777;
-    for (size_t i = 0; i < sizeof junk; i++) {
-        x = x * 1103515245u + 12345u;
-        junk[i] = (char)(x >> 16);
-    }
+    fill_junk(junk, sizeof junk, 777);
     struct msg m;
     msg_init(&m, NULL);
     m.m.data = (const uint8_t *)junk;
     m.m.data_len = sizeof junk;
     SpamfilterStatus st = api->filter(h, &m.m, &m.res);
     report(st == SPAMFILTER_STATUS_OK || st == SPAMFILTER_STATUS_ERR_MESSAGE,
-           "message: 64 KiB of binary junk", "status %s: %s", status_name(st), api->last_error());
+           "message: 64 KiB of binary junk", "status %s: %s", sf_status_name(st),
+           api->last_error());
     api->result_free(&m.res);
 }
 
@@ -604,7 +547,15 @@ static void gen_init(struct gen *g, const char *header, size_t lines)
     g->line_pos = sizeof g->line;
 }
 
-static void callback_cases(struct api *api, SpamfilterHandle *h, long big_mb, int check_rss)
+/* A well-formed message without data, its content read through `g`. */
+static void msg_init_read(struct msg *x, struct gen *g)
+{
+    msg_init(x, NULL);
+    x->m.read = gen_read;
+    x->m.read_ctx = g;
+}
+
+static void callback_cases(struct sf_api *api, SpamfilterHandle *h, long big_mb, int check_rss)
 {
     struct msg x;
     struct gen g;
@@ -612,26 +563,20 @@ static void callback_cases(struct api *api, SpamfilterHandle *h, long big_mb, in
     /* Fails in the header section. */
     gen_init(&g, "Subject: load 4\r\nX-Long: ", 1000);
     g.fail_after = 10;
-    msg_init(&x, NULL);
-    x.m.read = gen_read;
-    x.m.read_ctx = &g;
+    msg_init_read(&x, &g);
     expect_status(api, "read callback: fails at once", api->filter(h, &x.m, &x.res),
                   SPAMFILTER_STATUS_ERR_MESSAGE, "returned -1");
 
     /* Fails midway through the body, after several BODY packets went out. */
     gen_init(&g, "Subject: load 4\r\n\r\n", 100000);
     g.fail_after = 1 << 20;
-    msg_init(&x, NULL);
-    x.m.read = gen_read;
-    x.m.read_ctx = &g;
+    msg_init_read(&x, &g);
     expect_status(api, "read callback: fails midway", api->filter(h, &x.m, &x.res),
                   SPAMFILTER_STATUS_ERR_MESSAGE, "returned -1");
 
     gen_init(&g, "Subject: load 4\r\n\r\n", 10);
     g.overfill = 1;
-    msg_init(&x, NULL);
-    x.m.read = gen_read;
-    x.m.read_ctx = &g;
+    msg_init_read(&x, &g);
     expect_status(api, "read callback: claims more than asked", api->filter(h, &x.m, &x.res),
                   SPAMFILTER_STATUS_ERR_MESSAGE, "more than");
 
@@ -645,9 +590,7 @@ static void callback_cases(struct api *api, SpamfilterHandle *h, long big_mb, in
         memset(hdr + off, 'x', endless_len - off);
         memcpy(hdr + endless_len, "\r\n\r\nbody\r\n", 11);
         gen_init(&g, hdr, 0);
-        msg_init(&x, NULL);
-        x.m.read = gen_read;
-        x.m.read_ctx = &g;
+        msg_init_read(&x, &g);
         expect_status(api, "read callback: a 6 MiB header line", api->filter(h, &x.m, &x.res),
                       SPAMFILTER_STATUS_ERR_MESSAGE, "header section");
         free(hdr);
@@ -658,9 +601,7 @@ static void callback_cases(struct api *api, SpamfilterHandle *h, long big_mb, in
     char name[128];
     snprintf(name, sizeof name, "read callback: a %ld MB message", big_mb);
     gen_init(&g, "Subject: load 12\r\nFrom: big@example.org\r\n\r\n", lines);
-    msg_init(&x, NULL);
-    x.m.read = gen_read;
-    x.m.read_ctx = &g;
+    msg_init_read(&x, &g);
     long hwm_before = status_kb("VmHWM:");
     double t0 = now_seconds();
     SpamfilterStatus st = api->filter(h, &x.m, &x.res);
@@ -717,7 +658,7 @@ static void *hangup_server(void *arg)
     return NULL;
 }
 
-static void sigpipe_case(struct api *api)
+static void sigpipe_case(struct sf_api *api)
 {
     int l = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
@@ -752,13 +693,11 @@ static void sigpipe_case(struct api *api)
         struct gen g;
         struct msg x;
         gen_init(&g, "Subject: load 4\r\n\r\n", (8u << 20) / 64);
-        msg_init(&x, NULL);
-        x.m.read = gen_read;
-        x.m.read_ctx = &g;
+        msg_init_read(&x, &g);
         st = api->filter(h, &x.m, &x.res);
         /* Reaching this line at all means no SIGPIPE killed the process. */
         report(st == SPAMFILTER_STATUS_ERR_IO, "hangup: writing to a closed connection",
-               "status %s, expected ERR_IO: %s", status_name(st), api->last_error());
+               "status %s, expected ERR_IO: %s", sf_status_name(st), api->last_error());
         api->close(h);
     }
     pthread_join(t, NULL);
@@ -773,7 +712,7 @@ static void cycle_cases(int cycles)
     int fds_before = -1;
     int bad = 0;
     for (int i = 0; i < cycles && !bad; i++) {
-        struct api api;
+        struct sf_api api;
         if (load(&api) != 0) {
             report(0, "cycles: dlopen", "round %d", i);
             return;
@@ -875,7 +814,7 @@ int main(int argc, char **argv)
         sigaction(s, NULL, &before[s]);
     sigprocmask(SIG_BLOCK, NULL, &mask_before);
 
-    struct api api;
+    struct sf_api api;
     if (load(&api) != 0)
         return 2;
 

@@ -38,7 +38,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "bmi_load.h"
+#include "bmi_test.h"
 
 static int failed_checks;
 
@@ -65,9 +65,9 @@ static void print_escaped(const char *s) {
 
 /* Reports a fatal error of `call`; returns 1 when `err` is fatal. */
 static int fatal(const char *call, BmiError err) {
-    if (p_bmiErrorIsFatal(err) != BMI_TRUE)
+    if (bmi.error_is_fatal(err) != BMI_TRUE)
         return 0;
-    printf("fatal %s %d %d ", call, (int)p_bmiErrorGetLocation(err), (int)p_bmiErrorGetType(err));
+    printf("fatal %s %d %d ", call, (int)bmi.error_get_location(err), (int)bmi.error_get_type(err));
     print_escaped(p_last_error());
     putchar('\n');
     return 1;
@@ -183,13 +183,14 @@ static size_t body_total(const struct message *m, const struct options *o) {
 static void show_verdicts(BmiMessage *message) {
     const BmiVerdict *v = NULL;
     int j = 0;
-    for (p_bmiAccessFirstVerdict(message, &v); v != NULL; p_bmiAccessNextVerdict(message, v, &v)) {
+    for (bmi.access_first_verdict(message, &v); v != NULL;
+         bmi.access_next_verdict(message, v, &v)) {
         char *old = NULL;
-        BmiError err = p_bmiVerdictError(v);
-        p_bmiCreateOldStrFromVerdict(v, &old);
+        BmiError err = bmi.verdict_error(v);
+        bmi.create_old_str_from_verdict(v, &old);
         printf("verdict %d error=0x%08x default=%d old=%s\n", j++, (unsigned)err,
-               p_bmiVerdictDestinationIsDefault(v), old ? old : "(null)");
-        const char *dest = p_bmiVerdictAccessDestination(v);
+               bmi.verdict_destination_is_default(v), old ? old : "(null)");
+        const char *dest = bmi.verdict_access_destination(v);
         if (dest) {
             fputs("destination ", stdout);
             print_escaped(dest);
@@ -197,12 +198,12 @@ static void show_verdicts(BmiMessage *message) {
         } else {
             puts("destination NULL");
         }
-        CHECK(p_bmiVerdictRuleFired(v, 1) == BMI_FALSE, "a Milter has no numbered rules");
-        for (const BmiRecipient *r = p_bmiVerdictAccessFirstRecipient(v); r;
-             r = p_bmiVerdictAccessNextRecipient(v, r))
-            printf("recipient %s\n", p_bmiRecipientAccessAddress(r));
+        CHECK(bmi.verdict_rule_fired(v, 1) == BMI_FALSE, "a Milter has no numbered rules");
+        for (const BmiRecipient *r = bmi.verdict_first_recipient(v); r;
+             r = bmi.verdict_next_recipient(v, r))
+            printf("recipient %s\n", bmi.recipient_address(r));
         char *s = NULL;
-        BmiError e = p_bmiCreateStrFromVerdict(v, &s);
+        BmiError e = bmi.create_str_from_verdict(v, &s);
         CHECK(e == BMI_OK && s != NULL, "bmiCreateStrFromVerdict: 0x%08x", (unsigned)e);
         if (!s)
             continue;
@@ -210,30 +211,30 @@ static void show_verdicts(BmiMessage *message) {
         CHECK(strpbrk(s, ": \t\r\n") == NULL, "a verdict string with ':' or white space: %s", s);
         /* Back again, as Exim does at delivery: the same verdict. */
         BmiVerdict *back = NULL;
-        e = p_bmiCreateVerdictFromStr(s, &back);
+        e = bmi.create_verdict_from_str(s, &back);
         CHECK(e == BMI_OK && back, "bmiCreateVerdictFromStr(%s): 0x%08x", s, (unsigned)e);
         if (back) {
-            const char *d2 = p_bmiVerdictAccessDestination(back);
+            const char *d2 = bmi.verdict_access_destination(back);
             CHECK((dest == NULL) == (d2 == NULL) && (!dest || strcmp(dest, d2) == 0),
                   "the destination changed in the round trip");
-            CHECK(p_bmiVerdictDestinationIsDefault(back) == p_bmiVerdictDestinationIsDefault(v),
+            CHECK(bmi.verdict_destination_is_default(back) == bmi.verdict_destination_is_default(v),
                   "default changed in the round trip");
-            CHECK(p_bmiVerdictError(back) == err, "the error changed in the round trip");
-            const BmiRecipient *a = p_bmiVerdictAccessFirstRecipient(v);
-            const BmiRecipient *b = p_bmiVerdictAccessFirstRecipient(back);
-            for (; a && b; a = p_bmiVerdictAccessNextRecipient(v, a),
-                           b = p_bmiVerdictAccessNextRecipient(back, b)) {
-                char *addr = p_bmiRecipientAccessAddress(b);
-                CHECK(strcmp(p_bmiRecipientAccessAddress(a), addr) == 0, "a recipient changed");
+            CHECK(bmi.verdict_error(back) == err, "the error changed in the round trip");
+            const BmiRecipient *a = bmi.verdict_first_recipient(v);
+            const BmiRecipient *b = bmi.verdict_first_recipient(back);
+            for (; a && b; a = bmi.verdict_next_recipient(v, a),
+                           b = bmi.verdict_next_recipient(back, b)) {
+                char *addr = bmi.recipient_address(b);
+                CHECK(strcmp(bmi.recipient_address(a), addr) == 0, "a recipient changed");
                 /* Exim's bmi_get_base64_verdict splits the address in place. */
                 char *at = strchr(addr, '@');
                 if (at)
                     *at = '\0';
             }
             CHECK(a == NULL && b == NULL, "the number of recipients changed in the round trip");
-            p_bmiFreeVerdict(back);
+            bmi.free_verdict(back);
         }
-        p_bmiFreeStr(s);
+        bmi.free_str(s);
     }
 }
 
@@ -253,39 +254,39 @@ static void copy_file(const char *from, const char *to) {
 static void one_message(const char *option_file, const struct message *m, const struct options *o) {
     BmiSystem *system = NULL;
     BmiMessage *message = NULL;
-    BmiError err = p_bmiInitSystem(BMI_VERSION, option_file, &system);
+    BmiError err = bmi.init_system(BMI_VERSION, option_file, &system);
     if (fatal("bmiInitSystem", err)) {
         CHECK(system == NULL, "a failed bmiInitSystem left a system");
         return;
     }
-    err = p_bmiInitMessage(system, &message);
+    err = bmi.init_message(system, &message);
     if (fatal("bmiInitMessage", err))
         goto out;
-    if (fatal("bmiProcessConnection", p_bmiProcessConnection(o->ip, message)))
+    if (fatal("bmiProcessConnection", bmi.process_connection(o->ip, message)))
         goto out;
-    if (fatal("bmiProcessFROM", p_bmiProcessFROM(o->from, message)))
+    if (fatal("bmiProcessFROM", bmi.process_from(o->from, message)))
         goto out;
     for (int i = 0; i < o->to_count; i++) {
         BmiOptin *optin = NULL;
         if (o->optin) {
-            p_bmiOptinInit(&optin);
-            if (p_bmiErrorIsFatal(p_bmiOptinMset(optin, o->optin, ':')) == BMI_TRUE) {
-                p_bmiOptinFree(optin);
+            bmi.optin_init(&optin);
+            if (bmi.error_is_fatal(bmi.optin_mset(optin, o->optin, ':')) == BMI_TRUE) {
+                bmi.optin_free(optin);
                 optin = NULL;
             }
         }
-        err = p_bmiAccumulateTO(o->to[i], optin, message);
+        err = bmi.accumulate_to(o->to[i], optin, message);
         if (optin)
-            p_bmiOptinFree(optin);
+            bmi.optin_free(optin);
         if (fatal("bmiAccumulateTO", err))
             goto out;
     }
-    if (fatal("bmiEndTO", p_bmiEndTO(message)))
+    if (fatal("bmiEndTO", bmi.end_to(message)))
         goto out;
     for (int i = 0; i < m->count; i++)
-        if (fatal("bmiAccumulateHeaders", p_bmiAccumulateHeaders(m->fields[i], m->lengths[i], message)))
+        if (fatal("bmiAccumulateHeaders", bmi.accumulate_headers(m->fields[i], m->lengths[i], message)))
             goto out;
-    if (fatal("bmiEndHeaders", p_bmiEndHeaders(message)))
+    if (fatal("bmiEndHeaders", bmi.end_headers(message)))
         goto out;
     char *buf = malloc(o->chunk);
     long before = maxrss_kb();
@@ -293,28 +294,28 @@ static void one_message(const char *option_file, const struct message *m, const 
     for (size_t off = 0; off < total;) {
         size_t len = body_chunk(m, o, off, buf);
         off += len;
-        if (fatal("bmiAccumulateBody", p_bmiAccumulateBody(buf, (int)len, message))) {
+        if (fatal("bmiAccumulateBody", bmi.accumulate_body(buf, (int)len, message))) {
             free(buf);
             goto out;
         }
     }
     free(buf);
-    if (fatal("bmiEndBody", p_bmiEndBody(message)))
+    if (fatal("bmiEndBody", bmi.end_body(message)))
         goto out;
-    err = p_bmiEndMessage(message);
+    err = bmi.end_message(message);
     if (o->rss)
         printf("rss_growth_kb %ld\n", maxrss_kb() - before);
     if (fatal("bmiEndMessage", err)) {
         /* Exim ignores the iterators' errors: they must still say "no verdict". */
         const BmiVerdict *v = (const BmiVerdict *)1;
-        p_bmiAccessFirstVerdict(message, &v);
+        bmi.access_first_verdict(message, &v);
         CHECK(v == NULL, "bmiAccessFirstVerdict after a failed message set no NULL");
         goto out;
     }
     show_verdicts(message);
 out:
-    p_bmiFreeMessage(message);
-    p_bmiFreeSystem(system);
+    bmi.free_message(message);
+    bmi.free_system(system);
 }
 
 int main(int argc, char **argv) {
@@ -347,7 +348,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bmi_mta: --chunk must be positive, and at least one --to given\n");
         return 2;
     }
-    bmi_load(argv[1]);
+    bmi_test_load(argv[1]);
     struct message m = parse_message(argv[3]);
     for (int n = 0; n < o.repeat; n++) {
         printf("message %d\n", n);

@@ -17,9 +17,9 @@
  * only when every case passed.
  */
 #define _GNU_SOURCE
-#include "milter_spamfilter.h"
+#include "mta.h"
+#include "report.h"
 
-#include <dlfcn.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -38,32 +38,6 @@
 /* What the library must overwrite in a result: any field still holding it was not written. */
 #define GARBAGE 0x5A
 
-struct api {
-    SpamfilterStatus (*init)(const char *, SpamfilterHandle **);
-    SpamfilterStatus (*filter)(const SpamfilterHandle *, const SpamfilterMessage *,
-                               SpamfilterResult *);
-    void (*result_free)(SpamfilterResult *);
-    void (*close)(SpamfilterHandle *);
-    const char *(*last_error)(void);
-};
-
-static int cases, failures;
-
-static void report(int ok, const char *name, const char *fmt, ...)
-{
-    cases++;
-    if (ok) {
-        fprintf(stderr, "ok   %s\n", name);
-        return;
-    }
-    failures++;
-    fprintf(stderr, "FAIL %s: ", name);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Guarded storage and the fault handler. */
@@ -201,25 +175,8 @@ static void message_init(SpamfilterMessage *m, const char *data)
     m->data_len = strlen(data);
 }
 
-/* Hands out a C string once, for the read-callback case. */
-struct reader {
-    const char *text;
-    size_t pos;
-};
-
-static ptrdiff_t read_text(void *ctx, uint8_t *buf, size_t len)
-{
-    struct reader *r = ctx;
-    size_t n = strlen(r->text + r->pos);
-    if (n > len)
-        n = len;
-    memcpy(buf, r->text + r->pos, n);
-    r->pos += n;
-    return (ptrdiff_t)n;
-}
-
 /* The load Milter's verdict for Subject number n (-1: the message was not seen, no verdict). */
-static void expect_verdict(struct api *api, const char *name, SpamfilterStatus st,
+static void expect_verdict(struct sf_api *api, const char *name, SpamfilterStatus st,
                            const SpamfilterResult *r, long n)
 {
     if (st != SPAMFILTER_STATUS_OK) {
@@ -280,18 +237,28 @@ static int result_fields_written(const SpamfilterResult *r)
            (r->verdict == NULL ? r->verdict_len == 0 : r->verdict_len == strlen(r->verdict));
 }
 
-static void result_case(struct api *api, SpamfilterHandle *h, long n)
+/* A first-version result ending at a guard page, garbage in every field but struct_size; NULL
+ * (reported) on failure. */
+static SpamfilterResult *guarded_result_v1(struct guarded *g)
+{
+    SpamfilterResult *r = guarded_alloc(g, RESULT_V1_SIZE);
+    if (r != NULL) {
+        memset(r, GARBAGE, RESULT_V1_SIZE);
+        r->struct_size = RESULT_V1_SIZE;
+    }
+    return r;
+}
+
+static void result_case(struct sf_api *api, SpamfilterHandle *h, long n)
 {
     char name[128], data[128];
     snprintf(name, sizeof name, "first-version result (%zu bytes) at a page end, message %ld",
              (size_t)RESULT_V1_SIZE, n);
     current_case = name;
     struct guarded g;
-    SpamfilterResult *r = guarded_alloc(&g, RESULT_V1_SIZE);
+    SpamfilterResult *r = guarded_result_v1(&g);
     if (r == NULL)
         return;
-    memset(r, GARBAGE, RESULT_V1_SIZE);
-    r->struct_size = RESULT_V1_SIZE;
     snprintf(data, sizeof data, "Subject: load %ld\r\nFrom: a@example.org\r\n\r\nbody\r\n", n);
     SpamfilterMessage m;
     message_init(&m, data);
@@ -312,15 +279,13 @@ static void result_case(struct api *api, SpamfilterHandle *h, long n)
 }
 
 /* A call that fails (an unparsable client address) must still clear the short result. */
-static void result_failure_case(struct api *api, SpamfilterHandle *h)
+static void result_failure_case(struct sf_api *api, SpamfilterHandle *h)
 {
     current_case = "first-version result at a page end, failed call";
     struct guarded g;
-    SpamfilterResult *r = guarded_alloc(&g, RESULT_V1_SIZE);
+    SpamfilterResult *r = guarded_result_v1(&g);
     if (r == NULL)
         return;
-    memset(r, GARBAGE, RESULT_V1_SIZE);
-    r->struct_size = RESULT_V1_SIZE;
     SpamfilterMessage m;
     message_init(&m, "Subject: load 4\r\n\r\nbody\r\n");
     m.client_addr = "not an address";
@@ -335,7 +300,7 @@ static void result_failure_case(struct api *api, SpamfilterHandle *h)
 }
 
 /* A result of nothing but struct_size (8 bytes), too small: refused without reading further. */
-static void result_too_small_case(struct api *api, SpamfilterHandle *h)
+static void result_too_small_case(struct sf_api *api, SpamfilterHandle *h)
 {
     current_case = "result of 8 bytes (struct_size 8) at a page end";
     struct guarded g;
@@ -358,8 +323,17 @@ static void result_too_small_case(struct api *api, SpamfilterHandle *h)
 /* ------------------------------------------------------------------------------------------ */
 /* The message at every older size, from the smallest accepted one up. */
 
+/* Filters `m` into `r`, a result of today's size. */
+static SpamfilterStatus filter_full(struct sf_api *api, SpamfilterHandle *h,
+                                    const SpamfilterMessage *m, SpamfilterResult *r)
+{
+    memset(r, 0, sizeof *r);
+    r->struct_size = sizeof *r;
+    return api->filter(h, m, r);
+}
+
 /* Copies the first `size` bytes of `full` to a guarded page end and filters it. */
-static void message_case(struct api *api, SpamfilterHandle *h, const char *name,
+static void message_case(struct sf_api *api, SpamfilterHandle *h, const char *name,
                          const SpamfilterMessage *full, size_t size, long n)
 {
     current_case = name;
@@ -370,15 +344,13 @@ static void message_case(struct api *api, SpamfilterHandle *h, const char *name,
     memcpy(m, full, size);
     m->struct_size = size;
     SpamfilterResult r;
-    memset(&r, 0, sizeof r);
-    r.struct_size = sizeof r;
-    SpamfilterStatus st = api->filter(h, m, &r);
+    SpamfilterStatus st = filter_full(api, h, m, &r);
     expect_verdict(api, name, st, &r, n);
     api->result_free(&r);
     guarded_release(&g);
 }
 
-static void message_cases(struct api *api, SpamfilterHandle *h)
+static void message_cases(struct sf_api *api, SpamfilterHandle *h)
 {
     SpamfilterMessage full;
     message_init(&full, "Subject: load 8\r\nFrom: a@example.org\r\n\r\nbody\r\n");
@@ -400,8 +372,9 @@ static void message_cases(struct api *api, SpamfilterHandle *h)
         message_case(api, h, sizes[i].name, &full, sizes[i].size, sizes[i].n);
 
     /* The read callback, the last field of that older struct. */
-    struct reader rd = {"Subject: load 9\r\n\r\nbody\r\n", 0};
-    full.read = read_text;
+    static const char text[] = "Subject: load 9\r\n\r\nbody\r\n";
+    struct sf_stream rd = {(const unsigned char *)text, sizeof text - 1, 0};
+    full.read = sf_stream_read;
     full.read_ctx = &rd;
     message_case(api, h, "message up to read_ctx with a read callback at a page end", &full,
                  offsetof(SpamfilterMessage, flags), 9);
@@ -409,7 +382,7 @@ static void message_cases(struct api *api, SpamfilterHandle *h)
 }
 
 /* A message of nothing but struct_size (8 bytes), too small: refused after reading it alone. */
-static void message_too_small_case(struct api *api, SpamfilterHandle *h)
+static void message_too_small_case(struct sf_api *api, SpamfilterHandle *h)
 {
     current_case = "message of 8 bytes (struct_size 8) at a page end";
     struct guarded g;
@@ -418,9 +391,7 @@ static void message_too_small_case(struct api *api, SpamfilterHandle *h)
         return;
     m->struct_size = sizeof(size_t);
     SpamfilterResult r;
-    memset(&r, 0, sizeof r);
-    r.struct_size = sizeof r;
-    SpamfilterStatus st = api->filter(h, m, &r);
+    SpamfilterStatus st = filter_full(api, h, m, &r);
     report(st == SPAMFILTER_STATUS_ERR_MESSAGE && strstr(api->last_error(), "struct_size"),
            current_case, "status %d (%s), expected ERR_MESSAGE naming struct_size", (int)st,
            api->last_error());
@@ -429,30 +400,6 @@ static void message_too_small_case(struct api *api, SpamfilterHandle *h)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-
-static int load(struct api *api, const char *path)
-{
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (lib == NULL) {
-        fprintf(stderr, "guard: cannot load %s: %s\n", path, dlerror());
-        return -1;
-    }
-#define SYM(field, name)                                                                    \
-    do {                                                                                    \
-        *(void **)(&api->field) = dlsym(lib, name);                                         \
-        if (api->field == NULL) {                                                           \
-            fprintf(stderr, "guard: %s has no symbol %s\n", path, name);                    \
-            return -1;                                                                      \
-        }                                                                                   \
-    } while (0)
-    SYM(init, "spamfilter_init");
-    SYM(filter, "spamfilter_filter");
-    SYM(result_free, "spamfilter_result_free");
-    SYM(close, "spamfilter_close");
-    SYM(last_error, "spamfilter_last_error");
-#undef SYM
-    return 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -470,8 +417,8 @@ int main(int argc, char **argv)
     sigaction(SIGSEGV, &sa, NULL);
     sigaction(SIGBUS, &sa, NULL);
 
-    struct api api;
-    if (load(&api, argv[1]) != 0)
+    struct sf_api api;
+    if (sf_load("guard", argv[1], &api) != 0)
         return 2;
     SpamfilterHandle *h = NULL;
     if (api.init(argv[2], &h) != SPAMFILTER_STATUS_OK) {

@@ -21,23 +21,25 @@ FUZZ_CARGO     ?= RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 
 .PHONY: memcheck fuzz fuzz-build
 
-$(ABUSE): c_tests/abuse.c include/milter_spamfilter.h
+# The C tests load the library through the MTA-side loaders of tools/ (MTA_C: tools/mta.c for
+# the spamfilter_* names; BMI_C: tools/bmi_load.c for the BMI ones), as spamfilter-load does.
+$(ABUSE): c_tests/abuse.c $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -o $@ c_tests/abuse.c -ldl -pthread
+	$(CC) $(CFLAGS) -Itools -o $@ c_tests/abuse.c tools/mta.c -ldl -pthread
 
-$(GUARD): c_tests/guard.c include/milter_spamfilter.h
+$(GUARD): c_tests/guard.c $(MTA_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -o $@ c_tests/guard.c -ldl
+	$(CC) $(CFLAGS) -Itools -o $@ c_tests/guard.c tools/mta.c -ldl
 
-BMI_C := c_tests/bmi_load.h include/bmi_api.h
+BMI_C := tools/bmi_load.c tools/bmi_load.h c_tests/bmi_test.h include/bmi_api.h
 
 $(BMI_ABUSE): c_tests/bmi_abuse.c $(BMI_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/bmi_abuse.c -ldl
+	$(CC) $(CFLAGS) -Itools -o $@ c_tests/bmi_abuse.c tools/bmi_load.c -ldl
 
 $(BMI_MTA): c_tests/bmi_mta.c $(BMI_C)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Ic_tests -o $@ c_tests/bmi_mta.c -ldl
+	$(CC) $(CFLAGS) -Itools -o $@ c_tests/bmi_mta.c tools/bmi_load.c -ldl
 
 ## memcheck: the C programs (c_tests/abuse.c, c_tests/guard.c, tools/loader.c, also with
 ## --option-dat: the BMI path as Messaging Server, two slots on threads, and the BMI ones

@@ -1,83 +1,24 @@
-//! Bad input through the C ABI: compiles c_tests/abuse.c, which dlopens the built
-//! libmilter_spamfilter.so as an MTA does and abuses every entry point (NULL pointers, short
-//! structs, broken envelopes, odd messages, a failing read callback, a 100 MB streamed message,
-//! bad option files, many load/use/close rounds), against a real libmilter Milter
+//! Bad input through the C ABI: builds c_tests/abuse.c (make build/abuse), which dlopens the
+//! cdylib cargo built for the tests as an MTA does and abuses every entry point (NULL pointers,
+//! short structs, broken envelopes, odd messages, a failing read callback, a 100 MB streamed
+//! message, bad option files, many load/use/close rounds), against a real libmilter Milter
 //! (tests/milters/load_milter.py). It also checks that the library writes nothing to stdout,
-//! calls no exit() and leaves signal dispositions alone. And c_tests/guard.c, which places the
-//! caller's structs at their older, shorter sizes at the end of a page before a PROT_NONE page,
-//! so that any read or write past struct_size faults.
+//! calls no exit() and leaves signal dispositions alone. And c_tests/guard.c (build/guard), which
+//! places the caller's structs at their older, shorter sizes at the end of a page before a
+//! PROT_NONE page, so that any read or write past struct_size faults.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod support {
+    pub mod built;
     pub mod load_milter;
+    pub mod tempdir;
 }
+use support::built::{library, made};
 use support::load_milter::LoadMilter;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The cdylib cargo built next to this test binary (target/<profile>/).
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let lib = profile_dir.join("libmilter_spamfilter.so");
-    assert!(
-        lib.is_file(),
-        "{} does not exist: cargo builds it with the tests (crate-type cdylib)",
-        lib.display()
-    );
-    lib
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "milter-spamfilter-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Compiles a C test program into `dir` with the project's warning flags.
-fn compile(source: &str, dir: &Path, name: &str) -> PathBuf {
-    let out = dir.join(name);
-    let result = Command::new("cc")
-        .args(["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"])
-        .arg(format!("-I{MANIFEST}/include"))
-        .arg("-o")
-        .arg(&out)
-        .arg(Path::new(MANIFEST).join(source))
-        .args(["-ldl", "-pthread"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cc (install the Debian package gcc): {e}"));
-    assert!(
-        result.status.success(),
-        "compiling {source} failed:\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    out
-}
+use support::tempdir::TempDir;
 
 /// What a C test program left behind: its exit status, stderr (its report) and stdout.
 struct Ran {
@@ -145,8 +86,8 @@ fn assert_passed(name: &str, ran: &Ran) {
 fn c_abuse_suite_passes() {
     let lib = library();
     let dir = TempDir::new("abuse");
-    let exe = compile("c_tests/abuse.c", &dir.0, "abuse");
-    let work = dir.0.join("work");
+    let exe = made("build/abuse");
+    let work = dir.path("work");
     std::fs::create_dir(&work).expect("create the work directory");
     let milter = LoadMilter::start();
     let port = milter.port.to_string();
@@ -161,9 +102,9 @@ fn c_abuse_suite_passes() {
 fn c_short_structs_before_a_guard_page() {
     let lib = library();
     let dir = TempDir::new("guard");
-    let exe = compile("c_tests/guard.c", &dir.0, "guard");
+    let exe = made("build/guard");
     let milter = LoadMilter::start();
-    let options = dir.0.join("guard.opt");
+    let options = dir.path("guard.opt");
     std::fs::write(
         &options,
         format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=3000\n", milter.port),

@@ -3,45 +3,21 @@
 //! log that cannot be written (which must never fail a message).
 
 use milter_spamfilter::{Config, Content, Envelope, Handle, Recipient, VerdictKind};
-use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 mod support {
+    pub mod built;
     pub mod load_milter;
     pub mod milters;
+    pub mod tempdir;
 }
+use support::built::{library, made, root};
 use support::load_milter::LoadMilter;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh directory under the target directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "milter-spamfilter-admin-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::milters::free_port;
+use support::tempdir::TempDir;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -56,29 +32,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Builds the C programs (and the library) with make, once per test that needs them; make and
-/// cargo decide what is stale.
-fn make(target: &str) {
-    let o = run(Command::new("make")
-        .args(["-s", "--no-print-directory", target])
-        .current_dir(root()));
-    assert!(o.status.success(), "make {target} failed:\n{}", text(&o));
-}
-
-fn library() -> PathBuf {
-    root().join("target/release/libmilter_spamfilter.so")
-}
-
 fn check_tool() -> PathBuf {
-    make("build/spamfilter-check");
-    root().join("build/spamfilter-check")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    made("build/spamfilter-check")
 }
 
 #[test]
@@ -86,7 +41,7 @@ fn install_puts_every_file_in_place() {
     let dest = TempDir::new("install");
     let o = run(Command::new("make")
         .args(["-s", "--no-print-directory", "install", "PREFIX=/usr"])
-        .arg(format!("DESTDIR={}", dest.0.display()))
+        .arg(format!("DESTDIR={}", dest.dir().display()))
         .current_dir(root()));
     assert!(o.status.success(), "make install failed:\n{}", text(&o));
     for f in [
@@ -200,7 +155,6 @@ fn the_readme_example_compiles_and_filters_a_message() {
         "the README example does not compile:\n{}",
         text(&o)
     );
-    make("all");
 
     let milter = LoadMilter::start();
     std::fs::write(
@@ -234,7 +188,6 @@ fn the_readme_example_compiles_and_filters_a_message() {
 #[test]
 fn check_tool_against_a_live_milter() {
     let tool = check_tool();
-    make("all");
     let milter = LoadMilter::start();
     let dir = TempDir::new("check-live");
     std::fs::write(
@@ -314,7 +267,6 @@ fn check_tool_against_a_live_milter() {
 #[test]
 fn check_tool_against_a_live_and_then_a_stopped_opendkim() {
     let tool = check_tool();
-    make("all");
     let dkim = support::milters::opendkim();
     let dir = TempDir::new("check-dkim");
     let opt = dir.path("dkim.opt");
@@ -371,7 +323,6 @@ fn check_tool_against_a_live_and_then_a_stopped_opendkim() {
 #[test]
 fn check_tool_against_a_stopped_milter_says_what_to_check() {
     let tool = check_tool();
-    make("all");
     let dir = TempDir::new("check-down");
     let port = free_port();
     std::fs::write(
@@ -544,7 +495,6 @@ fn a_log_that_cannot_be_written_never_fails_a_message() {
 #[test]
 fn syslog_lines_go_to_dev_log_with_facility_mail() {
     let tool = check_tool();
-    make("all");
     let milter = LoadMilter::start();
     let dir = TempDir::new("syslog");
     let sock_path = dir.path("log.sock");
@@ -593,8 +543,7 @@ fn syslog_lines_go_to_dev_log_with_facility_mail() {
 /// `PORT=abc`, and a port nobody listens on.
 #[test]
 fn the_loader_prints_a_clear_error_for_each_bad_setup() {
-    make("all");
-    let loader = root().join("build/spamfilter-load");
+    let loader = made("build/spamfilter-load");
     let dir = TempDir::new("loader-errors");
     std::fs::write(dir.path("msg.eml"), "Subject: x\r\n\r\nbody\r\n").expect("write");
     std::fs::write(dir.path("nohost.opt"), "PORT=8891\n").expect("write");

@@ -12,75 +12,30 @@ mod milters;
 #[path = "support/sieve.rs"]
 mod sieve;
 mod support {
+    pub mod built;
     pub mod load_milter;
+    pub mod tempdir;
 }
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use support::built::{library, made};
 use support::load_milter::LoadMilter;
+use support::tempdir::TempDir;
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The cdylib cargo built next to this test binary (target/<profile>/).
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let lib = dir.join("libmilter_spamfilter.so");
-    assert!(lib.is_file(), "{} does not exist", lib.display());
-    lib
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("bmi-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Compiles c_tests/`name`.c once per test process, with the project's warning flags.
+/// build/`name`, made from c_tests/`name`.c by the Makefile (as `make memcheck` runs it).
 fn program(name: &str) -> PathBuf {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let dir = DIR.get_or_init(|| TempDir::new("programs"));
-    let out = dir.0.join(name);
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == name) {
-        compile(&format!("c_tests/{name}.c"), &out, &[]).unwrap_or_else(|e| panic!("{e}"));
-        built.push(name.to_string());
-    }
-    out
+    made(&format!("build/{name}"))
 }
 
-/// Runs cc on `source` (C11, -Wall -Wextra -Werror, include/ and c_tests/ on the path).
+/// Runs cc on `source` (C11, -Wall -Wextra -Werror, include/ and `include` on the path).
 fn compile(source: &str, out: &Path, include: &[&Path]) -> Result<(), String> {
     let mut cmd = Command::new("cc");
     cmd.args(["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror"])
-        .arg(format!("-I{MANIFEST}/include"))
-        .arg(format!("-I{MANIFEST}/c_tests"));
+        .arg(format!("-I{MANIFEST}/include"));
     for dir in include {
         cmd.arg(format!("-I{}", dir.display()));
     }
@@ -131,7 +86,7 @@ fn rust_signatures_match_the_header() {
     assert_eq!(declared_functions(&decls), declared_functions(&bmi_api_h()));
     // ...with the same types: declaring one twice differently does not compile.
     let dir = TempDir::new("signatures");
-    compile("c_tests/bmi_signatures.c", &dir.0.join("sig"), &[generated])
+    compile("c_tests/bmi_signatures.c", &dir.path("sig"), &[generated])
         .unwrap_or_else(|e| panic!("a Rust signature differs from include/bmi_api.h:\n{e}"));
     // And the check has teeth: one parameter's type changed is a compile error.
     let wrong = decls.replace(
@@ -139,8 +94,8 @@ fn rust_signatures_match_the_header() {
         "bmiAccumulateBody(const char *chunk, long length",
     );
     assert_ne!(wrong, decls, "the declaration to break was not found");
-    std::fs::write(dir.0.join("bmi_declarations.h"), wrong).unwrap();
-    let e = compile("c_tests/bmi_signatures.c", &dir.0.join("sig2"), &[&dir.0])
+    std::fs::write(dir.path("bmi_declarations.h"), wrong).unwrap();
+    let e = compile("c_tests/bmi_signatures.c", &dir.path("sig2"), &[dir.dir()])
         .expect_err("a changed signature compiled");
     assert!(e.contains("conflicting types"), "{e}");
 }
@@ -148,7 +103,7 @@ fn rust_signatures_match_the_header() {
 #[test]
 fn the_header_compiles_as_c_and_cpp_with_every_warning() {
     let dir = TempDir::new("header");
-    let src = dir.file(
+    let src = dir.write(
         "h.c",
         "#include \"bmi_api.h\"\nint main(void) { return BMI_TRUE - 1; }\n",
     );
@@ -157,7 +112,7 @@ fn the_header_compiles_as_c_and_cpp_with_every_warning() {
         cmd.args([std, "-Wall", "-Wextra", "-Werror", "-pedantic"])
             .arg(format!("-I{MANIFEST}/include"))
             .arg("-o")
-            .arg(dir.0.join("h"));
+            .arg(dir.path("h"));
         if cc == "c++" {
             cmd.args(["-x", "c++"]);
         }
@@ -273,7 +228,7 @@ fn every_bad_call_is_a_clear_error_and_never_a_crash() {
     let live = LoadMilter::start();
     let out = Command::new(program("bmi_abuse"))
         .arg(library())
-        .arg(&dir.0)
+        .arg(dir.dir())
         .arg(port.to_string())
         .arg(live.port.to_string())
         .output()
@@ -426,7 +381,7 @@ const MESSAGE: &str = "Received: from client.example.org (client.example.org [19
 
 /// Runs bmi_mta on `option_file` with `args` (MESSAGE unless --body-mb says otherwise).
 fn run_mta(dir: &TempDir, option_file: &Path, args: &[&str]) -> (Vec<Got>, Vec<i64>) {
-    let message = dir.file("message.eml", MESSAGE);
+    let message = dir.write("message.eml", MESSAGE);
     let out = Command::new(program("bmi_mta"))
         .arg(library())
         .arg(option_file)
@@ -445,9 +400,9 @@ fn run_mta(dir: &TempDir, option_file: &Path, args: &[&str]) -> (Vec<Got>, Vec<i
 }
 
 fn option_file(dir: &TempDir, port: u16, extra: &str) -> PathBuf {
-    dir.file(
+    dir.write(
         "milter.opt",
-        &format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=5000\n{extra}"),
+        format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=5000\n{extra}"),
     )
 }
 
@@ -656,9 +611,9 @@ fn a_changed_option_file_is_read_again() {
     let closed = milters::free_port();
     let opt = option_file(&dir, closed, "CONNECT_TIMEOUT=2000\n");
     // After the first message the file names the live Milter: the second message goes there.
-    let live = dir.file(
+    let live = dir.write(
         "live.opt",
-        &format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=5000\n", milter.port),
+        format!("HOST=127.0.0.1\nPORT={}\nTIMEOUT=5000\n", milter.port),
     );
     let (got, _) = run_mta(
         &dir,
@@ -759,7 +714,7 @@ fn a_100_mb_body_in_4_kb_chunks_grows_the_peak_memory_by_less_than_2_mb() {
     let milter = LoadMilter::start();
     let dir = TempDir::new("memory");
     let opt = option_file(&dir, milter.port, "MESSAGE_TIMEOUT=600000\n");
-    let message = dir.file("load.eml", "Subject: load 0\nFrom: a@example.org\n\nx\n");
+    let message = dir.write("load.eml", "Subject: load 0\nFrom: a@example.org\n\nx\n");
     let out = Command::new(program("bmi_mta"))
         .arg(library())
         .arg(&opt)

@@ -9,27 +9,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+mod support {
+    pub mod built;
+    pub mod tempdir;
 }
-
-fn library() -> PathBuf {
-    root().join("target/release/libmilter_spamfilter.so")
-}
+use support::built::{library, made};
+use support::tempdir::TempDir;
 
 fn check_tool() -> PathBuf {
-    let o = Command::new("make")
-        .args(["-s", "--no-print-directory", "all"])
-        .current_dir(root())
-        .output()
-        .expect("run make");
-    assert!(
-        o.status.success(),
-        "make all failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    root().join("build/spamfilter-check")
+    made("build/spamfilter-check")
 }
 
 /// Sendmail's libmilter.so: a real library with another interface (package libmilter1.0.1,
@@ -204,10 +192,8 @@ fn big_endian_elf32(names: &[(&str, u8, u16)]) -> Vec<u8> {
 
 #[test]
 fn a_big_endian_32_bit_library_is_read() {
-    let dir =
-        std::env::temp_dir().join(format!("milter-spamfilter-exports-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    let path = dir.join("libsparc.so");
+    let dir = TempDir::new("exports");
+    let path = dir.path("libsparc.so");
     let global_func = (1 << 4) | 2; // STB_GLOBAL, STT_FUNC
     let local_func = 2; // STB_LOCAL
     let elf = big_endian_elf32(&[
@@ -218,7 +204,6 @@ fn a_big_endian_32_bit_library_is_read() {
     ]);
     std::fs::write(&path, elf).expect("write the ELF file");
     let c = compare(&path);
-    let _ = std::fs::remove_dir_all(&dir);
     let theirs: BTreeSet<String> = c
         .section("only in theirs")
         .union(&c.section("in both"))
@@ -238,17 +223,12 @@ fn a_big_endian_32_bit_library_is_read() {
 /// message naming the file and what is wrong with it.
 #[test]
 fn unusable_files_are_clear_errors() {
-    let dir = std::env::temp_dir().join(format!(
-        "milter-spamfilter-exports-bad-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    let text = dir.join("notes.txt");
-    std::fs::write(&text, "not a library\n").expect("write");
-    let truncated = dir.join("truncated.so");
+    let scratch = TempDir::new("exports-bad");
+    let dir = scratch.dir().to_path_buf();
+    let text = scratch.write("notes.txt", "not a library\n");
     let real = std::fs::read(sendmail_libmilter()).expect("read libmilter");
-    std::fs::write(&truncated, &real[..30]).expect("write");
-    let missing = dir.join("no-such-libmilter.so");
+    let truncated = scratch.write("truncated.so", &real[..30]);
+    let missing = scratch.path("no-such-libmilter.so");
     let cases = [
         (missing.clone(), "cannot open: No such file or directory"),
         (text.clone(), "not an ELF file"),
@@ -275,5 +255,4 @@ fn unusable_files_are_clear_errors() {
             c.stderr
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

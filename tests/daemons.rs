@@ -319,6 +319,15 @@ fn hostname() -> String {
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
+/// The result headers rspamd adds to a message it does not reject (their order varies).
+const RSPAMD_HEADERS: [&str; 5] = [
+    "X-Spamd-Result",
+    "X-Rspamd-Action",
+    "X-Rspamd-Server",
+    "X-Spam-Status",
+    "X-Rspamd-Queue-Id",
+];
+
 /// rspamd's proxy worker as a Milter: GTUBE is rejected with rspamd's own reply; a plain message
 /// gets rspamd's result headers (in a different order at each run, so compared as a set).
 #[test]
@@ -331,16 +340,7 @@ fn rspamd_rejects_gtube_with_its_own_reply_and_adds_its_headers_to_plain_mail() 
 
     let plain = filter(&rspamd, &fixture("plain.eml"));
     assert_eq!(plain.outcome.disposition, Disposition::Accept);
-    let added = assert_adds_at_end(
-        &plain,
-        &[
-            "X-Spamd-Result",
-            "X-Rspamd-Action",
-            "X-Rspamd-Server",
-            "X-Spam-Status",
-            "X-Rspamd-Queue-Id",
-        ],
-    );
+    let added = assert_adds_at_end(&plain, &RSPAMD_HEADERS);
     assert_eq!(value_of(&added, "X-Rspamd-Action"), "no action");
     assert_eq!(
         value_of(&added, "X-Rspamd-Server"),
@@ -385,16 +385,7 @@ fn rspamd_rejects_gtube_with_its_own_reply_and_adds_its_headers_to_plain_mail() 
                 assert_rejected(&f, "554 5.7.1 Gtube pattern");
             } else {
                 assert_eq!(f.outcome.disposition, Disposition::Accept, "round {round}");
-                let added = assert_adds_at_end(
-                    &f,
-                    &[
-                        "X-Spamd-Result",
-                        "X-Rspamd-Action",
-                        "X-Rspamd-Server",
-                        "X-Spam-Status",
-                        "X-Rspamd-Queue-Id",
-                    ],
-                );
+                let added = assert_adds_at_end(&f, &RSPAMD_HEADERS);
                 assert_eq!(value_of(&added, "X-Rspamd-Action"), "no action");
             }
         }

@@ -20,9 +20,13 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 mod support {
+    pub mod built;
     pub mod load_milter;
+    pub mod tempdir;
 }
+use support::built::{library, made};
 use support::load_milter::LoadMilter;
+use support::tempdir::TempDir;
 
 /// The handle's TIMEOUT (3 s) and a margin for a loaded machine: a message that takes longer is
 /// one the log held up.
@@ -39,30 +43,6 @@ const MESSAGE: &[u8] = b"Subject: load 4\r\n\r\nbody\r\n";
 const CHILD_PORT: &str = "LOGGING_TEST_PORT";
 const CHILD_DIR: &str = "LOGGING_TEST_DIR";
 const CHILD_MESSAGES: &str = "LOGGING_TEST_MESSAGES";
-
-/// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "milter-spamfilter-logging-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn handle(port: u16, log: &str) -> Arc<Handle> {
     let text = format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=300\nDEBUG=2\n{log}");
@@ -373,24 +353,11 @@ fn child_env() -> (u16, PathBuf, usize) {
     (port, PathBuf::from(get(CHILD_DIR)), messages)
 }
 
-fn make(target: &str) {
-    let o = Command::new("make")
-        .args(["-s", "--no-print-directory", target])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run make ({e}): apt-get install make"));
-    assert!(
-        o.status.success(),
-        "make {target} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// The C loader, as an MTA loads the library, with DEBUG=2 on stderr, and stderr a pipe the
 /// test never reads: the loader's messages all go through, and it exits.
 #[test]
 fn stderr_nobody_reads() {
-    make("all");
+    let loader = made("build/spamfilter-load");
     let milter = LoadMilter::start();
     let dir = TempDir::new("stderr-loader");
     let (_, bytes) = one_message_logs(milter.port, &dir);
@@ -405,12 +372,11 @@ fn stderr_nobody_reads() {
     .expect("write the option file");
     let msg = dir.path("msg.eml");
     std::fs::write(&msg, MESSAGE).expect("write the message");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let messages = 2 * 65536 / bytes + 2;
-    let mut cmd = Command::new(root.join("build/spamfilter-load"));
+    let mut cmd = Command::new(loader);
     cmd.arg("--repeat")
         .arg(messages.to_string())
-        .arg(root.join("target/release/libmilter_spamfilter.so"))
+        .arg(library())
         .arg(&opt)
         .arg(&msg)
         .stderr(Stdio::piped());
@@ -453,7 +419,7 @@ fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> (ExitStatus, St
 /// to a pipe without a reader raises SIGPIPE, so the library must see that first and not write.
 #[test]
 fn a_reader_that_goes_away_does_not_kill_the_mta() {
-    make("all");
+    let loader = made("build/spamfilter-load");
     let milter = LoadMilter::start();
     let dir = TempDir::new("sigpipe");
     let opt = dir.path("milter.opt");
@@ -467,10 +433,9 @@ fn a_reader_that_goes_away_does_not_kill_the_mta() {
     .expect("write the option file");
     let msg = dir.path("msg.eml");
     std::fs::write(&msg, MESSAGE).expect("write the message");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(root.join("build/spamfilter-load"))
+    let mut child = Command::new(loader)
         .args(["--repeat", "200"])
-        .arg(root.join("target/release/libmilter_spamfilter.so"))
+        .arg(library())
         .arg(&opt)
         .arg(&msg)
         .stdin(Stdio::null())

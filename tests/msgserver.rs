@@ -11,84 +11,38 @@ mod milters;
 #[path = "support/sieve.rs"]
 mod sieve;
 
+mod support {
+    pub mod built;
+    pub mod tempdir;
+}
+
 use milters::{any_reply, free_port, json_string, Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::built::{library, made};
+use support::tempdir::TempDir;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn library() -> PathBuf {
-    root().join("target/release/libmilter_spamfilter.so")
-}
-
-/// build/spamfilter-load and the library, made with make (make and cargo decide what is stale).
+/// build/spamfilter-load (make decides what is stale).
 fn loader() -> PathBuf {
-    let o = Command::new("make")
-        .args(["-s", "--no-print-directory", "all"])
-        .current_dir(root())
-        .output()
-        .expect("run make");
-    assert!(
-        o.status.success(),
-        "make all failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    root().join("build/spamfilter-load")
+    made("build/spamfilter-load")
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "milter-spamfilter-msgserver-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        path
-    }
-
-    /// The library's option file for a Milter on `port` (TIMEOUT in hundredths: 30 s, longer
-    /// than any rendezvous below).
-    fn milter_opt(&self, name: &str, port: u16) -> PathBuf {
-        self.write(
-            name,
-            &format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=3000\n"),
-        )
-    }
-
-    /// A message whose Subject carries `marker`, with CRLF line ends and a folded field.
-    fn message(&self, marker: &str) -> PathBuf {
-        self.write(
-            "message.eml",
-            &format!(
-                "From: Alice <alice@example.org>\r\nTo: bob@example.net\r\n\
-                 Subject: {marker}\r\nX-Folded: first\r\n\tsecond\r\n\r\n\
-                 Hello Bob,\r\nthis is the body.\r\n"
-            ),
-        )
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+/// The library's option file for a Milter on `port` (TIMEOUT in hundredths: 30 s, longer than
+/// any rendezvous below).
+fn milter_opt(dir: &TempDir, name: &str, port: u16) -> PathBuf {
+    dir.write(name, format!("HOST=127.0.0.1\nPORT={port}\nTIMEOUT=3000\n"))
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A message whose Subject carries `marker`, with CRLF line ends and a folded field.
+fn message(dir: &TempDir, marker: &str) -> PathBuf {
+    dir.write(
+        "message.eml",
+        format!(
+            "From: Alice <alice@example.org>\r\nTo: bob@example.net\r\n\
+             Subject: {marker}\r\nX-Folded: first\r\n\tsecond\r\n\r\n\
+             Hello Bob,\r\nthis is the body.\r\n"
+        ),
+    )
 }
 
 /// One slot of the MTA option file: `spamfilterN_<key>=<value>` lines.
@@ -147,7 +101,7 @@ fn run_option_dat(option_dat: &Path, message: &Path, rcpts: &[&str]) -> Run {
 }
 
 /// An any_reply Milter that, at end of message, waits up to 20 s for `other` to arrive.
-fn meeting_milter(dir: &Scratch, me: &str, other: &str, rest: &str) -> Server {
+fn meeting_milter(dir: &TempDir, me: &str, other: &str, rest: &str) -> Server {
     any_reply(&format!(
         "{{\"rendezvous\": {{\"arrive\": {}, \"await\": {}, \"seconds\": 20}}{rest}}}",
         json_string(&dir.path(me).display().to_string()),
@@ -162,7 +116,7 @@ fn meeting_milter(dir: &Scratch, me: &str, other: &str, rest: &str) -> Server {
 /// discards (a null verdict); both saw the same message, field by field.
 #[test]
 fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
-    let dir = Scratch::new("parallel");
+    let dir = TempDir::new("parallel");
     let editor = meeting_milter(
         &dir,
         "one",
@@ -172,7 +126,7 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
     let discarder = meeting_milter(&dir, "two", "one", ", \"replies\": {\"eom\": \"discard\"}");
     let option_dat = dir.write(
         "option.dat",
-        &format!(
+        format!(
             "! the MTA's options\nLOG_FILTER=1\n{}{}",
             slot(
                 1,
@@ -180,7 +134,9 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
                     ("library", library().display().to_string()),
                     (
                         "config_file",
-                        dir.milter_opt("one.opt", editor.port).display().to_string()
+                        milter_opt(&dir, "one.opt", editor.port)
+                            .display()
+                            .to_string()
                     ),
                     ("string_action", "data:,$U".to_string()),
                 ]
@@ -191,7 +147,7 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
                     ("library", library().display().to_string()),
                     (
                         "config_file",
-                        dir.milter_opt("two.opt", discarder.port)
+                        milter_opt(&dir, "two.opt", discarder.port)
                             .display()
                             .to_string()
                     ),
@@ -201,7 +157,7 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
         ),
     );
     let marker = "parallel-slots-4711";
-    let run = run_option_dat(&option_dat, &dir.message(marker), &["bob@example.net"]);
+    let run = run_option_dat(&option_dat, &message(&dir, marker), &["bob@example.net"]);
     assert_eq!(run.code, Some(0), "{}", run.shown());
     assert!(run.has_line("message: accept"), "{}", run.shown());
     assert!(
@@ -252,17 +208,16 @@ fn two_slots_run_in_parallel_with_different_milters_on_the_same_message() {
 /// that adds the Milter's header. Slot 3's Milter discards.
 #[test]
 fn null_action_and_string_action_with_u_substituted() {
-    let dir = Scratch::new("actions");
+    let dir = TempDir::new("actions");
     let editor = any_reply("{\"edits\": [[\"addheader\", \"X-Edited\", \"by the milter\"]]}");
     let discarder = any_reply("{\"replies\": {\"eom\": \"discard\"}}");
-    let edit_opt = dir
-        .milter_opt("edit.opt", editor.port)
+    let edit_opt = milter_opt(&dir, "edit.opt", editor.port)
         .display()
         .to_string();
     let lib = library().display().to_string();
     let option_dat = dir.write(
         "option.dat",
-        &format!(
+        format!(
             "{}{}{}",
             slot(
                 1,
@@ -286,7 +241,7 @@ fn null_action_and_string_action_with_u_substituted() {
                     ("library", lib),
                     (
                         "config_file",
-                        dir.milter_opt("discard.opt", discarder.port)
+                        milter_opt(&dir, "discard.opt", discarder.port)
                             .display()
                             .to_string()
                     ),
@@ -299,7 +254,7 @@ fn null_action_and_string_action_with_u_substituted() {
             ),
         ),
     );
-    let message = dir.message("actions-test");
+    let message = message(&dir, "actions-test");
     let run = run_option_dat(&option_dat, &message, &["bob@example.net"]);
     assert_eq!(run.code, Some(0), "{}", run.shown());
     let one = run.action(1, 1, "spamfilter1_string_action");
@@ -339,17 +294,19 @@ fn null_action_and_string_action_with_u_substituted() {
 /// applied either way.
 #[test]
 fn optional_0_defers_and_optional_1_passes_when_the_milter_is_unreachable() {
-    let dir = Scratch::new("optional");
+    let dir = TempDir::new("optional");
     let working = any_reply("{\"edits\": [[\"addheader\", \"X-Working\", \"yes\"]]}");
     let nobody = free_port();
     let lib = library().display().to_string();
-    let down_opt = dir.milter_opt("down.opt", nobody).display().to_string();
-    let up_opt = dir.milter_opt("up.opt", working.port).display().to_string();
-    let message = dir.message("optional-test");
+    let down_opt = milter_opt(&dir, "down.opt", nobody).display().to_string();
+    let up_opt = milter_opt(&dir, "up.opt", working.port)
+        .display()
+        .to_string();
+    let message = message(&dir, "optional-test");
     for optional in ["0", "1"] {
         let option_dat = dir.write(
             &format!("option{optional}.dat"),
-            &format!(
+            format!(
                 "{}{}",
                 slot(
                     1,
@@ -413,10 +370,12 @@ fn optional_0_defers_and_optional_1_passes_when_the_milter_is_unreachable() {
 /// spamfilterN_optional=1 the other slots go on without it.
 #[test]
 fn a_wrong_library_path_is_a_clear_error_naming_the_slot_and_the_path() {
-    let dir = Scratch::new("badlib");
+    let dir = TempDir::new("badlib");
     let working = any_reply("{}");
-    let up = dir.milter_opt("up.opt", working.port).display().to_string();
-    let message = dir.message("badlib-test");
+    let up = milter_opt(&dir, "up.opt", working.port)
+        .display()
+        .to_string();
+    let message = message(&dir, "badlib-test");
     let missing = dir.path("no-such-dir/libmilter.so").display().to_string();
     let libz = [
         "/usr/lib/x86_64-linux-gnu/libz.so.1",
@@ -434,7 +393,7 @@ fn a_wrong_library_path_is_a_clear_error_naming_the_slot_and_the_path() {
         for optional in ["0", "1"] {
             let option_dat = dir.write(
                 "option.dat",
-                &format!(
+                format!(
                     "{}{}",
                     slot(1, &[("library", lib.clone()), ("config_file", up.clone())]),
                     slot(
@@ -474,8 +433,8 @@ fn a_wrong_library_path_is_a_clear_error_naming_the_slot_and_the_path() {
 /// refused before anything is loaded, each with the file, line, option and value.
 #[test]
 fn bad_mta_option_files_are_refused_with_the_line_and_the_option() {
-    let dir = Scratch::new("badopt");
-    let message = dir.message("badopt-test");
+    let dir = TempDir::new("badopt");
+    let message = message(&dir, "badopt-test");
     let cases = [
         (
             "spamfilter9_library=/x.so\n",

@@ -9,6 +9,9 @@
 
 #[path = "support/milters.rs"]
 mod milters;
+mod support {
+    pub mod built;
+}
 
 use milter_spamfilter::protocol::consts::*;
 use milter_spamfilter::session::{offered_protocol, OFFERED_ACTIONS};
@@ -17,11 +20,9 @@ use milter_spamfilter::verdict::{
 };
 use milter_spamfilter::{Content, Envelope, Filtered, Handle, Recipient, VerdictKind};
 use milters::{any_reply, opendkim, Record, Server};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+use support::built::{library, made};
 
 // ---------------------------------------------------------------------------------------------
 // Messages, envelopes, running cases side by side.
@@ -154,6 +155,17 @@ fn stages_seen(r: &Record) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the value of each macro the Milter got at `stage` (None: not sent).
+fn assert_macros(r: &Record, stage: &str, want: &[(&str, Option<&str>)]) {
+    for (name, value) in want {
+        assert_eq!(
+            r.macro_at(stage, name).as_deref(),
+            *value,
+            "macro {name} at {stage}"
+        );
+    }
+}
+
 type Case<'a> = (String, Box<dyn FnOnce() + Send + 'a>);
 
 fn case<'a>(name: impl Into<String>, f: impl FnOnce() + Send + 'a) -> Case<'a> {
@@ -187,6 +199,29 @@ fn all_of(cases: Vec<Case<'_>>) {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// Runs `check` on each of `items`, each on its own thread (as `all_of`), a failure named by
+/// `name` of its item.
+fn all_cases<T: Send>(
+    items: impl IntoIterator<Item = T>,
+    name: impl Fn(&T) -> String,
+    check: impl Fn(T) + Copy + Send,
+) {
+    all_of(
+        items
+            .into_iter()
+            .map(|item| case(name(&item), move || check(item)))
+            .collect(),
+    );
+}
+
+/// A Milter that answers `reply` at `stage` (an any_reply callback name), and MESSAGE filtered
+/// through it with the envelope of `tag`.
+fn reply_at(stage: &str, reply: &str, tag: &str) -> (Server, Filtered) {
+    let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "{reply}"}}}}"#));
+    let f = filter(&m, &envelope(tag), MESSAGE);
+    (m, f)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,20 +298,17 @@ fn accept_anywhere_is_no_verdict() {
         ("eoh", Stage::Eoh),
         ("eom", Stage::Eom),
     ];
-    let cases = stages
-        .into_iter()
-        .map(|(stage, want)| {
-            case(format!("accept at {stage}"), move || {
-                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "accept"}}}}"#));
-                let f = filter(&m, &envelope("acc"), MESSAGE);
-                assert_no_verdict(&f);
-                assert_eq!(f.outcome.disposition, Disposition::Accept);
-                assert_eq!(f.outcome.stage, want);
-                assert_eq!(stages_seen(&m.recorded("acc")).last().unwrap(), stage);
-            })
-        })
-        .collect();
-    all_of(cases);
+    all_cases(
+        stages,
+        |(stage, _)| format!("accept at {stage}"),
+        |(stage, want)| {
+            let (m, f) = reply_at(stage, "accept", "acc");
+            assert_no_verdict(&f);
+            assert_eq!(f.outcome.disposition, Disposition::Accept);
+            assert_eq!(f.outcome.stage, want);
+            assert_eq!(stages_seen(&m.recorded("acc")).last().unwrap(), stage);
+        },
+    );
 }
 
 #[test]
@@ -291,22 +323,19 @@ fn reject_at_each_stage_is_ereject_with_the_default_reply() {
         ("body", Stage::Body),
         ("eom", Stage::Eom),
     ];
-    let cases = stages
-        .into_iter()
-        .map(|(stage, want)| {
-            case(format!("reject at {stage}"), move || {
-                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "reject"}}}}"#));
-                let f = filter(&m, &envelope("rej"), MESSAGE);
-                assert_rejected(&f, want, DEFAULT_REJECT);
-                assert_eq!(script(&f), ereject("550 5.7.1 Command rejected"));
-                // Nothing after the rejecting stage reached the Milter.
-                let seen = stages_seen(&m.recorded("rej"));
-                assert_eq!(seen.last().unwrap(), stage, "stages seen: {seen:?}");
-                assert_eq!(seen.iter().filter(|s| *s == stage).count(), 1);
-            })
-        })
-        .collect();
-    all_of(cases);
+    all_cases(
+        stages,
+        |(stage, _)| format!("reject at {stage}"),
+        |(stage, want)| {
+            let (m, f) = reply_at(stage, "reject", "rej");
+            assert_rejected(&f, want, DEFAULT_REJECT);
+            assert_eq!(script(&f), ereject("550 5.7.1 Command rejected"));
+            // Nothing after the rejecting stage reached the Milter.
+            let seen = stages_seen(&m.recorded("rej"));
+            assert_eq!(seen.last().unwrap(), stage, "stages seen: {seen:?}");
+            assert_eq!(seen.iter().filter(|s| *s == stage).count(), 1);
+        },
+    );
 }
 
 #[test]
@@ -345,18 +374,15 @@ fn replycode_text_is_the_reject_text_exactly() {
             r#"550 5.7.1 "quoted" and back\slash"#,
         ),
     ];
-    let cases = cases
-        .into_iter()
-        .map(|(stage, reply, want_stage, want)| {
-            case(format!("{reply} at {stage}"), move || {
-                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "{reply}"}}}}"#));
-                let f = filter(&m, &envelope("code"), MESSAGE);
-                assert_eq!(script(&f), ereject(want));
-                assert_rejected(&f, want_stage, want.as_bytes());
-            })
-        })
-        .collect();
-    all_of(cases);
+    all_cases(
+        cases,
+        |(stage, reply, _, _)| format!("{reply} at {stage}"),
+        |(stage, reply, want_stage, want)| {
+            let (_m, f) = reply_at(stage, reply, "code");
+            assert_eq!(script(&f), ereject(want));
+            assert_rejected(&f, want_stage, want.as_bytes());
+        },
+    );
 }
 
 #[test]
@@ -398,18 +424,15 @@ fn tempfail_and_a_4xx_reply_defer_the_message() {
             b"450 4.2.0 mailbox busy".to_vec(),
         ),
     ];
-    let cases = cases
-        .into_iter()
-        .map(|(stage, reply, want_stage, want)| {
-            case(format!("{reply} at {stage}"), move || {
-                let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "{reply}"}}}}"#));
-                let f = filter(&m, &envelope("temp"), MESSAGE);
-                assert_deferred(&f, want_stage, &want);
-                assert_eq!(f.outcome.reply.as_deref(), Some(&want[..]));
-            })
-        })
-        .collect();
-    all_of(cases);
+    all_cases(
+        cases,
+        |(stage, reply, _, _)| format!("{reply} at {stage}"),
+        |(stage, reply, want_stage, want)| {
+            let (_m, f) = reply_at(stage, reply, "temp");
+            assert_deferred(&f, want_stage, &want);
+            assert_eq!(f.outcome.reply.as_deref(), Some(&want[..]));
+        },
+    );
 }
 
 #[test]
@@ -422,8 +445,7 @@ fn discard_is_discard_and_ignored_at_connect() {
     .into_iter()
     .map(|(stage, want)| {
         case(format!("discard at {stage}"), move || {
-            let m = any_reply(&format!(r#"{{"replies": {{"{stage}": "discard"}}}}"#));
-            let f = filter(&m, &envelope("disc"), MESSAGE);
+            let (_m, f) = reply_at(stage, "discard", "disc");
             assert_eq!(f.verdict.kind, VerdictKind::Sieve);
             assert_eq!(script(&f), "discard;\r\n");
             assert_eq!(f.verdict.reply, None);
@@ -434,8 +456,7 @@ fn discard_is_discard_and_ignored_at_connect() {
     .collect();
     // A DISCARD about the connection means nothing (as Postfix): the message is accepted.
     cases.push(case("discard at connect", || {
-        let m = any_reply(r#"{"replies": {"connect": "discard"}}"#);
-        let f = filter(&m, &envelope("disc"), MESSAGE);
+        let (_m, f) = reply_at("connect", "discard", "disc");
         assert_no_verdict(&f);
         assert_eq!(f.outcome.disposition, Disposition::Accept);
         assert_eq!(f.outcome.stage, Stage::Connect);
@@ -808,29 +829,20 @@ fn the_milter_receives_the_envelope_macros_header_and_body_exactly() {
     assert_eq!(c.get("family").text().unwrap(), "inet");
     assert_eq!(c.get("address").text().unwrap(), "192.0.2.10");
     assert_eq!(c.get("port").num(), Some(40000));
-    assert_eq!(
-        r.macro_at("connect", "j").as_deref(),
-        Some("mta.example.net")
+    assert_macros(
+        &r,
+        "connect",
+        &[
+            ("j", Some("mta.example.net")),
+            ("{client_addr}", Some("192.0.2.10")),
+            ("{client_name}", Some("exact.client.example")),
+            ("{client_port}", Some("40000")),
+            ("_", Some("exact.client.example [192.0.2.10]")),
+            // Macros of later stages are not sent early.
+            ("i", None),
+            ("{mail_addr}", None),
+        ],
     );
-    assert_eq!(
-        r.macro_at("connect", "{client_addr}").as_deref(),
-        Some("192.0.2.10")
-    );
-    assert_eq!(
-        r.macro_at("connect", "{client_name}").as_deref(),
-        Some("exact.client.example")
-    );
-    assert_eq!(
-        r.macro_at("connect", "{client_port}").as_deref(),
-        Some("40000")
-    );
-    assert_eq!(
-        r.macro_at("connect", "_").as_deref(),
-        Some("exact.client.example [192.0.2.10]")
-    );
-    // Macros of later stages are not sent early.
-    assert_eq!(r.macro_at("connect", "i"), None);
-    assert_eq!(r.macro_at("connect", "{mail_addr}"), None);
 
     assert_eq!(
         r.first("helo").get("name").text().unwrap(),
@@ -842,28 +854,19 @@ fn the_milter_receives_the_envelope_macros_header_and_body_exactly() {
         from.get("args").texts(),
         ["<exact@example.org>", "SIZE=1234", "BODY=8BITMIME"]
     );
-    assert_eq!(r.macro_at("envfrom", "i").as_deref(), Some("Q-exact"));
-    assert_eq!(
-        r.macro_at("envfrom", "{mail_addr}").as_deref(),
-        Some("exact@example.org")
+    assert_macros(
+        &r,
+        "envfrom",
+        &[
+            ("i", Some("Q-exact")),
+            ("{mail_addr}", Some("exact@example.org")),
+            ("{mail_host}", Some("example.org")),
+            ("{mail_mailer}", Some("smtp")),
+            ("{auth_type}", Some("PLAIN")),
+            ("{auth_authen}", Some("alice")),
+            ("{rcpt_addr}", None),
+        ],
     );
-    assert_eq!(
-        r.macro_at("envfrom", "{mail_host}").as_deref(),
-        Some("example.org")
-    );
-    assert_eq!(
-        r.macro_at("envfrom", "{mail_mailer}").as_deref(),
-        Some("smtp")
-    );
-    assert_eq!(
-        r.macro_at("envfrom", "{auth_type}").as_deref(),
-        Some("PLAIN")
-    );
-    assert_eq!(
-        r.macro_at("envfrom", "{auth_authen}").as_deref(),
-        Some("alice")
-    );
-    assert_eq!(r.macro_at("envfrom", "{rcpt_addr}"), None);
 
     let rcpts = r.all("envrcpt");
     assert_eq!(rcpts.len(), 2);
@@ -1078,27 +1081,33 @@ fn macro_lists_the_milter_asks_for_are_what_it_gets() {
     assert_ne!(f.negotiation.actions & SMFIF_SETSYMLIST, 0);
 
     let r = m.recorded("sym");
-    assert_eq!(
-        r.macro_at("connect", "{client_addr}").as_deref(),
-        Some("192.0.2.10")
+    assert_macros(
+        &r,
+        "connect",
+        &[
+            ("{client_addr}", Some("192.0.2.10")),
+            ("j", None),
+            ("_", None),
+        ],
     );
-    assert_eq!(r.macro_at("connect", "j"), None);
-    assert_eq!(r.macro_at("connect", "_"), None);
-    assert_eq!(
-        r.macro_at("envfrom", "{mail_addr}").as_deref(),
-        Some("sym@example.org")
+    assert_macros(
+        &r,
+        "envfrom",
+        &[
+            ("{mail_addr}", Some("sym@example.org")),
+            ("{auth_authen}", Some("alice")),
+            ("i", None),
+            ("{auth_type}", None),
+        ],
     );
-    assert_eq!(
-        r.macro_at("envfrom", "{auth_authen}").as_deref(),
-        Some("alice")
+    assert_macros(
+        &r,
+        "envrcpt",
+        &[
+            ("{rcpt_addr}", Some("bob@example.net")),
+            ("{rcpt_host}", None),
+        ],
     );
-    assert_eq!(r.macro_at("envfrom", "i"), None);
-    assert_eq!(r.macro_at("envfrom", "{auth_type}"), None);
-    assert_eq!(
-        r.macro_at("envrcpt", "{rcpt_addr}").as_deref(),
-        Some("bob@example.net")
-    );
-    assert_eq!(r.macro_at("envrcpt", "{rcpt_host}"), None);
     // DATA asked for no list of its own: the default one (i).
     assert_eq!(r.macro_at("data", "i").as_deref(), Some("Q-sym"));
     assert_eq!(
@@ -1613,60 +1622,15 @@ fn opendkim_signs_through_the_library() {
 // ---------------------------------------------------------------------------------------------
 // The C loader, as an MTA loads the library.
 
-/// The cdylib cargo built next to this test binary (target/<profile>/).
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let lib = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps")
-        .join("libmilter_spamfilter.so");
-    assert!(
-        lib.is_file(),
-        "{} does not exist: cargo builds it with the tests (crate-type cdylib)",
-        lib.display()
-    );
-    lib
-}
-
-/// build/spamfilter-load, made once per test run with `make -s build/spamfilter-load`.
-fn loader() -> PathBuf {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let path = Path::new(MANIFEST).join("build/spamfilter-load");
-    if !*built {
-        let out = Command::new("make")
-            .args(["-s", "build/spamfilter-load"])
-            .current_dir(MANIFEST)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "make -s build/spamfilter-load failed (run make first): {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => panic!(
-                "cannot run make ({e}): run make first to build {}",
-                path.display()
-            ),
-        }
-        *built = true;
-    }
-    assert!(
-        path.is_file(),
-        "{} is missing: run make first",
-        path.display()
-    );
-    path
-}
-
-/// Runs the C loader against `m` on `message` with `args`; returns its stdout.
+/// Runs the C loader against `m` on `message` from alice@example.org to bob@example.net, with
+/// `args` besides; returns its stdout.
 fn load(m: &Server, args: &[&str], message: &[u8]) -> String {
     let opt = m.dir().join("milter.opt");
     std::fs::write(&opt, format!("HOST=127.0.0.1\nPORT={}\n", m.port)).expect("writing milter.opt");
     let eml = m.dir().join("message.eml");
     std::fs::write(&eml, message).expect("writing message.eml");
-    let out = Command::new(loader())
+    let out = Command::new(made("build/spamfilter-load"))
+        .args(["--from", "alice@example.org", "--rcpt", "bob@example.net"])
         .args(args)
         .arg(library())
         .arg(&opt)
@@ -1690,10 +1654,6 @@ fn c_loader_prints_the_opendkim_signature() {
     let out = load(
         &m,
         &[
-            "--from",
-            "alice@example.org",
-            "--rcpt",
-            "bob@example.net",
             "--client-addr",
             "127.0.0.1",
             "--client-name",
@@ -1724,10 +1684,6 @@ fn c_loader_prints_the_reject_of_a_rejecting_milter() {
     let out = load(
         &m,
         &[
-            "--from",
-            "alice@example.org",
-            "--rcpt",
-            "bob@example.net",
             "--client-addr",
             "192.0.2.10",
             "--helo",

@@ -60,6 +60,30 @@ int bmi_load(const char *option, const char *path, struct bmi_api *api, char *er
     SYM(create_str_from_verdict, "bmiCreateStrFromVerdict");
     SYM(free_str, "bmiFreeStr");
 #undef SYM
+    *(void **)(&api->create_verdict_from_str) = dlsym(lib, "bmiCreateVerdictFromStr");
+    *(void **)(&api->free_verdict) = dlsym(lib, "bmiFreeVerdict");
+    *(void **)(&api->create_old_str_from_verdict) = dlsym(lib, "bmiCreateOldStrFromVerdict");
+    *(void **)(&api->verdict_rule_fired) = dlsym(lib, "bmiVerdictRuleFired");
+    return 0;
+}
+
+int bmi_load_rest(const struct bmi_api *api, char *err, size_t errlen)
+{
+    const struct {
+        const char *name;
+        int present;
+    } rest[] = {
+        {"bmiCreateVerdictFromStr", api->create_verdict_from_str != NULL},
+        {"bmiFreeVerdict", api->free_verdict != NULL},
+        {"bmiCreateOldStrFromVerdict", api->create_old_str_from_verdict != NULL},
+        {"bmiVerdictRuleFired", api->verdict_rule_fired != NULL},
+    };
+    for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++) {
+        if (!rest[i].present) {
+            snprintf(err, errlen, "the library has no symbol %s", rest[i].name);
+            return -1;
+        }
+    }
     return 0;
 }
 

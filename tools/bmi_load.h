@@ -43,11 +43,21 @@ struct bmi_api {
     char *(*recipient_address)(const BmiRecipient *);
     BmiError (*create_str_from_verdict)(const BmiVerdict *, char **);
     void (*free_str)(char *);
+    /* The rest of bmi_api.h, which this MTA never calls: looked up, NULL when missing (the C
+     * tests, which call every function, check bmi_load_rest first). */
+    BmiError (*create_verdict_from_str)(const char *, BmiVerdict **);
+    void (*free_verdict)(BmiVerdict *);
+    BmiError (*create_old_str_from_verdict)(const BmiVerdict *, void *);
+    BmiBoolean (*verdict_rule_fired)(const BmiVerdict *, int);
 };
 
 /* Loads `path` for the option `option` (e.g. "spamfilter2_library"). On failure writes the reason
  * into `err` (naming the option, the path, and the dlerror or the missing symbol) and returns -1. */
 int bmi_load(const char *option, const char *path, struct bmi_api *api, char *err, size_t errlen);
+
+/* Whether `api` (loaded by bmi_load) has the functions this MTA never calls too, so that all of
+ * bmi_api.h is there; if not, writes the first one missing into `err` and returns -1. */
+int bmi_load_rest(const struct bmi_api *api, char *err, size_t errlen);
 
 /* Our names (include/bmi_api.h) for a location and a type, as the MTA's 451 text shows them;
  * NULL for a number the header does not define. */

@@ -102,47 +102,28 @@ int main(int argc, char **argv)
 {
     static struct sf_envelope env;
     const char *library = getenv("SPAMFILTER_LIBRARY");
-    int stream = 0, options_only = 0;
+    int help = 0, stream = 0, options_only = 0;
     const char *vendor = NULL;
-    int i;
 
     if (library == NULL || *library == '\0')
         library = SPAMFILTER_LIBRARY;
     sf_envelope_init(&env);
-    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-        const char *opt = argv[i];
-        if (strcmp(opt, "--help") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(opt, "--stream") == 0) {
-            stream = 1;
-            continue;
-        }
-        if (strcmp(opt, "--options-only") == 0) {
-            options_only = 1;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "%s: %s needs a value\n", PROG, opt);
-            usage(stderr);
-            return 3;
-        }
-        const char *val = argv[++i];
-        int taken = sf_envelope_option(PROG, &env, opt, val);
-        if (taken < 0)
-            return 3;
-        if (taken)
-            continue;
-        if (strcmp(opt, "--library") == 0) {
-            library = val;
-        } else if (strcmp(opt, "--compare-exports") == 0) {
-            vendor = val;
-        } else {
-            fprintf(stderr, "%s: unknown option %s\n", PROG, opt);
-            usage(stderr);
-            return 3;
-        }
+    const struct sf_option own[] = {
+        {"--help", &help, NULL},
+        {"--stream", &stream, NULL},
+        {"--options-only", &options_only, NULL},
+        {"--library", NULL, &library},
+        {"--compare-exports", NULL, &vendor},
+        {NULL, NULL, NULL},
+    };
+    int i = sf_options(PROG, argc, argv, &env, own);
+    if (i < 0) {
+        usage(stderr);
+        return 3;
+    }
+    if (help) {
+        usage(stdout);
+        return 0;
     }
     if (vendor != NULL) {
         sf_envelope_free(&env);
@@ -214,14 +195,8 @@ int main(int argc, char **argv)
     sf_envelope_finish(&env);
     SpamfilterMessage *msg = &env.msg;
     msg->flags = SPAMFILTER_FLAG_TRANSCRIPT;
-    struct sf_stream ctx = {data, data_len, 0};
-    if (stream) {
-        msg->read = sf_stream_read;
-        msg->read_ctx = &ctx;
-    } else {
-        msg->data = data;
-        msg->data_len = data_len;
-    }
+    struct sf_stream ctx;
+    sf_message_content(msg, &ctx, data, data_len, stream);
     SpamfilterResult res;
     memset(&res, 0, sizeof res);
     res.struct_size = sizeof res;

@@ -113,44 +113,28 @@ int main(int argc, char **argv)
     static struct sf_envelope env;
     int stream = 0, quiet = 0;
     long repeat = 1;
-    const char *option_dat = NULL, *optin = NULL;
-    int i;
+    const char *option_dat = NULL, *optin = NULL, *repeat_text = NULL;
 
     sf_envelope_init(&env);
-    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-        const char *opt = argv[i];
-        if (strcmp(opt, "--stream") == 0) {
-            stream = 1;
-            continue;
-        }
-        if (strcmp(opt, "--quiet") == 0) {
-            quiet = 1;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            usage();
-            return 2;
-        }
-        const char *val = argv[++i];
-        int taken = sf_envelope_option(PROG, &env, opt, val);
-        if (taken < 0)
-            return 2;
-        if (taken)
-            continue;
-        if (strcmp(opt, "--repeat") == 0) {
-            char *end;
-            repeat = strtol(val, &end, 10);
-            if (*val == '\0' || *end != '\0' || repeat < 1) {
-                fprintf(stderr, "spamfilter-load: --repeat %s: not a whole number from 1\n", val);
-                return 2;
-            }
-        } else if (strcmp(opt, "--option-dat") == 0) {
-            option_dat = val;
-        } else if (strcmp(opt, "--optin") == 0) {
-            optin = val;
-        } else {
-            fprintf(stderr, "spamfilter-load: unknown or misplaced option %s\n", opt);
-            usage();
+    const struct sf_option own[] = {
+        {"--stream", &stream, NULL},
+        {"--quiet", &quiet, NULL},
+        {"--repeat", NULL, &repeat_text},
+        {"--option-dat", NULL, &option_dat},
+        {"--optin", NULL, &optin},
+        {NULL, NULL, NULL},
+    };
+    int i = sf_options(PROG, argc, argv, &env, own);
+    if (i < 0) {
+        usage();
+        return 2;
+    }
+    if (repeat_text != NULL) {
+        char *end;
+        repeat = strtol(repeat_text, &end, 10);
+        if (*repeat_text == '\0' || *end != '\0' || repeat < 1) {
+            fprintf(stderr, "spamfilter-load: --repeat %s: not a whole number from 1\n",
+                    repeat_text);
             return 2;
         }
     }
@@ -196,14 +180,8 @@ int main(int argc, char **argv)
     SpamfilterResult res;
     int rc = 0;
     for (long n = 0; n < repeat; n++) {
-        struct sf_stream ctx = {data, data_len, 0};
-        if (stream) {
-            msg->read = sf_stream_read;
-            msg->read_ctx = &ctx;
-        } else {
-            msg->data = data;
-            msg->data_len = data_len;
-        }
+        struct sf_stream ctx;
+        sf_message_content(msg, &ctx, data, data_len, stream);
         memset(&res, 0, sizeof res);
         res.struct_size = sizeof res;
         st = api.filter(handle, msg, &res);

@@ -82,25 +82,28 @@ static int run_slots(const char *prog, struct slot *slots, const char *message_f
     return rc;
 }
 
+/* `name`, or "`what` N" (in `buf`) for a number N the header does not name. */
+static const char *name_or_number(const char *name, const char *what, int n, char *buf,
+                                  size_t len)
+{
+    if (name != NULL)
+        return name;
+    snprintf(buf, len, "%s %d", what, n);
+    return buf;
+}
+
 /* "network", or "location 9" for a number the header does not name. */
 static const char *loc_text(BmiError e, const struct bmi_api *a, char *buf, size_t len)
 {
     BmiErrorLocation l = a->error_get_location(e);
-    const char *name = bmi_location_name(l);
-    if (name != NULL)
-        return name;
-    snprintf(buf, len, "location %d", (int)l);
-    return buf;
+    return name_or_number(bmi_location_name(l), "location", (int)l, buf, len);
 }
 
+/* "tempfail", or "type 99" likewise. */
 static const char *type_text(BmiError e, const struct bmi_api *a, char *buf, size_t len)
 {
     BmiErrorType t = a->error_get_type(e);
-    const char *name = bmi_type_name(t);
-    if (name != NULL)
-        return name;
-    snprintf(buf, len, "type %d", (int)t);
-    return buf;
+    return name_or_number(bmi_type_name(t), "type", (int)t, buf, len);
 }
 
 /* The MTA's deferral for a fatal error, in the words of Messaging Server's own

@@ -250,6 +250,39 @@ void sf_envelope_usage(FILE *out)
             "  --macro NAME=VALUE  another macro (repeatable)\n");
 }
 
+int sf_options(const char *prog, int argc, char **argv, struct sf_envelope *e,
+               const struct sf_option *own)
+{
+    int i;
+    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        const char *opt = argv[i];
+        const struct sf_option *o = own;
+        while (o->name != NULL && strcmp(o->name, opt) != 0)
+            o++;
+        if (o->name != NULL && o->flag != NULL) {
+            *o->flag = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "%s: %s needs a value\n", prog, opt);
+            return -1;
+        }
+        const char *val = argv[++i];
+        if (o->name != NULL) {
+            *o->value = val;
+            continue;
+        }
+        int taken = sf_envelope_option(prog, e, opt, val);
+        if (taken < 0)
+            return -1;
+        if (taken == 0) {
+            fprintf(stderr, "%s: unknown option %s\n", prog, opt);
+            return -1;
+        }
+    }
+    return i;
+}
+
 ptrdiff_t sf_stream_read(void *ctx, uint8_t *buf, size_t len)
 {
     struct sf_stream *s = ctx;
@@ -259,4 +292,19 @@ ptrdiff_t sf_stream_read(void *ctx, uint8_t *buf, size_t len)
     memcpy(buf, s->data + s->pos, n);
     s->pos += n;
     return (ptrdiff_t)n;
+}
+
+void sf_message_content(SpamfilterMessage *m, struct sf_stream *s, const unsigned char *data,
+                        size_t len, int stream)
+{
+    s->data = data;
+    s->len = len;
+    s->pos = 0;
+    if (stream) {
+        m->read = sf_stream_read;
+        m->read_ctx = s;
+    } else {
+        m->data = data;
+        m->data_len = len;
+    }
 }

@@ -72,11 +72,31 @@ void sf_envelope_finish(struct sf_envelope *e);
 void sf_envelope_free(struct sf_envelope *e);
 void sf_envelope_usage(FILE *out);
 
+/* A program's own options, read by sf_options beside the envelope's: a flag (`value` NULL) sets
+ * *flag to 1, an option with a value (`flag` NULL) sets *value. A table ends with a NULL name. */
+struct sf_option {
+    const char *name;
+    int *flag;
+    const char **value;
+};
+
+/* Reads the options at the front of argv (from argv[1], up to the first argument that does not
+ * start with "--"): the envelope's into `e`, the program's own from `own`. Returns the index of
+ * the first argument after them, or -1 after saying on stderr what is wrong (an unknown option,
+ * a missing value, a bad envelope value). */
+int sf_options(const char *prog, int argc, char **argv, struct sf_envelope *e,
+               const struct sf_option *own);
+
 /* The message through the read callback, from memory. */
 struct sf_stream {
     const unsigned char *data;
     size_t len, pos;
 };
 ptrdiff_t sf_stream_read(void *ctx, uint8_t *buf, size_t len);
+
+/* Gives `m` its content, `data`: in memory, or with `stream` through the read callback from `s`
+ * (which must outlive the call that reads it). */
+void sf_message_content(SpamfilterMessage *m, struct sf_stream *s, const unsigned char *data,
+                        size_t len, int stream);
 
 #endif

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 #[path = "process.rs"]
 mod process;
+#[allow(clippy::duplicate_mod)]
+#[path = "tempdir.rs"]
+mod tempdir;
 pub use process::free_port;
 use process::{Group, NotListening};
 
@@ -59,15 +62,7 @@ impl Scratch {
     }
 
     fn new_in(base: &Path, what: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = base.join(format!(
-            "milter-daemons-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        let path = tempdir::fresh_dir(base, &format!("milter-daemons-{what}"));
         Scratch { path }
     }
 

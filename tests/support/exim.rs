@@ -35,15 +35,20 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 // Stateless helpers, so a test that also includes daemons.rs or milters.rs (each with its own
 // copy) loses nothing by the second copy.
 #[allow(clippy::duplicate_mod)]
+#[path = "built.rs"]
+mod built;
+#[allow(clippy::duplicate_mod)]
 #[path = "process.rs"]
 mod process;
+#[allow(clippy::duplicate_mod)]
+#[path = "tempdir.rs"]
+mod tempdir;
 use super::daemons::Resolver;
 pub use process::free_port;
 use process::Group;
@@ -61,31 +66,11 @@ pub const DELIVERED_WITHIN: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------------------------------------
 // The binary.
 
-/// The library Exim is linked with: BMI_LIBRARY, or the cdylib cargo built with the test. That
-/// is target/<profile>/deps/libmilter_spamfilter.so: `cargo test` builds the cdylib there but
-/// copies it up to target/<profile>/ only for `cargo build`, so the one up there may be older
-/// (whichever of the two is newer is taken).
+/// The library Exim is linked with: BMI_LIBRARY, or the cdylib cargo built with the test.
 fn library() -> PathBuf {
-    if let Some(lib) = std::env::var_os("BMI_LIBRARY") {
-        return PathBuf::from(lib);
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let deps = exe
-        .parent()
-        .expect("the test binary lives in target/<profile>/deps");
-    let profile_dir = deps
-        .parent()
-        .expect("the test binary lives in target/<profile>/deps");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    [
-        deps.join("libmilter_spamfilter.so"),
-        profile_dir.join("libmilter_spamfilter.so"),
-    ]
-    .into_iter()
-    .filter_map(|p| modified(&p).map(|t| (t, p)))
-    .max_by_key(|(t, _)| *t)
-    .map(|(_, p)| p)
-    .unwrap_or_else(|| profile_dir.join("libmilter_spamfilter.so"))
+    std::env::var_os("BMI_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(built::library)
 }
 
 /// The Exim binary, built by scripts/exim-build.sh once (the script keeps it under build/exim/
@@ -473,13 +458,7 @@ alternate:
 
 /// A fresh directory for one Exim under the system temp dir.
 fn scratch_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "milter-exim-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempdir::fresh_dir(&std::env::temp_dir(), "milter-exim");
     for sub in ["spool", "log", "mail"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)

@@ -15,11 +15,13 @@
 use milter_spamfilter::{Config, Handle};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "process.rs"]
 mod process;
+#[allow(clippy::duplicate_mod)]
+#[path = "tempdir.rs"]
+mod tempdir;
 pub use process::free_port;
 use process::Group;
 
@@ -104,15 +106,7 @@ impl Drop for Server {
 
 /// A fresh private directory for one server's files, under `base`.
 fn scratch_dir_in(base: &Path, what: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = base.join(format!(
-        "milter-real-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
+    tempdir::fresh_dir(base, &format!("milter-real-{what}"))
 }
 
 /// A fresh private directory in the system temp dir.

@@ -7,12 +7,14 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 #[path = "process.rs"]
 mod process;
+#[allow(clippy::duplicate_mod)]
+#[path = "tempdir.rs"]
+mod tempdir;
 pub use process::free_port;
 use process::Group;
 
@@ -46,15 +48,7 @@ impl Drop for Proxy {
 
 /// A fresh private directory for one proxy's files.
 fn scratch_dir(what: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "milter-net-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
+    tempdir::fresh_dir(&std::env::temp_dir(), &format!("milter-net-{what}"))
 }
 
 /// Fails with the package to install when `program` is missing.
