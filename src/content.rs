@@ -6,7 +6,7 @@
 use crate::error::{escape, Error, Result};
 use crate::message::Content;
 use crate::outcome::Header;
-use crate::scan::{find_bare_lf, find_byte, find_lf};
+use crate::scan::{crlf_lines, find_bare_lf, find_byte, find_lf, Lines};
 use std::io::{self, Read};
 
 /// Largest header section we read; past it the message is refused as malformed input.
@@ -560,38 +560,22 @@ impl BodyCrlf {
         max: usize,
     ) -> (usize, bool) {
         out.reserve(max - out.len());
-        let (mut used, mut lf) = (0, first);
-        let mut w = out.len();
-        let full = loop {
-            // src[used..lf] holds no LF; src[lf] is one.
-            let bare = if lf > 0 {
-                src[lf - 1] != b'\r'
-            } else {
-                !self.last_cr
-            };
-            let run = lf - used;
-            if w + run + 1 + usize::from(bare) > max {
-                break true;
-            }
-            // SAFETY: w + run + 2 <= max when bare (+ 1 otherwise), and out's capacity is at
-            // least max (reserved above), so every byte written is within the allocation;
-            // src[used..lf] is in bounds (lf < src.len()) and does not overlap `out`, which
-            // this function borrows mutably.
-            unsafe {
-                let dst = out.as_mut_ptr().add(w);
-                std::ptr::copy_nonoverlapping(src.as_ptr().add(used), dst, run);
-                if bare {
-                    dst.add(run).write(b'\r');
-                }
-                dst.add(run + usize::from(bare)).write(b'\n');
-            }
-            w += run + 1 + usize::from(bare);
-            used = lf + 1;
-            match find_lf(&src[used..]) {
-                Some(i) => lf = used + i,
-                None => break false,
-            }
+        let w = out.len();
+        // The first run (up to the first bare LF, which fits: it was found within the room)
+        // may hold CRLF lines: one copy.
+        // SAFETY: w + first < max, within the capacity reserved above; `src` does not overlap
+        // `out`, which this function borrows mutably.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.as_mut_ptr().add(w), first) };
+        let mut at = Lines {
+            used: 0,
+            lf: first,
+            w,
+            copied: first,
         };
+        // SAFETY: out's allocation holds `max` bytes (reserved above) and w <= max; the first
+        // line's bytes are in place and src[first] is a LF.
+        let full = unsafe { crlf_lines(src, out.as_mut_ptr(), max, self.last_cr, &mut at) };
+        let Lines { used, lf, w, .. } = at;
         // SAFETY: bytes out.len()..w were written above, within the capacity.
         unsafe { out.set_len(w) };
         if used > 0 {
@@ -735,6 +719,79 @@ mod tests {
             let chunks = body_of(&input, max);
             assert!(chunks.iter().all(|c| c.len() <= max), "max {max}");
             assert_eq!(chunks.concat(), b"0123456\r\n".repeat(1000), "max {max}");
+        }
+    }
+
+    /// LF bodies of every shape (lines of 0 to 80 bytes across the 16-byte blocks of the copy,
+    /// CRLF lines among them, lone CRs, no LF at the end), pushed in pieces of random size into
+    /// packets of random size, as a BMI caller's body is: what comes out is what a byte-by-byte
+    /// conversion gives, in packets no larger than their limit.
+    #[test]
+    fn pushed_bodies_of_every_shape_convert_as_a_plain_conversion_does() {
+        pushed_bodies_convert(0x2545_f491_4f6c_dd1d);
+    }
+
+    /// The same on the SSE2 loop, which a machine with AVX2 would not run otherwise.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn pushed_bodies_convert_on_sse2_too() {
+        crate::scan::test_sse2::force(true);
+        pushed_bodies_convert(0x9e37_79b9_7f4a_7c15);
+        crate::scan::test_sse2::force(false);
+    }
+
+    fn pushed_bodies_convert(seed: u64) {
+        let mut next = crate::test_support::xorshift(seed);
+        let plain = |body: &[u8]| {
+            let mut out = Vec::new();
+            for (i, &b) in body.iter().enumerate() {
+                if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            out
+        };
+        for case in 0..600 {
+            let mut body = Vec::new();
+            for _ in 0..next() % 40 {
+                for i in 0..next() % 81 {
+                    body.push(match next() % 23 {
+                        0 => b'\r',
+                        _ => b'a' + (i % 26) as u8,
+                    });
+                }
+                match next() % 5 {
+                    0 => body.extend_from_slice(b"\r\n"),
+                    1 if case % 7 == 0 => {}
+                    _ => body.push(b'\n'),
+                }
+            }
+            let max = [2, 3, 7, 16, 17, 33, 100, 4096, 65535][(next() % 9) as usize];
+            let mut conv = BodyCrlf::default();
+            let (mut packets, mut out) = (Vec::new(), Vec::new());
+            let mut rest = &body[..];
+            while !rest.is_empty() {
+                let mut piece = &rest[..rest.len().min(1 + (next() % 200) as usize)];
+                rest = &rest[piece.len()..];
+                while !piece.is_empty() {
+                    let (used, full) = conv.fill_from(piece, &mut out, max);
+                    piece = &piece[used..];
+                    assert!(out.len() <= max, "case {case}, max {max}");
+                    if full {
+                        packets.push(std::mem::take(&mut out));
+                    } else {
+                        assert!(piece.is_empty(), "case {case}: stopped with room left");
+                    }
+                }
+            }
+            packets.push(out);
+            assert_eq!(
+                packets.concat(),
+                plain(&body),
+                "case {case}, max {max}, body {:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 

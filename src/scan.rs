@@ -42,6 +42,142 @@ pub fn find_bare_lf(s: &[u8], cr_before: bool) -> Option<usize> {
     }
 }
 
+/// Where the line loop of an LF-to-CRLF conversion is (`crlf_lines`).
+#[derive(Debug, Clone, Copy)]
+pub struct Lines {
+    /// The bytes of `src` converted so far: `src[used..]` starts a line.
+    pub used: usize,
+    /// The LF that ends that line (`src.len()` when there is none within the room left).
+    pub lf: usize,
+    /// Where the line goes in `dst`: everything before is written.
+    pub w: usize,
+    /// How many bytes of the line are in `dst` from `w` on already.
+    pub copied: usize,
+}
+
+/// Converts `src` line by line into `dst` (up to `max` bytes in all), from `at` on: each line
+/// copied with a CRLF for its LF (a LF with a CR before it stays as it is). Returns whether
+/// `dst` is full (the next line and its line end do not fit); `at` then says where the
+/// conversion stopped, and the line at `at.used` is not written.
+///
+/// An LF body (a BMI caller's spool) has a LF every line, and a call to memchr and one to
+/// memcpy for each line cost more than its bytes: here each line is copied and searched in
+/// the same pass, 32 (AVX2) or 16 (SSE2) bytes a step, in one loop.
+///
+/// # Safety
+/// `dst` writable for `max` bytes and not overlapping `src`; `at.w <= max`; `src[at.used..
+/// at.lf]` holds no LF, `at.copied` of its bytes are at `dst + at.w`, and `src[at.lf]` is a
+/// LF (or `at.lf == src.len()`).
+pub unsafe fn crlf_lines(
+    src: &[u8],
+    dst: *mut u8,
+    max: usize,
+    cr_before: bool,
+    at: &mut Lines,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the caller's promise, passed on; AVX2 is checked (std caches the answer),
+        // SSE2 is part of the x86_64 baseline.
+        unsafe {
+            match std::is_x86_feature_detected!("avx2") && !test_sse2::forced() {
+                true => x86::crlf_lines_avx2(src, dst, max, cr_before, at),
+                false => x86::crlf_lines_sse2(src, dst, max, cr_before, at),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        crlf_lines_with(src, dst, max, cr_before, at, |window, d| {
+            let i = find_lf(window);
+            let n = i.unwrap_or(window.len());
+            std::ptr::copy_nonoverlapping(window.as_ptr(), d, n);
+            i
+        })
+    }
+}
+
+/// Tests run the SSE2 line loop on a machine with AVX2 too (`force`, for the calling thread).
+#[cfg(target_arch = "x86_64")]
+pub mod test_sse2 {
+    #[cfg(test)]
+    thread_local! {
+        static FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The SSE2 loop for this thread's conversions from now on (tests only).
+    #[cfg(test)]
+    pub fn force(on: bool) {
+        FORCED.with(|f| f.set(on));
+    }
+
+    #[inline(always)]
+    pub fn forced() -> bool {
+        #[cfg(test)]
+        return FORCED.with(|f| f.get());
+        #[cfg(not(test))]
+        false
+    }
+}
+
+/// The loop of `crlf_lines`, with `copy` copying a window to `dst` up to its first LF (bytes
+/// after that LF may be copied too: they are overwritten) and returning where the LF is.
+///
+/// # Safety
+/// As `crlf_lines`; `copy` writes at most the window's length.
+#[inline(always)]
+unsafe fn crlf_lines_with(
+    src: &[u8],
+    dst: *mut u8,
+    max: usize,
+    cr_before: bool,
+    at: &mut Lines,
+    copy: impl Fn(&[u8], *mut u8) -> Option<usize>,
+) -> bool {
+    let Lines {
+        mut used,
+        mut lf,
+        mut w,
+        mut copied,
+    } = *at;
+    let full = loop {
+        let bare = match lf {
+            0 => !cr_before,
+            _ => src[lf - 1] != b'\r',
+        };
+        let run = lf - used;
+        if copied < run || w + run + 1 + usize::from(bare) > max {
+            break true;
+        }
+        // SAFETY: w + run + 2 <= max when bare (+ 1 otherwise), within dst (caller's promise).
+        unsafe {
+            let d = dst.add(w);
+            if bare {
+                d.add(run).write(b'\r');
+            }
+            d.add(run + usize::from(bare)).write(b'\n');
+        }
+        w += run + 1 + usize::from(bare);
+        used = lf + 1;
+        // The next line, copied while its LF is looked for, as far as there is room.
+        let window = &src[used..src.len().min(used + (max - w))];
+        match copy(window, dst.wrapping_add(w)) {
+            Some(i) => (lf, copied) = (used + i, i),
+            // No LF within the room left: full.
+            None if window.len() < src.len() - used => (lf, copied) = (src.len(), 0),
+            None => break false,
+        }
+    };
+    *at = Lines {
+        used,
+        lf,
+        w,
+        copied,
+    };
+    full
+}
+
 /// The same search by memchr, LF after LF.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn bare_lf_by_memchr(s: &[u8], cr_before: bool) -> Option<usize> {
@@ -71,6 +207,85 @@ mod x86 {
     // byte before every position is in the second vector: no carry between blocks, no branch
     // but the one that finds a bare LF. Position 0, whose byte before is not in `s`, is looked
     // at first, on its own.
+
+    /// `copy` of `crlf_lines_with`, 16 bytes a step, then a byte at a time.
+    ///
+    /// # Safety
+    /// `dst` writable for `window.len()` bytes.
+    #[inline(always)]
+    unsafe fn copy_sse2(window: &[u8], dst: *mut u8, mut k: usize) -> Option<usize> {
+        // SAFETY: each block k..k + 16 is within `window` and within the room at `dst`;
+        // unaligned loads and stores need no alignment.
+        unsafe {
+            let lf = _mm_set1_epi8(b'\n' as i8);
+            while k + 16 <= window.len() {
+                let v = _mm_loadu_si128(window.as_ptr().add(k).cast());
+                _mm_storeu_si128(dst.add(k).cast(), v);
+                let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u32;
+                if m != 0 {
+                    return Some(k + m.trailing_zeros() as usize);
+                }
+                k += 16;
+            }
+            while k < window.len() {
+                let b = *window.get_unchecked(k);
+                if b == b'\n' {
+                    return Some(k);
+                }
+                dst.add(k).write(b);
+                k += 1;
+            }
+        }
+        None
+    }
+
+    /// `crlf_lines` on SSE2.
+    ///
+    /// # Safety
+    /// As `crlf_lines`.
+    pub unsafe fn crlf_lines_sse2(
+        src: &[u8],
+        dst: *mut u8,
+        max: usize,
+        cr_before: bool,
+        at: &mut super::Lines,
+    ) -> bool {
+        // SAFETY: the caller's promise, passed on; copy_sse2 writes within the window.
+        unsafe { super::crlf_lines_with(src, dst, max, cr_before, at, |w, d| copy_sse2(w, d, 0)) }
+    }
+
+    /// `crlf_lines` on AVX2: 32 bytes a step, then the SSE2 steps for the rest.
+    ///
+    /// # Safety
+    /// As `crlf_lines`; the CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn crlf_lines_avx2(
+        src: &[u8],
+        dst: *mut u8,
+        max: usize,
+        cr_before: bool,
+        at: &mut super::Lines,
+    ) -> bool {
+        let copy = |window: &[u8], dst: *mut u8| {
+            // SAFETY: each block k..k + 32 is within `window` and within the room at `dst`.
+            unsafe {
+                let lf = _mm256_set1_epi8(b'\n' as i8);
+                let mut k = 0;
+                while k + 32 <= window.len() {
+                    let v = _mm256_loadu_si256(window.as_ptr().add(k).cast());
+                    _mm256_storeu_si256(dst.add(k).cast(), v);
+                    let m = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, lf)) as u32;
+                    if m != 0 {
+                        return Some(k + m.trailing_zeros() as usize);
+                    }
+                    k += 32;
+                }
+                copy_sse2(window, dst, k)
+            }
+        };
+        // SAFETY: the caller's promise, passed on; `copy` writes within the window.
+        unsafe { super::crlf_lines_with(src, dst, max, cr_before, at, copy) }
+    }
 
     /// 64 bytes a step, as two 32-byte vectors.
     ///
