@@ -92,6 +92,14 @@ enum State {
     },
     Ended(Vec<Verdict>),
     Failed(Failure),
+    /// Inside bmiEndMessage; seen by a later call only if that call panicked (its error is
+    /// made then, not for every message).
+    Ending,
+}
+
+/// What a message left in `State::Ending` says.
+fn unfinished() -> Failure {
+    Failure::new(error::INTERNAL, "bmiEndMessage did not finish")
 }
 
 /// One message (`BmiMessage`).
@@ -198,6 +206,7 @@ impl Message {
             State::Open { .. } => self.fail(f),
             State::Failed(first) => first.clone(),
             State::Ended(_) => f,
+            State::Ending => unfinished(),
         }
     }
 
@@ -210,6 +219,7 @@ impl Message {
                 recipients,
             } => (pushed, step, recipients),
             State::Failed(f) => return Err(f.clone()),
+            State::Ending => return Err(unfinished()),
             State::Ended(_) => {
                 // The verdicts stay: a stray call after the end does not take them away.
                 return Err(Failure::new(
@@ -267,13 +277,7 @@ impl Message {
 
     /// bmiEndMessage: the end of the conversation, and the verdicts.
     pub fn end(&mut self) -> Result<(), Failure> {
-        let state = std::mem::replace(
-            &mut self.state,
-            State::Failed(Failure::new(
-                error::INTERNAL,
-                "bmiEndMessage did not finish",
-            )),
-        );
+        let state = std::mem::replace(&mut self.state, State::Ending);
         let pushed = match state {
             State::Open {
                 pushed,
@@ -287,6 +291,7 @@ impl Message {
                 );
                 return Err(self.fail(f));
             }
+            State::Ending => return Err(unfinished()),
             State::Failed(f) => {
                 self.state = State::Failed(f.clone());
                 return Err(f);
@@ -323,6 +328,7 @@ impl Message {
         match &self.state {
             State::Ended(v) => Ok(v),
             State::Failed(f) => Err(f.clone()),
+            State::Ending => Err(unfinished()),
             State::Open { step, .. } => Err(Failure::new(
                 error::STATE,
                 format!(
