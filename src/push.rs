@@ -299,12 +299,19 @@ impl<'a> Message<'a> {
     }
 
     /// Moves the message to `phase`, running the stages before it that were not pushed.
+    #[inline]
     fn enter(&mut self, phase: Phase) -> Result<()> {
         let repeats = matches!(phase, Phase::Rcpt | Phase::Header | Phase::Body);
         if self.phase == phase && repeats {
             // The next field or body piece: nothing to run before it (the common case).
             return Ok(());
         }
+        self.enter_anew(phase, repeats)
+    }
+
+    /// `enter` when the phase changes.
+    #[inline(never)]
+    fn enter_anew(&mut self, phase: Phase, repeats: bool) -> Result<()> {
         if self.phase > phase || (self.phase == phase && !repeats) {
             return Err(Error::message(format!(
                 "{} after {}: a message's pushes come in SMTP order (connect, mail, rcpt, \
@@ -536,7 +543,18 @@ impl<'a> Message<'a> {
 
     /// After a stage: once the Milter has given its final word, the conversation ends (its
     /// connection kept for the next message where that is allowed, else closed).
+    #[inline]
     fn after_stage(&mut self) -> Result<()> {
+        match &self.state {
+            State::Talking(c) if c.decided() => self.conclude(),
+            // Most stages: the Milter has not decided (a field, a body piece under NR_*).
+            _ => Ok(()),
+        }
+    }
+
+    /// The Milter has decided: the conversation ends (see `after_stage`).
+    #[inline(never)]
+    fn conclude(&mut self) -> Result<()> {
         let State::Talking(c) = &mut self.state else {
             return Ok(());
         };

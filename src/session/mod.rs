@@ -838,7 +838,18 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
     }
 
     /// After a stage's packets are queued: read its reply if one is due, else maybe write out.
+    #[inline]
     fn answer(&mut self, stage: Stage, expect_reply: bool) -> Result<Answer> {
+        if !expect_reply && self.wire.unsent() < WRITE_HIGH_WATER {
+            // A packet that needs no reply, queued: most header fields and body pieces.
+            return Ok(Answer::Continue);
+        }
+        self.answer_now(stage, expect_reply)
+    }
+
+    /// `answer` when a reply is due or the write buffer is full.
+    #[inline(never)]
+    fn answer_now(&mut self, stage: Stage, expect_reply: bool) -> Result<Answer> {
         if !expect_reply {
             if self.wire.unsent() >= WRITE_HIGH_WATER {
                 if self.flush()? == Step::Renegotiated {
