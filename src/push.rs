@@ -260,15 +260,24 @@ impl<'a> Message<'a> {
         self.paced(|m| m.finish())
     }
 
-    /// `end_of_message`, handing back the envelope the pushes built (the BMI face names the
-    /// recipients in its verdicts; it keeps no copy of its own).
-    pub fn end_of_message_with_envelope(mut self) -> (Result<Filtered>, Envelope) {
-        let filtered = self.paced(|m| m.finish());
+    /// End of message for a face that makes its own verdicts of the outcome (BMI): the
+    /// Milter's outcome, and the envelope the pushes built (the verdicts name its recipients;
+    /// the face keeps no copy of its own). No spamfilter_* verdict is built for it.
+    pub fn end_of_message_with_envelope(mut self) -> (Result<Outcome>, Envelope) {
+        let outcome = self.paced(|m| {
+            let outcome = m.finish_outcome()?;
+            if m.handle.config().debug >= 1 {
+                // The log line names the verdict the spamfilter_* face would have returned.
+                let verdict = verdict::build(&outcome, m.handle.verdict_options());
+                m.log_verdict(&verdict);
+            }
+            Ok(outcome)
+        });
         let envelope = match &mut self.env {
             Env::Own(e) => std::mem::take(e),
             Env::Lent(e) => Envelope::clone(e),
         };
-        (filtered, envelope)
+        (outcome, envelope)
     }
 
     /// Runs one push under the handle's logger, with the message's clock running.
@@ -385,28 +394,40 @@ impl<'a> Message<'a> {
 
     /// End of message, and the verdict.
     fn finish(&mut self) -> Result<Filtered> {
+        let outcome = self.finish_outcome()?;
+        Ok(self.filtered(outcome))
+    }
+
+    /// End of message: the Milter's outcome.
+    fn finish_outcome(&mut self) -> Result<Outcome> {
         self.enter(Phase::End)?;
         self.run(|c, m| c.end_of_message(m))?;
         match std::mem::replace(&mut self.state, State::Ended) {
-            State::Decided(outcome) => Ok(self.filtered(outcome)),
+            State::Decided(outcome) => Ok(outcome),
             State::Failed(e) => Err(e),
             _ => Err(Error::protocol("the conversation ended without an outcome")),
         }
     }
 
+    /// The message's line at DEBUG≥1 (built only then: the escaped verdict is not free).
+    fn log_verdict(&self, verdict: &verdict::Verdict) {
+        let elapsed = self.start.map(|s| s.0.elapsed()).unwrap_or_default();
+        let peer = self.peer.as_deref().unwrap_or("");
+        log::info!(
+            "message {}: milter {peer}: {} in {} ms",
+            self.id(),
+            describe_verdict(verdict),
+            elapsed.as_millis()
+        );
+    }
+
     fn filtered(&mut self, outcome: Outcome) -> Filtered {
         let verdict = verdict::build(&outcome, self.handle.verdict_options());
+        if self.handle.config().debug >= 1 {
+            self.log_verdict(&verdict);
+        }
         let elapsed = self.start.map(|s| s.0.elapsed()).unwrap_or_default();
         let peer = self.peer.take().unwrap_or_else(|| Arc::from(""));
-        // Built only when this handle logs at DEBUG≥1: the escaped verdict is not free.
-        if self.handle.config().debug >= 1 {
-            log::info!(
-                "message {}: milter {peer}: {} in {} ms",
-                self.id(),
-                describe_verdict(&verdict),
-                elapsed.as_millis()
-            );
-        }
         Filtered {
             verdict,
             outcome,

@@ -865,3 +865,30 @@ fn messages_pushed_from_several_threads_at_once_each_get_their_own_verdict() {
         }
     });
 }
+
+/// At DEBUG=1 a message through the BMI face gets its one line, as through spamfilter_filter:
+/// the Milter, the verdict the spamfilter_* face would have returned, and the time.
+#[test]
+fn debug_1_logs_one_line_per_bmi_message() {
+    let milter = milters::any_reply(r#"{"replies": {"eom": "discard"}}"#);
+    let dir = TempDir::new("debug");
+    let log = dir.path("filter.log");
+    let opt = option_file(
+        &dir,
+        milter.port,
+        &format!("DEBUG=1\nLOG_FILE={}\n", log.display()),
+    );
+    let (got, _) = run_mta(&dir, &opt, &["--to", "a@example.org"]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = std::fs::read_to_string(&log).expect("the log file was written");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("milter 127.0.0.1:{}", milter.port)))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per message:\n{text}");
+    assert!(
+        lines[0].contains("discard") && lines[0].contains(" ms"),
+        "{}",
+        lines[0]
+    );
+}

@@ -305,14 +305,14 @@ impl Message {
             }
         };
         let Pushed { message, handle } = pushed;
-        let (filtered, envelope) = message.end_of_message_with_envelope();
+        let (outcome, envelope) = message.end_of_message_with_envelope();
         let recipients = &envelope.recipients;
-        let verdicts = filtered
+        let verdicts = outcome
             .map_err(|e| {
                 let f = Failure::from(e);
                 Failure::new(f.code, format!("bmiEndMessage: {}", f.message))
             })
-            .and_then(|f| verdict::group(recipients, &f.outcome, handle.verdict_options()));
+            .and_then(|o| verdict::group(recipients, &o, handle.verdict_options()));
         drop(handle);
         match verdicts {
             Ok(v) => {
