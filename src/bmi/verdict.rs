@@ -7,7 +7,7 @@ use super::error::{self, Failure};
 use crate::verdict::{
     self as sieve, Disposition, Edit, Outcome, Stage, VerdictKind, VerdictOptions,
 };
-use std::cell::UnsafeCell;
+use std::ptr::NonNull;
 use std::ffi::CString;
 
 /// Where a verdict's recipients' copy goes.
@@ -21,49 +21,67 @@ pub enum Destination {
     Sieve(CString),
 }
 
-/// One recipient of a verdict (`BmiRecipient`). The address is kept twice: as the library made
-/// it, and as a NUL-terminated copy that the caller may write into (Exim writes a NUL over the
-/// '@' of what bmiRecipientAccessAddress returns), so that a caller's writes never change what
-/// the verdict says.
+/// One recipient of a verdict (`BmiRecipient`). The address is kept twice, in one allocation:
+/// as the library made it, then a NUL-terminated copy that the caller may write into (Exim
+/// writes a NUL over the '@' of what bmiRecipientAccessAddress returns), so that a caller's
+/// writes never change what the verdict says. Rust reads only the first copy, through a
+/// pointer, and never forms a reference to the second.
 pub struct Recipient {
-    address: Vec<u8>,
-    scratch: UnsafeCell<Box<[u8]>>,
+    /// `2 * len + 1` bytes from `Box::into_raw`: the address, its copy, a NUL.
+    bytes: NonNull<u8>,
+    len: usize,
 }
+
+// SAFETY: a Recipient owns its allocation alone (no other pointer to it is kept by Rust); the
+// caller's pointer into the copy is the MTA's to use on the thread that holds the message.
+unsafe impl Send for Recipient {}
 
 impl Recipient {
     /// A recipient; `address` holds no NUL (callers make sure: it came from a C string or was
     /// checked by the verdict-string parser).
     pub fn new(address: &[u8]) -> Recipient {
-        let mut scratch = Vec::with_capacity(address.len() + 1);
-        scratch.extend_from_slice(address);
-        scratch.push(0);
+        let mut bytes = Vec::with_capacity(2 * address.len() + 1);
+        bytes.extend_from_slice(address);
+        bytes.extend_from_slice(address);
+        bytes.push(0);
+        let raw = Box::into_raw(bytes.into_boxed_slice());
         Recipient {
-            address: address.to_vec(),
-            scratch: UnsafeCell::new(scratch.into_boxed_slice()),
+            // SAFETY: Box::into_raw never returns NULL.
+            bytes: unsafe { NonNull::new_unchecked(raw.cast::<u8>()) },
+            len: address.len(),
         }
     }
 
     pub fn address(&self) -> &[u8] {
-        &self.address
+        // SAFETY: the first `len` bytes of the allocation, written in `new` and never written
+        // again (the caller writes only into the copy after them).
+        unsafe { std::slice::from_raw_parts(self.bytes.as_ptr(), self.len) }
     }
 
-    /// The writable, NUL-terminated copy of the address, owned by the verdict.
+    /// The writable, NUL-terminated copy of the address, owned by the recipient.
     pub fn writable_address(&self) -> *mut u8 {
-        // SAFETY: the box is never replaced while the recipient lives; Rust reads it nowhere,
-        // so the caller's writes through this pointer alias no Rust reference.
-        unsafe { (*self.scratch.get()).as_mut_ptr() }
+        // SAFETY: `len` bytes into an allocation of 2 * len + 1.
+        unsafe { self.bytes.as_ptr().add(self.len) }
+    }
+}
+
+impl Drop for Recipient {
+    fn drop(&mut self) {
+        let whole = std::ptr::slice_from_raw_parts_mut(self.bytes.as_ptr(), 2 * self.len + 1);
+        // SAFETY: the slice `new` made with Box::into_raw, of this length, released once here.
+        drop(unsafe { Box::from_raw(whole) });
     }
 }
 
 impl Clone for Recipient {
     fn clone(&self) -> Recipient {
-        Recipient::new(&self.address)
+        Recipient::new(self.address())
     }
 }
 
 impl PartialEq for Recipient {
     fn eq(&self, other: &Recipient) -> bool {
-        self.address == other.address
+        self.address() == other.address()
     }
 }
 
@@ -71,7 +89,7 @@ impl Eq for Recipient {}
 
 impl std::fmt::Debug for Recipient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Recipient({})", crate::error::escape(&self.address))
+        write!(f, "Recipient({})", crate::error::escape(self.address()))
     }
 }
 
