@@ -177,24 +177,7 @@ fn build_for_the_rest(
     header_actions(outcome, options, &mut actions);
     let headers = headers_from..actions.len();
     redirect_actions(outcome, options, &mut actions);
-    // Each address once: the same recipient twice is one recipient, as in sendmail.
-    let mut removed: HashSet<&[u8]> = HashSet::new();
-    for e in &outcome.edits {
-        if let Edit::DelRcpt { rcpt } = e {
-            let addr = strip_angle(rcpt);
-            if !removed.insert(addr) {
-                continue;
-            }
-            if is_addr_spec(addr) {
-                actions.push(Action::RemoveRecipient(addr.to_vec()));
-            } else {
-                log::warn!(
-                    "DELRCPT \"{}\" left out: not an address",
-                    crate::error::escape(rcpt)
-                );
-            }
-        }
-    }
+    remove_actions(outcome, &mut actions);
     if let Some(reason) = &outcome.quarantine {
         let reason = header_value(reason, false, options.dialect == SieveDialect::Rfc5293);
         let reason = shortened(
@@ -228,11 +211,48 @@ fn build_for_the_rest(
     within_script_size(actions, headers, options)
 }
 
+/// DELRCPT as the removal of the recipient, each address once (the same recipient twice is one
+/// recipient, as in sendmail).
+fn remove_actions(outcome: &Outcome, actions: &mut Vec<Action>) {
+    if !outcome
+        .edits
+        .iter()
+        .any(|e| matches!(e, Edit::DelRcpt { .. }))
+    {
+        // Most messages: no set of addresses to make (its hasher's keys are a thread-local).
+        return;
+    }
+    let mut removed: HashSet<&[u8]> = HashSet::new();
+    for e in &outcome.edits {
+        if let Edit::DelRcpt { rcpt } = e {
+            let addr = strip_angle(rcpt);
+            if !removed.insert(addr) {
+                continue;
+            }
+            if is_addr_spec(addr) {
+                actions.push(Action::RemoveRecipient(addr.to_vec()));
+            } else {
+                log::warn!(
+                    "DELRCPT \"{}\" left out: not an address",
+                    crate::error::escape(rcpt)
+                );
+            }
+        }
+    }
+}
+
 /// ADDRCPT as `redirect :copy`, each address once (the same recipient twice is one recipient,
 /// as in sendmail), at most SIEVE_MAX_REDIRECTS of them: one more and the engine fails the run
 /// and keeps the message (implicit keep), which would deliver it to a recipient the Milter
 /// deleted and lose a quarantine.
 fn redirect_actions(outcome: &Outcome, options: &VerdictOptions, actions: &mut Vec<Action>) {
+    if !outcome
+        .edits
+        .iter()
+        .any(|e| matches!(e, Edit::AddRcpt { .. }))
+    {
+        return;
+    }
     let mut seen: HashSet<&[u8]> = HashSet::new();
     let mut left_out = 0usize;
     for e in &outcome.edits {

@@ -7,8 +7,8 @@ use super::error::{self, Failure};
 use crate::verdict::{
     self as sieve, Disposition, Edit, Outcome, Stage, VerdictKind, VerdictOptions,
 };
-use std::ptr::NonNull;
 use std::ffi::CString;
+use std::ptr::NonNull;
 
 /// Where a verdict's recipients' copy goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
