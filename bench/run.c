@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,7 @@ struct sf_api api;
 int aa = 0;
 
 struct job {
-    struct pool *pool;
+    struct pool *pool; /* first: run_block clears the rest */
     const struct msgdef *m;
     int client;
     int count;
@@ -29,6 +30,7 @@ struct job {
     int failures;
     char err[256];
 };
+_Static_assert(offsetof(struct job, pool) == 0, "run_block clears a job from its second field");
 
 /* The client threads of a case. They live as long as the case, as an MTA's threads live as long
  * as the MTA: created once, then handed block after block. So no block pays for starting and
@@ -237,9 +239,11 @@ static void run_block(struct pool *p, const struct msgdef *m, int client, int co
     int per = (count + threads - 1) / threads;
     for (int i = 0; i < threads; i++) {
         struct job *j = &p->jobs[i];
-        memset(j, 0, sizeof *j);
+        /* Everything but `pool`, which pool_start set before the thread began: a thread that
+         * has only just started may be reading it now (clearing it here had that thread wait
+         * on a barrier at address 0x10 once, under load). */
+        memset((char *)j + offsetof(struct job, m), 0, sizeof *j - offsetof(struct job, m));
         j->gather = p->gather_next;
-        j->pool = p;
         j->m = m;
         j->client = client;
         j->count = per;
