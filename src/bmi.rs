@@ -101,17 +101,53 @@ fn null(what: &str) -> Failure {
     Failure::new(error::INVALID_ARG, format!("{what} is NULL"))
 }
 
-/// Writes `value` to an out-parameter first thing, so that it is set whatever happens next.
+/// A pointer type an out-parameter holds.
+trait Pointer: Copy {
+    const NULL: Self;
+}
+
+impl<T> Pointer for *mut T {
+    const NULL: Self = std::ptr::null_mut();
+}
+
+impl<T> Pointer for *const T {
+    const NULL: Self = std::ptr::null();
+}
+
+/// Runs the BMI call `name` that hands out one pointer through its out-parameter `out` (named
+/// `what` in the header): `*out` is NULL first, whatever happens next, then what `make` gives
+/// (None: it stays NULL). A NULL `out` is a fatal CLIENT/INVALID_ARG error, and nothing is
+/// done.
 ///
 /// # Safety
 /// `out` NULL or writable.
-unsafe fn set_out<T>(out: *mut T, value: T) -> Result<(), Failure> {
-    if out.is_null() {
-        return Err(null("the out-parameter"));
-    }
-    // SAFETY: non-NULL and writable (caller's promise).
-    unsafe { out.write(value) };
-    Ok(())
+unsafe fn hand_out<P: Pointer>(
+    name: &str,
+    what: &str,
+    out: *mut P,
+    make: impl FnOnce() -> Result<Option<P>, Failure>,
+) -> BmiError {
+    guard(name, || {
+        if out.is_null() {
+            return Err(null(&format!("{name}: {what}")));
+        }
+        // SAFETY: non-NULL and writable (caller's promise).
+        unsafe { out.write(P::NULL) };
+        if let Some(p) = make()? {
+            // SAFETY: as above.
+            unsafe { out.write(p) };
+        }
+        Ok(())
+    })
+}
+
+/// Runs the BMI call `name` that releases `p` with `free`; NULL is allowed (nothing is done).
+fn release<T>(name: &str, p: *mut T, free: impl FnOnce(*mut T)) {
+    guard_value(name, (), || {
+        if !p.is_null() {
+            free(p)
+        }
+    })
 }
 
 /// The bytes of a C string.
@@ -172,20 +208,17 @@ pub unsafe extern "C" fn bmiInitSystem(
     system: *mut *mut BmiSystem,
 ) -> BmiError {
     let _ = version;
-    guard("bmiInitSystem", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(system, std::ptr::null_mut()) }
-            .map_err(|_| null("bmiInitSystem: system"))?;
+    let make = || {
         // SAFETY: NULL or NUL-terminated (caller's promise).
         let path = unsafe { c_bytes(config_file, "bmiInitSystem: config_file") }?;
         let path = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
         let handle = system::open(path).map_err(|e| {
             Failure::new(error::code_of(&e), format!("bmiInitSystem: {}", e.message))
         })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { system.write(Arc::into_raw(handle).cast_mut()) };
-        Ok(())
-    })
+        Ok(Some(Arc::into_raw(handle).cast_mut()))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiInitSystem", "system", system, make) }
 }
 
 /// Releases a system (the option file stays cached). NULL is allowed.
@@ -194,11 +227,9 @@ pub unsafe extern "C" fn bmiInitSystem(
 /// `system` NULL or from bmiInitSystem, released once.
 #[no_mangle]
 pub unsafe extern "C" fn bmiFreeSystem(system: *mut BmiSystem) {
-    guard_value("bmiFreeSystem", (), || {
-        if !system.is_null() {
-            // SAFETY: from Arc::into_raw in bmiInitSystem, released once (caller's promise).
-            drop(unsafe { Arc::from_raw(system.cast_const()) });
-        }
+    release("bmiFreeSystem", system, |s| {
+        // SAFETY: from Arc::into_raw in bmiInitSystem, released once (caller's promise).
+        drop(unsafe { Arc::from_raw(s.cast_const()) })
     })
 }
 
@@ -214,10 +245,7 @@ pub unsafe extern "C" fn bmiInitMessage(
     system: *mut BmiSystem,
     message: *mut *mut BmiMessage,
 ) -> BmiError {
-    guard("bmiInitMessage", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(message, std::ptr::null_mut()) }
-            .map_err(|_| null("bmiInitMessage: message"))?;
+    let make = || {
         if system.is_null() {
             return Err(null("bmiInitMessage: system"));
         }
@@ -227,11 +255,10 @@ pub unsafe extern "C" fn bmiInitMessage(
             Arc::increment_strong_count(system.cast_const());
             Arc::from_raw(system.cast_const())
         };
-        let boxed = Box::into_raw(Box::new(message::Message::new(handle)));
-        // SAFETY: checked non-NULL above.
-        unsafe { message.write(boxed) };
-        Ok(())
-    })
+        Ok(Some(Box::into_raw(Box::new(message::Message::new(handle)))))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiInitMessage", "message", message, make) }
 }
 
 /// Releases a message, aborting its Milter conversation if it has not ended. NULL is allowed.
@@ -241,11 +268,9 @@ pub unsafe extern "C" fn bmiInitMessage(
 /// recipients, destinations) is used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn bmiFreeMessage(message: *mut BmiMessage) {
-    guard_value("bmiFreeMessage", (), || {
-        if !message.is_null() {
-            // SAFETY: from Box::into_raw in bmiInitMessage, released once (caller's promise).
-            drop(unsafe { Box::from_raw(message) });
-        }
+    release("bmiFreeMessage", message, |m| {
+        // SAFETY: from Box::into_raw in bmiInitMessage, released once (caller's promise).
+        drop(unsafe { Box::from_raw(m) })
     })
 }
 
@@ -490,14 +515,9 @@ pub unsafe extern "C" fn bmiEndMessage(message: *mut BmiMessage) -> BmiError {
 /// `optin` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn bmiOptinInit(optin: *mut *mut BmiOptin) -> BmiError {
-    guard("bmiOptinInit", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(optin, std::ptr::null_mut()) }.map_err(|_| null("bmiOptinInit: optin"))?;
-        let boxed = Box::into_raw(Box::<BmiOptin>::default());
-        // SAFETY: checked non-NULL above.
-        unsafe { optin.write(boxed) };
-        Ok(())
-    })
+    let make = || Ok(Some(Box::into_raw(Box::<BmiOptin>::default())));
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiOptinInit", "optin", optin, make) }
 }
 
 /// Adds the values of the C string `values`, split at `separator`.
@@ -529,11 +549,9 @@ pub unsafe extern "C" fn bmiOptinMset(
 /// `optin` NULL or from bmiOptinInit, released once.
 #[no_mangle]
 pub unsafe extern "C" fn bmiOptinFree(optin: *mut BmiOptin) {
-    guard_value("bmiOptinFree", (), || {
-        if !optin.is_null() {
-            // SAFETY: from Box::into_raw in bmiOptinInit, released once (caller's promise).
-            drop(unsafe { Box::from_raw(optin) });
-        }
+    release("bmiOptinFree", optin, |o| {
+        // SAFETY: from Box::into_raw in bmiOptinInit, released once (caller's promise).
+        drop(unsafe { Box::from_raw(o) })
     })
 }
 
@@ -549,21 +567,16 @@ pub unsafe extern "C" fn bmiAccessFirstVerdict(
     message: *mut BmiMessage,
     verdict: *mut *const BmiVerdict,
 ) -> BmiError {
-    guard("bmiAccessFirstVerdict", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(verdict, std::ptr::null()) }
-            .map_err(|_| null("bmiAccessFirstVerdict: verdict"))?;
+    let make = || {
         if message.is_null() {
             return Err(null("bmiAccessFirstVerdict: message"));
         }
         // SAFETY: non-NULL, from bmiInitMessage (caller's promise).
         let list = unsafe { &*message }.verdicts()?;
-        if let Some(first) = list.first() {
-            // SAFETY: checked non-NULL above.
-            unsafe { verdict.write(first) };
-        }
-        Ok(())
-    })
+        Ok(list.first().map(|v| v as *const BmiVerdict))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiAccessFirstVerdict", "verdict", verdict, make) }
 }
 
 /// The verdict after `current`; `*verdict` is always set: NULL past the last, or when
@@ -577,10 +590,7 @@ pub unsafe extern "C" fn bmiAccessNextVerdict(
     current: *const BmiVerdict,
     verdict: *mut *const BmiVerdict,
 ) -> BmiError {
-    guard("bmiAccessNextVerdict", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(verdict, std::ptr::null()) }
-            .map_err(|_| null("bmiAccessNextVerdict: verdict"))?;
+    let make = || {
         if message.is_null() {
             return Err(null("bmiAccessNextVerdict: message"));
         }
@@ -592,12 +602,10 @@ pub unsafe extern "C" fn bmiAccessNextVerdict(
                 "bmiAccessNextVerdict: current is not a verdict of this message",
             ));
         };
-        if let Some(next) = list.get(i + 1) {
-            // SAFETY: checked non-NULL above.
-            unsafe { verdict.write(next) };
-        }
-        Ok(())
-    })
+        Ok(list.get(i + 1).map(|v| v as *const BmiVerdict))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiAccessNextVerdict", "verdict", verdict, make) }
 }
 
 // ---- Verdict strings ------------------------------------------------------------------------
@@ -612,19 +620,15 @@ pub unsafe extern "C" fn bmiCreateStrFromVerdict(
     verdict: *const BmiVerdict,
     text: *mut *mut c_char,
 ) -> BmiError {
-    guard("bmiCreateStrFromVerdict", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(text, std::ptr::null_mut()) }
-            .map_err(|_| null("bmiCreateStrFromVerdict: text"))?;
+    let make = || {
         if verdict.is_null() {
             return Err(null("bmiCreateStrFromVerdict: verdict"));
         }
         // SAFETY: non-NULL, live (caller's promise).
-        let c = verdict_str::encode_c(unsafe { &*verdict }).into_raw();
-        // SAFETY: checked non-NULL above.
-        unsafe { text.write(c) };
-        Ok(())
-    })
+        Ok(Some(verdict_str::encode_c(unsafe { &*verdict }).into_raw()))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiCreateStrFromVerdict", "text", text, make) }
 }
 
 /// Releases a string from bmiCreateStrFromVerdict. NULL is allowed.
@@ -633,11 +637,9 @@ pub unsafe extern "C" fn bmiCreateStrFromVerdict(
 /// `text` NULL or from bmiCreateStrFromVerdict, released once.
 #[no_mangle]
 pub unsafe extern "C" fn bmiFreeStr(text: *mut c_char) {
-    guard_value("bmiFreeStr", (), || {
-        if !text.is_null() {
-            // SAFETY: from CString::into_raw in bmiCreateStrFromVerdict (caller's promise).
-            drop(unsafe { CString::from_raw(text) });
-        }
+    release("bmiFreeStr", text, |t| {
+        // SAFETY: from CString::into_raw in bmiCreateStrFromVerdict (caller's promise).
+        drop(unsafe { CString::from_raw(t) })
     })
 }
 
@@ -652,17 +654,13 @@ pub unsafe extern "C" fn bmiCreateVerdictFromStr(
     text: *const c_char,
     verdict: *mut *mut BmiVerdict,
 ) -> BmiError {
-    guard("bmiCreateVerdictFromStr", || {
-        // SAFETY: NULL or writable (caller's promise).
-        unsafe { set_out(verdict, std::ptr::null_mut()) }
-            .map_err(|_| null("bmiCreateVerdictFromStr: verdict"))?;
+    let make = || {
         // SAFETY: NULL or NUL-terminated (caller's promise).
         let bytes = unsafe { c_bytes(text, "bmiCreateVerdictFromStr: text") }?;
-        let v = Box::into_raw(Box::new(verdict_str::decode(bytes)?));
-        // SAFETY: checked non-NULL above.
-        unsafe { verdict.write(v) };
-        Ok(())
-    })
+        Ok(Some(Box::into_raw(Box::new(verdict_str::decode(bytes)?))))
+    };
+    // SAFETY: NULL or writable (caller's promise).
+    unsafe { hand_out("bmiCreateVerdictFromStr", "verdict", verdict, make) }
 }
 
 /// Releases a verdict from bmiCreateVerdictFromStr (never one of a message's). NULL is allowed.
@@ -671,11 +669,10 @@ pub unsafe extern "C" fn bmiCreateVerdictFromStr(
 /// `verdict` NULL or from bmiCreateVerdictFromStr, released once.
 #[no_mangle]
 pub unsafe extern "C" fn bmiFreeVerdict(verdict: *mut BmiVerdict) {
-    guard_value("bmiFreeVerdict", (), || {
-        if !verdict.is_null() {
-            // SAFETY: from Box::into_raw in bmiCreateVerdictFromStr (caller's promise).
-            drop(unsafe { Box::from_raw(verdict) });
-        }
+    release("bmiFreeVerdict", verdict, |v| {
+        // SAFETY: from Box::into_raw in bmiCreateVerdictFromStr, released once (caller's
+        // promise).
+        drop(unsafe { Box::from_raw(v) })
     })
 }
 
@@ -690,11 +687,7 @@ pub unsafe extern "C" fn bmiCreateOldStrFromVerdict(
     verdict: *const BmiVerdict,
     text: *mut c_void,
 ) -> BmiError {
-    guard("bmiCreateOldStrFromVerdict", || {
-        let out = text.cast::<*const c_char>();
-        // SAFETY: NULL or a writable char * (caller's promise).
-        unsafe { set_out(out, std::ptr::null()) }
-            .map_err(|_| null("bmiCreateOldStrFromVerdict: text"))?;
+    let make = || {
         if verdict.is_null() {
             return Err(null("bmiCreateOldStrFromVerdict: verdict"));
         }
@@ -709,10 +702,10 @@ pub unsafe extern "C" fn bmiCreateOldStrFromVerdict(
                 verdict::Destination::Sieve(_) => c"alternate",
             }
         };
-        // SAFETY: checked non-NULL above.
-        unsafe { out.write(s.as_ptr()) };
-        Ok(())
-    })
+        Ok(Some(s.as_ptr()))
+    };
+    // SAFETY: NULL or a writable char * (caller's promise).
+    unsafe { hand_out("bmiCreateOldStrFromVerdict", "text", text.cast(), make) }
 }
 
 // ---- One verdict ----------------------------------------------------------------------------
