@@ -196,7 +196,8 @@ pub extern "C" fn bmiErrorGetType(error: BmiError) -> BmiErrorType {
 // ---- The system -----------------------------------------------------------------------------
 
 /// Opens the option file `config_file` (the one `spamfilter_init` reads), read once per path
-/// and process and again only when it changes; any `version` is accepted. `*system` is NULL on
+/// and process and again when it changes (a thread looks at it at most once a second); any
+/// `version` is accepted. `*system` is NULL on
 /// failure: a bad file is a fatal CONFIG/CONFIG error naming file, line, option and value.
 ///
 /// # Safety
