@@ -537,9 +537,12 @@ pub unsafe extern "C" fn bmiOptinMset(
         }
         // SAFETY: NULL or NUL-terminated (caller's promise).
         let text = unsafe { c_bytes(values.cast(), "bmiOptinMset: values") }?;
+        // c_char is i8 on x86_64 and u8 on aarch64: the same byte either way.
+        #[allow(clippy::unnecessary_cast)]
+        let separator = separator as u8;
         // SAFETY: non-NULL, from bmiOptinInit (caller's promise).
         unsafe { &mut *optin }
-            .mset(text, separator as u8)
+            .mset(text, separator)
             .map_err(|e| Failure::new(error::INVALID_ARG, e))
     })
 }

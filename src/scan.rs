@@ -194,6 +194,7 @@ fn bare_lf_by_memchr(s: &[u8], cr_before: bool) -> Option<usize> {
 }
 
 /// The bytes from `from` on, one at a time: the tail shorter than a vector.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn bare_lf_from(s: &[u8], from: usize, cr_before: bool) -> Option<usize> {
     (from..s.len()).find(|&i| s[i] == b'\n' && !(if i > 0 { s[i - 1] == b'\r' } else { cr_before }))
 }
