@@ -56,6 +56,23 @@ struct fncost {
     uint64_t cost;
 };
 
+/* Adds c to (*v)[i], growing the zero-filled array (first size `first`, then doubling). */
+static void add_cost(uint64_t **v, size_t *cap, size_t i, uint64_t c, size_t first)
+{
+    if (i >= *cap) {
+        size_t n = *cap ? *cap * 2 : first;
+        while (n <= i)
+            n *= 2;
+        uint64_t *grown = realloc(*v, n * sizeof **v);
+        if (grown == NULL)
+            die("out of memory");
+        memset(grown + *cap, 0, (n - *cap) * sizeof *grown);
+        *v = grown;
+        *cap = n;
+    }
+    (*v)[i] += c;
+}
+
 static int cmp_fncost(const void *a, const void *b)
 {
     uint64_t x = ((const struct fncost *)a)->cost, y = ((const struct fncost *)b)->cost;
@@ -109,31 +126,10 @@ int callgrind_report(const char *file, long msgs, const char *object)
             uint64_t c = strtoull(p, NULL, 10);
             total += c;
             if (cur_ob >= 0) {
-                if ((size_t)cur_ob >= ob_cap) {
-                    size_t n = ob_cap ? ob_cap * 2 : 64;
-                    while (n <= (size_t)cur_ob)
-                        n *= 2;
-                    ob_cost = realloc(ob_cost, n * sizeof *ob_cost);
-                    if (ob_cost == NULL)
-                        die("out of memory");
-                    memset(ob_cost + ob_cap, 0, (n - ob_cap) * sizeof *ob_cost);
-                    ob_cap = n;
-                }
-                ob_cost[cur_ob] += c;
+                add_cost(&ob_cost, &ob_cap, (size_t)cur_ob, c, 64);
                 const char *obname = (size_t)cur_ob < obs.n ? obs.v[cur_ob] : NULL;
-                if (cur_fn >= 0 && obname != NULL && strstr(obname, object) != NULL) {
-                    if ((size_t)cur_fn >= fn_cap) {
-                        size_t n = fn_cap ? fn_cap * 2 : 1024;
-                        while (n <= (size_t)cur_fn)
-                            n *= 2;
-                        fn_cost = realloc(fn_cost, n * sizeof *fn_cost);
-                        if (fn_cost == NULL)
-                            die("out of memory");
-                        memset(fn_cost + fn_cap, 0, (n - fn_cap) * sizeof *fn_cost);
-                        fn_cap = n;
-                    }
-                    fn_cost[cur_fn] += c;
-                }
+                if (cur_fn >= 0 && obname != NULL && strstr(obname, object) != NULL)
+                    add_cost(&fn_cost, &fn_cap, (size_t)cur_fn, c, 1024);
             }
         } else {
             skip_next = 0;

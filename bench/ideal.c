@@ -124,6 +124,16 @@ static void pkt_end(struct obuf *b, size_t at)
     memcpy(b->p + at, &len, 4);
 }
 
+/* MAIL or RCPT: the address in angle brackets, NUL-terminated (no ESMTP arguments). */
+static void put_address_cmd(struct obuf *b, char cmd, const char *addr)
+{
+    size_t at = pkt_begin(b, cmd);
+    ob_put(b, "<", 1);
+    ob_put(b, addr, strlen(addr));
+    ob_str(b, ">");
+    pkt_end(b, at);
+}
+
 static const char *macro_value(const struct ideal_env *env, const char *name, size_t len)
 {
     if (len >= 2 && name[0] == '{' && name[len - 1] == '}') {
@@ -410,21 +420,13 @@ static int ideal_envelope(struct conn *c, struct obuf *b, const struct ideal_env
     }
     put_macros(b, &c->neg, env, 2);
     if (!HAS(SMFIP_NOMAIL)) {
-        size_t at = pkt_begin(b, 'M');
-        ob_put(b, "<", 1);
-        ob_put(b, env->sender, strlen(env->sender));
-        ob_str(b, ">");
-        pkt_end(b, at);
+        put_address_cmd(b, 'M', env->sender);
         if ((r = stage_reply(c, b, SMFIP_NR_MAIL, final, NULL)) != GO_ON)
             return r;
     }
     put_macros(b, &c->neg, env, 3);
     if (!HAS(SMFIP_NORCPT)) {
-        size_t at = pkt_begin(b, 'R');
-        ob_put(b, "<", 1);
-        ob_put(b, env->recipient, strlen(env->recipient));
-        ob_str(b, ">");
-        pkt_end(b, at);
+        put_address_cmd(b, 'R', env->recipient);
         /* A refused recipient is not the end of the message. */
         if (stage_reply(c, b, SMFIP_NR_RCPT, final, &skipped) == FAILED)
             return FAILED;

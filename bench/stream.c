@@ -93,6 +93,37 @@ static double mbs_of(uint64_t ns)
     return (double)BIG_BYTES / 1048576.0 / ((double)ns / 1e9);
 }
 
+/* One measured run of the library (either face): its start, taken by measure_start. */
+struct measure {
+    long base; /* VmRSS before, kB */
+    uint64_t cpu0, t0;
+};
+
+static struct measure measure_start(struct big_result *out)
+{
+    out->hwm_reset = reset_hwm() == 0;
+    struct measure m = {.base = status_kb("VmRSS:")};
+    memset(&t_io, 0, sizeof t_io);
+    t_mode = M_LIB;
+    m.cpu0 = thread_cpu_ns();
+    m.t0 = now_ns();
+    return m;
+}
+
+/* The end of a run from measure_start: its rate, CPU, socket calls and peak memory growth. */
+static void measure_end(struct measure m, struct big_result *out, struct big_run *run)
+{
+    uint64_t dt = now_ns() - m.t0;
+    uint64_t cpu = thread_cpu_ns() - m.cpu0;
+    t_mode = M_NONE;
+    out->io = t_io;
+    long peak = out->hwm_reset ? status_kb("VmHWM:") : status_kb("VmRSS:");
+    if (peak - m.base > out->growth_kb)
+        out->growth_kb = peak - m.base;
+    run->mbs = mbs_of(dt);
+    run->cpu_ms = (double)cpu / 1e6;
+}
+
 /* The library: 100 MiB through the read callback, and its peak memory growth. */
 static void big_library(const struct target *t, struct big_result *out, struct big_run *run)
 {
@@ -101,27 +132,14 @@ static void big_library(const struct target *t, struct big_result *out, struct b
     msg.read = gen_read;
     msg.read_ctx = &g;
     char err[256];
-    out->hwm_reset = reset_hwm() == 0;
-    long base = status_kb("VmRSS:");
-    memset(&t_io, 0, sizeof t_io);
-    t_mode = M_LIB;
-    uint64_t cpu0 = thread_cpu_ns();
-    uint64_t t0 = now_ns();
+    struct measure m = measure_start(out);
     int r = lib_message(t, &msg, err, sizeof err);
-    uint64_t dt = now_ns() - t0;
-    uint64_t cpu = thread_cpu_ns() - cpu0;
-    t_mode = M_NONE;
-    out->io = t_io;
-    long peak = out->hwm_reset ? status_kb("VmHWM:") : status_kb("VmRSS:");
+    measure_end(m, out, run);
     if (r != 0)
         die("100 MiB message through %s: %s", t->name, err);
     if (g.pos != BIG_BYTES)
         die("100 MiB message: the library read %llu bytes of %llu", (unsigned long long)g.pos,
             (unsigned long long)BIG_BYTES);
-    if (peak - base > out->growth_kb)
-        out->growth_kb = peak - base;
-    run->mbs = mbs_of(dt);
-    run->cpu_ms = (double)cpu / 1e6;
 }
 
 /* The BMI face: the header fields one per call, then 100 MiB of body generated as LF text, 4 KB
@@ -132,24 +150,11 @@ static void big_bmi(const struct target *t, const struct msgdef *hdr, struct big
     struct gen g = {.total = BIG_BYTES};
     struct bmi_source src = {.msg = hdr, .gen = &g};
     char err[256];
-    out->hwm_reset = reset_hwm() == 0;
-    long base = status_kb("VmRSS:");
-    memset(&t_io, 0, sizeof t_io);
-    t_mode = M_LIB;
-    uint64_t cpu0 = thread_cpu_ns();
-    uint64_t t0 = now_ns();
+    struct measure m = measure_start(out);
     int r = bmi_message(t->bmi, t->opt, &src, 0, err, sizeof err);
-    uint64_t dt = now_ns() - t0;
-    uint64_t cpu = thread_cpu_ns() - cpu0;
-    t_mode = M_NONE;
-    out->io = t_io;
-    long peak = out->hwm_reset ? status_kb("VmHWM:") : status_kb("VmRSS:");
+    measure_end(m, out, run);
     if (r != 0)
         die("100 MiB message through the BMI face, %s: %s", t->name, err);
-    if (peak - base > out->growth_kb)
-        out->growth_kb = peak - base;
-    run->mbs = mbs_of(dt);
-    run->cpu_ms = (double)cpu / 1e6;
 }
 
 /* The ideal client, the same bytes. */
