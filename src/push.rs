@@ -25,7 +25,7 @@ use crate::session::{Conversation, Done, Pushed, Resume};
 use crate::verdict;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The envelope: built by the pushes, or lent whole by `spamfilter_filter`.
 enum Env<'a> {
@@ -269,7 +269,7 @@ impl<'a> Message<'a> {
             if m.handle.config().debug >= 1 {
                 // The log line names the verdict the spamfilter_* face would have returned.
                 let verdict = verdict::build(&outcome, m.handle.verdict_options());
-                m.log_verdict(&verdict);
+                m.log_verdict(&verdict, m.elapsed());
             }
             Ok(outcome)
         });
@@ -409,9 +409,13 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The time since the message's first push went to the network.
+    fn elapsed(&self) -> Duration {
+        self.start.map(|s| s.0.elapsed()).unwrap_or_default()
+    }
+
     /// The message's line at DEBUG≥1 (built only then: the escaped verdict is not free).
-    fn log_verdict(&self, verdict: &verdict::Verdict) {
-        let elapsed = self.start.map(|s| s.0.elapsed()).unwrap_or_default();
+    fn log_verdict(&self, verdict: &verdict::Verdict, elapsed: Duration) {
         let peer = self.peer.as_deref().unwrap_or("");
         log::info!(
             "message {}: milter {peer}: {} in {} ms",
@@ -423,10 +427,10 @@ impl<'a> Message<'a> {
 
     fn filtered(&mut self, outcome: Outcome) -> Filtered {
         let verdict = verdict::build(&outcome, self.handle.verdict_options());
+        let elapsed = self.elapsed();
         if self.handle.config().debug >= 1 {
-            self.log_verdict(&verdict);
+            self.log_verdict(&verdict, elapsed);
         }
-        let elapsed = self.start.map(|s| s.0.elapsed()).unwrap_or_default();
         let peer = self.peer.take().unwrap_or_else(|| Arc::from(""));
         Filtered {
             verdict,

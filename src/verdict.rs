@@ -196,19 +196,28 @@ fn build_for_the_rest(
             options.quarantine_folder.as_bytes().to_vec(),
         ));
     }
-    // A deferred recipient's guard alone changes nothing for the others.
-    if actions
-        .iter()
-        .all(|a| matches!(a, Action::HoldRecipient(_)))
-    {
-        return Verdict {
-            kind: VerdictKind::None,
-            script: Vec::new(),
-            reply: None,
-            recipients: Vec::new(),
-        };
+    if only_guards(&actions) {
+        return no_verdict();
     }
     within_script_size(actions, headers, options)
+}
+
+/// A deferred recipient's guard alone changes nothing for the others: with nothing else to
+/// do, there is no verdict.
+fn only_guards(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .all(|a| matches!(a, Action::HoldRecipient(_)))
+}
+
+/// The verdict that asks for nothing.
+fn no_verdict() -> Verdict {
+    Verdict {
+        kind: VerdictKind::None,
+        script: Vec::new(),
+        reply: None,
+        recipients: Vec::new(),
+    }
 }
 
 /// DELRCPT as the removal of the recipient, each address once (the same recipient twice is one
@@ -314,17 +323,8 @@ fn within_script_size(
             headers.len()
         );
         actions.drain(headers);
-        // A deferred recipient's guard alone changes nothing for the others.
-        if actions
-            .iter()
-            .all(|a| matches!(a, Action::HoldRecipient(_)))
-        {
-            return Verdict {
-                kind: VerdictKind::None,
-                script: Vec::new(),
-                reply: None,
-                recipients: Vec::new(),
-            };
+        if only_guards(&actions) {
+            return no_verdict();
         }
         let v = render(&actions, options, None);
         if v.script.len() <= max {

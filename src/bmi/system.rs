@@ -127,16 +127,15 @@ fn looked_at_lately(path: &Path, recheck: Duration) -> Option<Arc<Handle>> {
     .flatten()
 }
 
-/// The Handle this thread opened last for `path`, if the file is still the one it was.
+/// The Handle this thread opened last for `path`, if the file is still the one it was; the
+/// thread's look at it is then renewed (see `looked_at_lately`).
 fn last_opened(path: &Path, now: Stamp) -> Option<Arc<Handle>> {
-    let handle = last_opened_unstamped(path, now)?;
-    remember(path, now, &handle);
-    Some(handle)
-}
-
-fn last_opened_unstamped(path: &Path, now: Stamp) -> Option<Arc<Handle>> {
-    LAST.try_with(|last| match &*last.borrow() {
-        Some(l) if l.stamp == now && l.path.as_os_str() == path.as_os_str() => l.handle.upgrade(),
+    LAST.try_with(|last| match &mut *last.borrow_mut() {
+        Some(l) if l.stamp == now && l.path.as_os_str() == path.as_os_str() => {
+            let handle = l.handle.upgrade()?;
+            l.looked = Instant::now();
+            Some(handle)
+        }
         _ => None,
     })
     .ok()

@@ -210,14 +210,16 @@ pub fn group<A: AsRef<[u8]>>(
         None
     };
     let mut verdicts: Vec<Verdict> = Vec::new();
-    // Which verdicts are a refused recipient's own (no other recipient joins those).
-    let mut own = vec![false; 0];
+    // Which verdicts are a refused recipient's own (no other recipient joins those), by
+    // index; shorter than `verdicts` where the rest are shared, and empty (no allocation)
+    // while nobody was refused.
+    let mut own: Vec<bool> = Vec::new();
     for (i, address) in recipients.iter().enumerate() {
         let address = address.as_ref();
         if let Some(r) = refusal(i) {
-            verdicts.push(own_verdict(r, address, options));
             own.resize(verdicts.len(), false);
-            own[verdicts.len() - 1] = true;
+            own.push(true);
+            verdicts.push(own_verdict(r, address, options));
             continue;
         }
         let Some(rest) = &rest else { continue };
@@ -226,9 +228,9 @@ pub fn group<A: AsRef<[u8]>>(
         } else {
             rest.clone()
         };
-        let joins = (0..verdicts.len()).find(|&k| {
-            !own.get(k).copied().unwrap_or(false) && verdicts[k].destination == destination
-        });
+        let shared = |k: usize| !own.get(k).copied().unwrap_or(false);
+        let joins =
+            (0..verdicts.len()).find(|&k| shared(k) && verdicts[k].destination == destination);
         match joins {
             Some(k) => verdicts[k].recipients.push(Recipient::new(address)),
             None => verdicts.push(Verdict {
