@@ -262,8 +262,10 @@ impl<'a> Message<'a> {
 
     /// End of message for a face that makes its own verdicts of the outcome (BMI): the
     /// Milter's outcome, and the envelope the pushes built (the verdicts name its recipients;
-    /// the face keeps no copy of its own). No spamfilter_* verdict is built for it.
-    pub fn end_of_message_with_envelope(mut self) -> (Result<Outcome>, Envelope) {
+    /// the face keeps no copy of its own). No spamfilter_* verdict is built for it. The message
+    /// ends in place (it is not moved into this call): any later push is refused, and dropping
+    /// it finishes nothing more.
+    pub fn end_of_message_with_envelope(&mut self) -> (Result<Outcome>, Envelope) {
         let outcome = self.paced(|m| {
             let outcome = m.finish_outcome()?;
             if m.handle.config().debug >= 1 {

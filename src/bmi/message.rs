@@ -61,6 +61,9 @@ enum Step {
     Header,
     Body,
     EndOfBody,
+    /// Inside bmiEndMessage (the message's end runs in place, nothing of it moved out); seen
+    /// by a later call only if that call panicked.
+    Ending,
 }
 
 impl Step {
@@ -74,6 +77,7 @@ impl Step {
             Step::EndOfRecipients | Step::Header => "bmiAccumulateHeaders or bmiEndHeaders",
             Step::Body => "bmiAccumulateBody or bmiEndBody",
             Step::EndOfBody => "bmiEndMessage",
+            Step::Ending => "nothing: bmiEndMessage did not finish",
         }
     }
 }
@@ -92,12 +96,10 @@ enum State {
     },
     Ended(Vec<Verdict>),
     Failed(Failure),
-    /// Inside bmiEndMessage; seen by a later call only if that call panicked (its error is
-    /// made then, not for every message).
-    Ending,
 }
 
-/// What a message left in `State::Ending` says.
+/// What a message left at `Step::Ending` says (its error is made then, not for every
+/// message).
 fn unfinished() -> Failure {
     Failure::new(error::INTERNAL, "bmiEndMessage did not finish")
 }
@@ -203,10 +205,12 @@ impl Message {
     /// ended or failed already: then that stands, and `f` is returned as is).
     pub fn fail_with(&mut self, f: Failure) -> Failure {
         match &self.state {
+            State::Open {
+                step: Step::Ending, ..
+            } => unfinished(),
             State::Open { .. } => self.fail(f),
             State::Failed(first) => first.clone(),
             State::Ended(_) => f,
-            State::Ending => unfinished(),
         }
     }
 
@@ -214,12 +218,14 @@ impl Message {
     pub fn push(&mut self, push: Push<'_>) -> Result<(), Failure> {
         let (pushed, step, recipients) = match &mut self.state {
             State::Open {
+                step: Step::Ending, ..
+            } => return Err(unfinished()),
+            State::Open {
                 pushed,
                 step,
                 recipients,
             } => (pushed, step, recipients),
             State::Failed(f) => return Err(f.clone()),
-            State::Ending => return Err(unfinished()),
             State::Ended(_) => {
                 // The verdicts stay: a stray call after the end does not take them away.
                 return Err(Failure::new(
@@ -275,15 +281,21 @@ impl Message {
         }
     }
 
-    /// bmiEndMessage: the end of the conversation, and the verdicts.
+    /// bmiEndMessage: the end of the conversation, and the verdicts. The message ends where it
+    /// lies: nothing of it (672 bytes) is moved out first.
     pub fn end(&mut self) -> Result<(), Failure> {
-        let state = std::mem::replace(&mut self.state, State::Ending);
-        let pushed = match state {
+        let pushed = match &mut self.state {
             State::Open {
                 pushed,
-                step: Step::EndOfBody,
+                step: step @ Step::EndOfBody,
                 ..
-            } => pushed,
+            } => {
+                *step = Step::Ending;
+                pushed
+            }
+            State::Open {
+                step: Step::Ending, ..
+            } => return Err(unfinished()),
             State::Open { step, .. } => {
                 let f = Failure::new(
                     error::STATE,
@@ -291,30 +303,25 @@ impl Message {
                 );
                 return Err(self.fail(f));
             }
-            State::Ending => return Err(unfinished()),
-            State::Failed(f) => {
-                self.state = State::Failed(f.clone());
-                return Err(f);
-            }
-            ended @ State::Ended(_) => {
-                self.state = ended;
+            State::Failed(f) => return Err(f.clone()),
+            State::Ended(_) => {
                 return Err(Failure::new(
                     error::STATE,
                     "bmiEndMessage: the message has ended already",
-                ));
+                ))
             }
         };
-        let Pushed { message, handle } = pushed;
-        let (outcome, envelope) = message.end_of_message_with_envelope();
-        let recipients = &envelope.recipients;
+        let (outcome, envelope) = pushed.message.end_of_message_with_envelope();
         let verdicts = outcome
             .map_err(|e| {
                 let f = Failure::from(e);
                 Failure::new(f.code, format!("bmiEndMessage: {}", f.message))
             })
-            .and_then(|o| verdict::group(recipients, &o, handle.verdict_options()));
-        drop(handle);
+            .and_then(|o| {
+                verdict::group(&envelope.recipients, &o, pushed.handle.verdict_options())
+            });
         match verdicts {
+            // The push message (its conversation over) and the handle's count go with `Open`.
             Ok(v) => {
                 self.state = State::Ended(v);
                 Ok(())
@@ -328,7 +335,9 @@ impl Message {
         match &self.state {
             State::Ended(v) => Ok(v),
             State::Failed(f) => Err(f.clone()),
-            State::Ending => Err(unfinished()),
+            State::Open {
+                step: Step::Ending, ..
+            } => Err(unfinished()),
             State::Open { step, .. } => Err(Failure::new(
                 error::STATE,
                 format!(
