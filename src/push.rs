@@ -553,20 +553,15 @@ impl<'a> Message<'a> {
             prove: self.handle.proves_step(),
         });
         let traced = self.transcript.is_some();
-        // Allocated first, then filled: the conversation (960 bytes) is not built whole on the
-        // stack and copied into its box.
-        let conv = Box::write(
-            Box::new_uninit(),
-            Conversation::new(
-                config,
-                conn.stream,
-                conn.peer,
-                conn.timeouts,
-                deadline,
-                traced,
-            ),
+        let conv = Conversation::new(
+            config,
+            conn.stream,
+            conn.peer,
+            conn.timeouts,
+            deadline,
+            traced,
         );
-        self.state = State::Talking(conv);
+        self.state = State::Talking(Box::new(conv));
         let State::Talking(c) = &mut self.state else {
             return Ok(());
         };
