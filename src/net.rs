@@ -161,6 +161,28 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// An IPv4 address in plain dotted decimal (`127.0.0.1`: four numbers up to 255, no leading
+/// zeros), read directly: std's general address parser would run twice a message (the Milter's
+/// HOST and a BMI caller's client address). None for anything else, which the caller then gives
+/// to std's parser: every text accepted here, std reads as the same address.
+pub fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        let canonical = matches!(part.len(), 1..=3) && (part.len() == 1 || part[0] != b'0');
+        if !canonical || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        *octet = u8::try_from(n).ok()?;
+    }
+    match parts.next() {
+        None => Some(Ipv4Addr::from(octets)),
+        Some(_) => None,
+    }
+}
+
 fn time_left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -173,7 +195,8 @@ fn seconds(d: Duration) -> String {
 /// Literals need no resolver. Names go through the process's bounded resolver table
 /// (`crate::resolve`): one lookup thread per name at a time, a few in all, answers kept 30 s.
 pub fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    let literal = dotted_quad(host.as_bytes()).map(IpAddr::V4);
+    if let Some(ip) = literal.or_else(|| host.parse::<IpAddr>().ok()) {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let ips = crate::resolve::global().resolve(host, limit, crate::resolve::system_lookup)?;
@@ -197,7 +220,8 @@ fn connect_name(
             "the message deadline passed before connecting",
         ));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
+    let literal = dotted_quad(host.as_bytes()).map(IpAddr::V4);
+    if let Some(ip) = literal.or_else(|| host.parse::<IpAddr>().ok()) {
         // A literal: nothing to resolve (and no list to build).
         return connect_addrs(&[SocketAddr::new(ip, port)], connect_timeout, deadline);
     }
@@ -628,6 +652,60 @@ fn authenticate<S: Read + Write>(stream: &mut S, user: &str, password: &str) -> 
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn a_dotted_quad_is_read_as_std_reads_it_and_anything_else_is_left_to_std() {
+        let plain = [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.30.40",
+            "1.2.3.4",
+        ];
+        for text in plain {
+            assert_eq!(dotted_quad(text.as_bytes()), text.parse().ok(), "{text}");
+        }
+        for text in [
+            "",
+            "1.2.3",
+            "1.2.3.4.",
+            ".1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3.00",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1..3.4",
+            "1.2.3.a",
+            "1.2.3.1000",
+            "::1",
+            "1.2.3.+4",
+        ] {
+            assert_eq!(dotted_quad(text.as_bytes()), None, "{text:?}");
+        }
+        // Random texts of digits and dots (and a stray byte): whatever is read here, std reads
+        // as the same address.
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1d);
+        let alphabet = b"0123456789.....x";
+        let mut read = 0;
+        for _ in 0..200_000 {
+            let r = next();
+            let len = (r % 16) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|i| alphabet[((r >> (8 + 4 * (i % 13))) ^ next()) as usize % alphabet.len()])
+                .collect();
+            let std_reads = std::str::from_utf8(&text).unwrap().parse::<Ipv4Addr>().ok();
+            if let Some(v4) = dotted_quad(&text) {
+                read += 1;
+                assert_eq!(Some(v4), std_reads, "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+        assert!(
+            read > 100,
+            "too few dotted quads generated to compare: {read}"
+        );
+    }
 
     #[test]
     fn addresses_read_as_the_standard_library_writes_them() {

@@ -83,6 +83,9 @@ pub const QUARANTINE_HEADER: &str = "X-Milter-Quarantine";
 /// an MTA that runs the script for it anyway keeps it unedited rather than rejecting or
 /// discarding it, and defers it from `recipients`).
 pub fn build(outcome: &Outcome, options: &VerdictOptions) -> Verdict {
+    if unchanged(outcome) {
+        return no_verdict();
+    }
     let own = own_outcomes(&outcome.rejected_recipients);
     let mut v = build_for_the_rest(outcome, options, &own);
     v.recipients = own;
@@ -208,6 +211,18 @@ fn only_guards(actions: &[Action]) -> bool {
     actions
         .iter()
         .all(|a| matches!(a, Action::HoldRecipient(_)))
+}
+
+/// The usual message: accepted or let through, nobody refused, nothing edited, no
+/// quarantine. Every action comes from one of these, so its verdict asks for nothing, and
+/// this answers without the builder's steps.
+fn unchanged(outcome: &Outcome) -> bool {
+    matches!(
+        outcome.disposition,
+        Disposition::Accept | Disposition::Continue
+    ) && outcome.edits.is_empty()
+        && outcome.quarantine.is_none()
+        && outcome.rejected_recipients.is_empty()
 }
 
 /// The verdict that asks for nothing.

@@ -161,6 +161,10 @@ impl Push<'_> {
 /// The client's address as BMI gives it: an IPv4 or IPv6 address in text ("127.0.0.1" for a
 /// local submission); empty means unknown.
 fn client_addr(text: &[u8]) -> Result<Option<IpAddr>, Failure> {
+    // The usual text, a plain IPv4 address, without the general parser (every message).
+    if let Some(v4) = crate::net::dotted_quad(text) {
+        return Ok(Some(IpAddr::V4(v4)));
+    }
     let s = String::from_utf8_lossy(text);
     let t = s.trim();
     let bare = t

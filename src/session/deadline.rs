@@ -114,7 +114,9 @@ impl Clock {
         // Whole timeouts left beyond this exchange's, less one for the moments between
         // exchanges: that many more may run without the clock.
         self.quick_exchanges = if op != Op::LongWrite && t == self.timeout {
-            (left.as_nanos() / t.as_nanos()).saturating_sub(2) as u32
+            // In u64: a u128 division is a call into the compiler's runtime.
+            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            (nanos(left) / nanos(t).max(1)).saturating_sub(2) as u32
         } else {
             0
         };
