@@ -190,6 +190,17 @@ pub struct ClientText {
 }
 
 impl ClientText {
+    /// What `of` makes of an empty envelope, made directly (each conversation starts with it,
+    /// before its CONNECT).
+    pub fn none() -> ClientText {
+        ClientText {
+            name: false,
+            addr: None,
+            port: protocol::InlineText::decimal(0),
+            mta_names: 0,
+        }
+    }
+
     pub fn of(env: &Envelope) -> ClientText {
         let mta_names = match env.macros.len() <= MTA_MACROS {
             true => env
@@ -322,6 +333,18 @@ pub fn queue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_none_is_what_an_empty_envelope_gives() {
+        let (none, of) = (ClientText::none(), ClientText::of(&Envelope::default()));
+        assert_eq!(none.name, of.name);
+        assert_eq!(
+            none.addr.map(|a| a.as_bytes().to_vec()),
+            of.addr.map(|a| a.as_bytes().to_vec())
+        );
+        assert_eq!(none.port.as_bytes(), of.port.as_bytes());
+        assert_eq!(none.mta_names, of.mta_names);
+    }
 
     #[test]
     fn macro_values_from_the_envelope() {

@@ -191,7 +191,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
             kept: false,
             limits: config.milter_limits,
             message_start: 0,
-            text: ClientText::of(&Envelope::default()),
+            text: ClientText::none(),
             msg: MessageState::new(config.milter_limits),
         }
     }
