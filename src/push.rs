@@ -348,24 +348,28 @@ impl<'a> Message<'a> {
         Ok(())
     }
 
+    #[inline(always)] // in its push; `enter_anew` keeps a copy for the stages a push implies
     fn connect_stage(&mut self) -> Result<()> {
         self.run(|c, m| c.connect(m))?;
         self.done.connect = true;
         Ok(())
     }
 
+    #[inline(always)] // in its push; `enter_anew` keeps a copy for the stages a push implies
     fn mail_stage(&mut self) -> Result<()> {
         self.run(|c, m| c.mail(m))?;
         self.done.mail = true;
         Ok(())
     }
 
+    #[inline(always)] // in its push; `enter_anew` keeps a copy for the stages a push implies
     fn rcpt_stage(&mut self, index: usize) -> Result<()> {
         self.run(|c, m| c.rcpt(m, index))?;
         self.done.rcpts += 1;
         Ok(())
     }
 
+    #[inline(always)] // in its push; `enter_anew` keeps a copy for the stages a push implies
     fn data_stage(&mut self) -> Result<()> {
         self.run(|c, m| c.end_of_recipients(m))?;
         self.done.data = true;
@@ -378,6 +382,7 @@ impl<'a> Message<'a> {
         Ok(())
     }
 
+    #[inline(always)] // in its push; `enter_anew` keeps a copy for the stages a push implies
     fn eoh_stage(&mut self) -> Result<()> {
         self.run(|c, m| c.end_of_header(m))?;
         self.done.eoh = true;

@@ -424,6 +424,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
         }
     }
 
+    #[inline(always)] // its stage's runner enters it (and `replay`, seldom): one function, not two
     fn try_connect(&mut self, env: &Envelope) -> Result<Step> {
         self.text = ClientText::of(env);
         self.macros(SMFIM_CONNECT, env, None);
@@ -468,6 +469,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
         }
     }
 
+    #[inline(always)] // its stage's runner enters it (and `replay`, seldom): one function, not two
     fn try_mail(&mut self, env: &Envelope) -> Result<Step> {
         if self.decided() {
             return Ok(Step::Done);
@@ -493,6 +495,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
 
     /// A reject or tempfail refuses that recipient only, and stays its outcome whatever comes
     /// later (the verdict keeps it apart from the message's).
+    #[inline(always)] // its stage's runner enters it (and `replay`, seldom): one function, not two
     fn try_rcpt(&mut self, env: &Envelope, index: usize) -> Result<Step> {
         if self.decided() || self.msg.skip_rcpt {
             return Ok(Step::Done);
@@ -536,6 +539,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
         Ok(Step::Done)
     }
 
+    #[inline(always)] // its stage's runner enters it (and `replay`, seldom): one function, not two
     fn try_data(&mut self, env: &Envelope) -> Result<Step> {
         if self.decided() {
             return Ok(Step::Done);
@@ -592,6 +596,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
         }
     }
 
+    #[inline(always)] // its stage's runner enters it (and `replay`, seldom): one function, not two
     fn try_eoh(&mut self, env: &Envelope) -> Result<Step> {
         if self.decided() {
             return Ok(Step::Done);
