@@ -214,6 +214,11 @@ impl<'a> Message<'a> {
         self.paced(|m| {
             m.enter(Phase::Rcpt)?;
             let env = m.own_env()?;
+            if env.recipients.capacity() == 0 {
+                // Allocated at its size for most messages, not grown from nothing (one
+                // function fewer entered a message).
+                env.recipients = Vec::with_capacity(4);
+            }
             env.recipients.push(Recipient {
                 address: address.to_vec(),
                 esmtp_args: esmtp_args.iter().map(|a| a.to_vec()).collect(),

@@ -209,7 +209,8 @@ pub fn group<A: AsRef<[u8]>>(
     } else {
         None
     };
-    let mut verdicts: Vec<Verdict> = Vec::new();
+    // Most messages have one verdict: allocated at that size, not grown from nothing.
+    let mut verdicts: Vec<Verdict> = Vec::with_capacity(usize::from(!recipients.is_empty()));
     // Which verdicts are a refused recipient's own (no other recipient joins those), by
     // index; shorter than `verdicts` where the rest are shared, and empty (no allocation)
     // while nobody was refused.
