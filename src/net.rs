@@ -208,6 +208,7 @@ pub fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>
 
 /// Resolves `host` and connects to its addresses in order; the first that answers wins. Returns
 /// the stream, the address, and the send timeout left set on it (the connect's bound).
+#[inline(always)] // in `connect`: one function fewer entered a message
 fn connect_name(
     host: &str,
     port: u16,
