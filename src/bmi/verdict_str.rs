@@ -174,6 +174,7 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     }
 }
 
+#[inline]
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
