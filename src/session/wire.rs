@@ -134,6 +134,7 @@ thread_local! {
     static SPARE: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
 }
 
+#[inline(always)] // its one caller, once a message: one function fewer entered
 fn take_buffers() -> Buffers {
     SPARE
         .try_with(|s| s.borrow_mut().take())
