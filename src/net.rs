@@ -234,6 +234,7 @@ fn connect_name(
 /// the first connected stream (TCP_NODELAY set), its address and that bound, which stays set
 /// as its send timeout. The error lists every address with what it got;
 /// its kind is Timeout when every attempt timed out, else Connect.
+#[inline(always)] // in `connect`, once a message: one function fewer entered
 pub fn connect_addrs(
     addrs: &[SocketAddr],
     connect_timeout: Duration,

@@ -751,6 +751,7 @@ impl<'a> Pushes<'a> for Message<'a> {
 }
 
 impl Drop for Message<'_> {
+    #[inline] // in its drop glue: one function fewer entered a message
     fn drop(&mut self) {
         if let State::Talking(c) = std::mem::replace(&mut self.state, State::Ended) {
             log::debug!(

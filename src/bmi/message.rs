@@ -335,6 +335,7 @@ impl Message {
     }
 
     /// The verdicts, once the message has ended.
+    #[inline]
     pub fn verdicts(&self) -> Result<&[Verdict], Failure> {
         match &self.state {
             State::Ended(v) => Ok(v),
