@@ -6,6 +6,8 @@
  *
  *   bench [--quick] [--scale F] [--only TEXT] LIBRARY NOOP_MILTER   the whole benchmark
  *   bench --aa ...                 the same with the ideal client on both sides: the noise floor
+ *   bench --against LIBRARY_B ...  the BMI table only, LIBRARY_B's BMI face in the ideal
+ *                                  client's place: two builds compared in the same rounds
  *   bench --callgrind N [--size B] [--noreply | --opendkim] [--reuse] [--bmi] [--ideal]
  *         LIBRARY NOOP_MILTER
  *                                                        N messages only (make callgrind)
@@ -35,12 +37,15 @@ static int selected(const char *milter, const char *size)
 {
     char label[128];
     snprintf(label, sizeof label, "%s %s", milter, size);
+    if (against != NULL && strstr(label, " bmi ") == NULL)
+        return 0; /* --against compares the BMI face only */
     return only == NULL || strstr(label, only) != NULL;
 }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench [--quick] [--scale F] [--only TEXT] [--aa] LIBRARY NOOP_MILTER\n"
+    fprintf(stderr, "usage: bench [--quick] [--scale F] [--only TEXT] [--aa | --against LIBRARY_B] "
+                    "LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] "
                     "[--bmi] [--ideal] LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind-report CALLGRIND_OUT MESSAGES OBJECT\n");
@@ -152,6 +157,9 @@ static void print_legend(double scale)
     if (aa)
         printf("--aa: the ideal client runs on both sides of every case (the lib columns too), so "
                "each ratio\nshows only the bench's own noise on this machine\n\n");
+    if (against != NULL)
+        printf("--against: the BMI table only; the ideal columns are the other library's BMI face, "
+               "so each ratio\nis this library's rate over the other's\n\n");
 }
 
 /* The cases of one table: targets[0..ntargets) (their counts: counts[ti], times factor), each
@@ -309,7 +317,9 @@ static int run_bench(struct bench *b, const char *libpath, const char *noop)
     }
     for (int i = 0; i < 3; i++)
         api.close(b->targets[i].h);
-    if (only != NULL)
+    if (against != NULL)
+        printf("\n--against: two builds compared; the targets are judged on a whole run\n");
+    else if (only != NULL)
         printf("\n--only %s: a partial run; the targets are judged on a whole run\n", only);
     else
         print_targets(&b->seen, &streamed, b->all_ok);
@@ -350,6 +360,13 @@ int main(int argc, char **argv)
             argi += 2;
         } else if (strcmp(argv[argi], "--size") == 0 && argi + 1 < argc) {
             cg.size = (size_t)strtoull(argv[argi + 1], NULL, 10);
+            argi += 2;
+        } else if (strcmp(argv[argi], "--against") == 0 && argi + 1 < argc) {
+            static struct bmi_api b_api;
+            char why[256];
+            if (bmi_load("--against", argv[argi + 1], &b_api, why, sizeof why) != 0)
+                die("--against: %s", why);
+            against = &b_api;
             argi += 2;
         } else if (strcmp(argv[argi], "--only") == 0 && argi + 1 < argc) {
             only = argv[argi + 1];

@@ -16,6 +16,7 @@
 
 struct sf_api api;
 int aa = 0;
+const struct bmi_api *against = NULL;
 
 struct job {
     struct pool *pool; /* first: run_block clears the rest */
@@ -128,6 +129,10 @@ static int library_side(struct job *j, int i, const SpamfilterMessage *msg)
 static int ideal_side(struct job *j, const struct source *src, struct conn *c, struct obuf *b)
 {
     const struct target *t = j->pool->t;
+    if (against != NULL) { /* only BMI cases run (see selected in main.c) */
+        struct bmi_source bs = {.msg = j->m};
+        return bmi_message(against, t->opt, &bs, t->expect_edits, j->err, sizeof j->err);
+    }
     int edits = 0;
     char final = 0;
     int r = ideal_message(c, t->port, src, b, t->reuse > 0, &edits, &final);

@@ -22,6 +22,10 @@
 extern struct sf_api api;
 /* --aa: the ideal client on both sides, to show the bench's own noise (the ratios' spread). */
 extern int aa;
+/* --against LIBRARY_B: another build's BMI face in the ideal client's place (the BMI cases
+ * only), so that two builds are compared in the same process and rounds: the ratio is then
+ * LIBRARY's rate over LIBRARY_B's. NULL otherwise. */
+extern const struct bmi_api *against;
 
 enum { CLIENT_LIB, CLIENT_IDEAL };
 
