@@ -183,6 +183,15 @@ pub fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
     }
 }
 
+/// `host` as an address literal, if it is one: a plain dotted quad read directly, anything
+/// else by std's parser.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    match dotted_quad(host.as_bytes()) {
+        Some(v4) => Some(IpAddr::V4(v4)),
+        None => host.parse().ok(),
+    }
+}
+
 fn time_left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -195,8 +204,7 @@ fn seconds(d: Duration) -> String {
 /// Literals need no resolver. Names go through the process's bounded resolver table
 /// (`crate::resolve`): one lookup thread per name at a time, a few in all, answers kept 30 s.
 pub fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>> {
-    let literal = dotted_quad(host.as_bytes()).map(IpAddr::V4);
-    if let Some(ip) = literal.or_else(|| host.parse::<IpAddr>().ok()) {
+    if let Some(ip) = ip_literal(host) {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let ips = crate::resolve::global().resolve(host, limit, crate::resolve::system_lookup)?;
@@ -221,8 +229,7 @@ fn connect_name(
             "the message deadline passed before connecting",
         ));
     }
-    let literal = dotted_quad(host.as_bytes()).map(IpAddr::V4);
-    if let Some(ip) = literal.or_else(|| host.parse::<IpAddr>().ok()) {
+    if let Some(ip) = ip_literal(host) {
         // A literal: nothing to resolve (and no list to build).
         return connect_addrs(&[SocketAddr::new(ip, port)], connect_timeout, deadline);
     }

@@ -1230,6 +1230,25 @@ mod tests {
         }
     }
 
+    /// `build`'s shortcut for an unchanged message gives what the whole builder gives.
+    #[test]
+    fn an_unchanged_message_gets_the_builders_own_answer() {
+        for disposition in [Disposition::Accept, Disposition::Continue] {
+            for stage in [Stage::Connect, Stage::Rcpt, Stage::Header, Stage::Eom] {
+                let mut o = Outcome::new(disposition, stage);
+                o.headers = vec![h("Subject", b" hello"), h("From", b" a@example.org")];
+                o.reply = Some(b"250 2.0.0 fine".to_vec());
+                o.leadspc = stage == Stage::Eom;
+                assert!(unchanged(&o));
+                for opts in [options(), by_position(), legacy()] {
+                    let whole = build_for_the_rest(&o, &opts, &[]);
+                    assert_eq!(build(&o, &opts), whole, "{o:?}");
+                    assert_eq!(whole.kind, VerdictKind::None);
+                }
+            }
+        }
+    }
+
     fn h(name: &str, value: &[u8]) -> Header {
         Header {
             name: name.as_bytes().to_vec(),
