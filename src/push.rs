@@ -603,7 +603,7 @@ impl<'a> Message<'a> {
         };
         let peer = Arc::clone(c.peer());
         let keep = self.handle.config().connection_reuse > 0;
-        let f = c.finish(&outcome, keep);
+        let f = c.finish_boxed(&outcome, keep);
         if let Some(t) = self.transcript.as_mut() {
             t.extend(f.transcript);
         }
