@@ -326,6 +326,7 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
 
     /// `finish` for a conversation in a box (the push API's): only the stream moves out of
     /// it, not the whole conversation (960 bytes) first.
+    #[allow(clippy::boxed_local)] // the box is the point: `*self` would be the move
     pub fn finish_boxed(mut self: Box<Self>, outcome: &Outcome, keep: bool) -> Finished<S> {
         let (reusable, transcript, negotiation, timeouts) = self.finishing(outcome, keep);
         Finished {
@@ -361,7 +362,6 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
             self.wire.clock.timeouts,
         )
     }
-
 
     /// Ends a conversation its caller gave up on before end of message: ABORT once MAIL went
     /// out (the Milter then forgets the message), and QUIT. What was queued is not sent.
