@@ -17,7 +17,8 @@ FUZZ_SECONDS   ?= 60
 FUZZ_TARGETS   := decode_reply decode_optneg config_parse verdict_build conversation bmi_verdict_str
 # cargo-fuzz passes -Z flags (sanitizers) that only nightly accepts; this machine has one stable
 # toolchain, which accepts them with RUSTC_BOOTSTRAP=1.
-FUZZ_CARGO     ?= RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+# The fuzz builds are instrumented by cargo-fuzz: without the profile-guided flag (mk/pgo.mk).
+FUZZ_CARGO     ?= RUSTC_BOOTSTRAP=1 RUSTFLAGS="$(RUSTFLAGS_BASE)" $(CARGO) fuzz
 
 .PHONY: memcheck fuzz fuzz-build
 
