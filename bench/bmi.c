@@ -1,6 +1,7 @@
 /* See bmi.h. */
 #define _GNU_SOURCE
 #include "bmi.h"
+#include "interpose.h"
 #include "util.h"
 
 #include <dlfcn.h>
@@ -19,6 +20,56 @@ int bench_bmi_load(const char *path, struct bmi_api *api, char *err, size_t errl
     return 0;
 }
 
+/* Each BMI call's time outside system calls, when timed (bmi_time_calls). */
+static int timing;
+static struct {
+    const char *name;
+    uint64_t ticks, calls;
+} call_time[24];
+
+void bmi_time_calls(void)
+{
+    timing = 1;
+}
+
+/* Adds a call of `name` that began at tick t0 with the thread's system-call ticks at s0. */
+static void timed(const char *name, uint64_t t0, uint64_t s0)
+{
+    uint64_t own = ticks_now() - t0 - (t_sys_ticks - s0);
+    size_t n = sizeof call_time / sizeof call_time[0];
+    for (size_t i = 0; i < n; i++) {
+        if (call_time[i].name == NULL)
+            call_time[i].name = name;
+        if (call_time[i].name == name || strcmp(call_time[i].name, name) == 0) {
+            call_time[i].ticks += own;
+            call_time[i].calls++;
+            return;
+        }
+    }
+}
+
+void bmi_call_report(FILE *out, uint64_t messages)
+{
+    uint64_t all = 0;
+    fprintf(out, "each BMI call's time a message outside system calls (" TICKS_UNIT "):\n");
+    for (size_t i = 0; i < sizeof call_time / sizeof call_time[0] && call_time[i].name; i++) {
+        fprintf(out, "  %-26s %8.0f  (%.1f calls)\n", call_time[i].name,
+                (double)call_time[i].ticks / (double)messages,
+                (double)call_time[i].calls / (double)messages);
+        all += call_time[i].ticks;
+    }
+    fprintf(out, "  %-26s %8.0f\n", "in all", (double)all / (double)messages);
+}
+
+/* Runs the statement `stmt`, a BMI call named `name`, timed when timing is on. */
+#define TIMED(name, stmt)                                                                   \
+    do {                                                                                    \
+        uint64_t t0_ = timing ? ticks_now() : 0, s0_ = timing ? t_sys_ticks : 0;            \
+        stmt;                                                                               \
+        if (timing)                                                                         \
+            timed(name, t0_, s0_);                                                          \
+    } while (0)
+
 /* A failed call: what it was, where and what the library says; -1. */
 static int failed(const struct bmi_api *api, const char *call, BmiError e, char *err,
                   size_t errlen)
@@ -31,7 +82,8 @@ static int failed(const struct bmi_api *api, const char *call, BmiError e, char 
 
 #define CALL(expr, name)                                                                    \
     do {                                                                                    \
-        BmiError e_ = (expr);                                                               \
+        BmiError e_;                                                                        \
+        TIMED(name, e_ = (expr));                                                           \
         if (api->error_is_fatal(e_) == BMI_TRUE)                                            \
             return failed(api, name, e_, err, errlen);                                      \
     } while (0)
@@ -98,7 +150,7 @@ static int take_verdicts(const struct bmi_api *api, BmiMessage *msg, int expect_
     while (v != NULL) {
         char *text = NULL;
         CALL(api->create_str_from_verdict(v, &text), "bmiCreateStrFromVerdict");
-        api->free_str(text);
+        TIMED("bmiFreeStr", api->free_str(text));
         CALL(api->access_next_verdict(msg, v, &v), "bmiAccessNextVerdict");
     }
     return 0;
@@ -122,18 +174,19 @@ int bmi_message(const struct bmi_api *api, const char *opt, const struct bmi_sou
                 int expect_edits, char *err, size_t errlen)
 {
     BmiSystem *sys = NULL;
-    BmiError e = api->init_system(BMI_VERSION, opt, &sys);
+    BmiError e;
+    TIMED("bmiInitSystem", e = api->init_system(BMI_VERSION, opt, &sys));
     if (api->error_is_fatal(e) == BMI_TRUE)
         return failed(api, "bmiInitSystem", e, err, errlen);
     BmiMessage *msg = NULL;
-    e = api->init_message(sys, &msg);
+    TIMED("bmiInitMessage", e = api->init_message(sys, &msg));
     if (api->error_is_fatal(e) == BMI_TRUE) {
         api->free_system(sys);
         return failed(api, "bmiInitMessage", e, err, errlen);
     }
     int r = push_message(api, msg, src, expect_edits, err, errlen);
     /* Exim leaves both on success; a bench that did so would leak per message. */
-    api->free_message(msg);
-    api->free_system(sys);
+    TIMED("bmiFreeMessage", api->free_message(msg));
+    TIMED("bmiFreeSystem", api->free_system(sys));
     return r;
 }

@@ -9,11 +9,14 @@
 
 #include <stddef.h>
 
-/* --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] [--bmi] [--ideal]. */
+/* --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] [--bmi] [--ideal] [--ticks]. */
 struct callgrind_case {
     int n;
     size_t size;
     int noreply, dkim, reuse, bmi, ideal;
+    /* The client's time outside system calls, from the time-stamp counter (interpose.h), and
+     * with --bmi each BMI call's: not under valgrind, where it would be counted. */
+    int ticks;
 };
 int callgrind_main(const struct callgrind_case *k, const char *lib, const char *noop);
 

@@ -12,6 +12,20 @@
 __thread int t_mode;
 __thread struct iostat t_io;
 __thread int t_lastfd = -1;
+__thread uint64_t t_sys_ticks;
+int ticking;
+
+/* Around each real call: its ticks added to t_sys_ticks, when ticking. */
+static inline uint64_t kernel_in(void)
+{
+    return ticking ? ticks_now() : 0;
+}
+
+static inline void kernel_out(uint64_t t0)
+{
+    if (ticking)
+        t_sys_ticks += ticks_now() - t0;
+}
 
 #define FD_SLOTS 65536
 /* Per fd: 1 a TCP socket created while a mode was set; 2 also written since its last read. */
@@ -98,7 +112,9 @@ static void count_read(int fd, ssize_t n, int flags)
 
 int socket(int domain, int type, int protocol)
 {
+    uint64_t t0 = kernel_in();
     int fd = real_socket(domain, type, protocol);
+    kernel_out(t0);
     if (fd >= 0 && fd < FD_SLOTS)
         fd_state[fd] = (t_mode != M_NONE && (domain == AF_INET || domain == AF_INET6) &&
                         (type & 0xf) == SOCK_STREAM)
@@ -111,26 +127,37 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     if (counted(fd))
         t_io.connects++;
-    return real_connect(fd, addr, len);
+    uint64_t t0 = kernel_in();
+    int r = real_connect(fd, addr, len);
+    kernel_out(t0);
+    return r;
 }
 
 int close(int fd)
 {
     if (fd >= 0 && fd < FD_SLOTS)
         fd_state[fd] = 0;
-    return real_close(fd);
+    uint64_t t0 = kernel_in();
+    int r = real_close(fd);
+    kernel_out(t0);
+    return r;
 }
 
 int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
     if (counted(fd))
         t_io.sockopts++;
-    return real_setsockopt(fd, level, name, val, len);
+    uint64_t t0 = kernel_in();
+    int r = real_setsockopt(fd, level, name, val, len);
+    kernel_out(t0);
+    return r;
 }
 
 ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_send(fd, buf, len, flags);
+    kernel_out(t0);
     count_write(fd, n);
     return n;
 }
@@ -138,35 +165,45 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
 ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to,
                socklen_t tolen)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_sendto(fd, buf, len, flags, to, tolen);
+    kernel_out(t0);
     count_write(fd, n);
     return n;
 }
 
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_sendmsg(fd, msg, flags);
+    kernel_out(t0);
     count_write(fd, n);
     return n;
 }
 
 ssize_t write(int fd, const void *buf, size_t len)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_write(fd, buf, len);
+    kernel_out(t0);
     count_write(fd, n);
     return n;
 }
 
 ssize_t writev(int fd, const struct iovec *iov, int cnt)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_writev(fd, iov, cnt);
+    kernel_out(t0);
     count_write(fd, n);
     return n;
 }
 
 ssize_t recv(int fd, void *buf, size_t len, int flags)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_recv(fd, buf, len, flags);
+    kernel_out(t0);
     count_read(fd, n, flags);
     return n;
 }
@@ -174,28 +211,36 @@ ssize_t recv(int fd, void *buf, size_t len, int flags)
 ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from,
                  socklen_t *fromlen)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_recvfrom(fd, buf, len, flags, from, fromlen);
+    kernel_out(t0);
     count_read(fd, n, flags);
     return n;
 }
 
 ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_recvmsg(fd, msg, flags);
+    kernel_out(t0);
     count_read(fd, n, flags);
     return n;
 }
 
 ssize_t read(int fd, void *buf, size_t len)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_read(fd, buf, len);
+    kernel_out(t0);
     count_read(fd, n, 0);
     return n;
 }
 
 ssize_t readv(int fd, const struct iovec *iov, int cnt)
 {
+    uint64_t t0 = kernel_in();
     ssize_t n = real_readv(fd, iov, cnt);
+    kernel_out(t0);
     count_read(fd, n, 0);
     return n;
 }

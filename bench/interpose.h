@@ -31,6 +31,33 @@ extern __thread struct iostat t_io;
  * the connection the library's thread used: see fresh_connections in run.c). */
 extern __thread int t_lastfd;
 
+/* Time-stamp ticks this thread spent inside the socket calls above (each of them, counted or
+ * not): a client's time less this is its time outside system calls (`--callgrind`), a finer
+ * measure of its own cost than the kernel's tick-sampled user time. */
+extern __thread uint64_t t_sys_ticks;
+/* Whether the socket calls are timed into t_sys_ticks at all (`--callgrind --ticks`). */
+extern int ticking;
+
 void io_add(struct iostat *to, const struct iostat *from);
+
+/* A tick: the time-stamp counter's on x86 (read in a few cycles, no system call), else a
+ * nanosecond of CLOCK_MONOTONIC. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+static inline uint64_t ticks_now(void)
+{
+    return __rdtsc();
+}
+#define TICKS_UNIT "TSC ticks"
+#else
+#include <time.h>
+static inline uint64_t ticks_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+#define TICKS_UNIT "ns"
+#endif
 
 #endif

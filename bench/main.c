@@ -47,7 +47,7 @@ static void usage(void)
     fprintf(stderr, "usage: bench [--quick] [--scale F] [--only TEXT] [--aa | --against LIBRARY_B] "
                     "LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind N [--size BYTES] [--noreply | --opendkim] [--reuse] "
-                    "[--bmi] [--ideal] LIBRARY NOOP_MILTER\n"
+                    "[--bmi] [--ideal] [--ticks] LIBRARY NOOP_MILTER\n"
                     "       bench --callgrind-report CALLGRIND_OUT MESSAGES OBJECT\n");
     exit(2);
 }
@@ -340,7 +340,7 @@ int main(int argc, char **argv)
     const struct {
         const char *name;
         int *flag;
-    } switches[] = {{"--noreply", &cg.noreply}, {"--reuse", &cg.reuse}, {"--ideal", &cg.ideal},
+    } switches[] = {{"--noreply", &cg.noreply}, {"--reuse", &cg.reuse}, {"--ideal", &cg.ideal}, {"--ticks", &cg.ticks},
                     {"--opendkim", &cg.dkim},   {"--bmi", &cg.bmi},     {"--aa", &aa}};
     while (argi < argc && strncmp(argv[argi], "--", 2) == 0) {
         size_t sw = 0;
