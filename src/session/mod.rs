@@ -153,6 +153,20 @@ pub struct Finished<S> {
     pub transcript: Vec<String>,
 }
 
+impl Finished<()> {
+    /// The ended conversation with its stream.
+    #[inline(always)]
+    fn with<S>(self, stream: S) -> Finished<S> {
+        Finished {
+            stream,
+            negotiation: self.negotiation,
+            reusable: self.reusable,
+            timeouts: self.timeouts,
+            transcript: self.transcript,
+        }
+    }
+}
+
 /// One message's conversation on one connection.
 pub struct Conversation<'m, S: Timeouts> {
     wire: Wire<'m, S>,
@@ -314,37 +328,21 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
     /// per-connection state at negotiation, and QUIT_NC has it tear that down (pymilter, and
     /// libmilter filters that allocate in xxfi_negotiate): such a connection is never reused.
     pub fn finish(mut self, outcome: &Outcome, keep: bool) -> Finished<S> {
-        let (reusable, transcript, negotiation, timeouts) = self.finishing(outcome, keep);
-        Finished {
-            transcript,
-            negotiation,
-            reusable,
-            timeouts,
-            stream: self.wire.stream,
-        }
+        let f = self.finishing(outcome, keep);
+        f.with(self.wire.stream)
     }
 
     /// `finish` for a conversation in a box (the push API's): only the stream moves out of
     /// it, not the whole conversation (960 bytes) first.
     #[allow(clippy::boxed_local)] // the box is the point: `*self` would be the move
     pub fn finish_boxed(mut self: Box<Self>, outcome: &Outcome, keep: bool) -> Finished<S> {
-        let (reusable, transcript, negotiation, timeouts) = self.finishing(outcome, keep);
-        Finished {
-            transcript,
-            negotiation,
-            reusable,
-            timeouts,
-            stream: self.wire.stream,
-        }
+        let f = self.finishing(outcome, keep);
+        f.with(self.wire.stream)
     }
 
     /// What `finish` does before the stream is moved out.
     #[inline(always)] // each front has its own copy: one function entered, not two
-    fn finishing(
-        &mut self,
-        outcome: &Outcome,
-        keep: bool,
-    ) -> (bool, Vec<String>, Negotiation, SocketTimeouts) {
+    fn finishing(&mut self, outcome: &Outcome, keep: bool) -> Finished<()> {
         let reusable = keep
             && outcome.stage == Stage::Eom
             && outcome.disposition == Disposition::Continue
@@ -355,12 +353,13 @@ impl<'m, S: Timeouts> Conversation<'m, S> {
             self.wire.queue(SMFIC_QUIT, &[]);
             let _ = self.wire.write_out();
         }
-        (
+        Finished {
+            transcript: self.wire.transcript.take().unwrap_or_default(),
+            negotiation: std::mem::take(&mut self.neg),
             reusable,
-            self.wire.transcript.take().unwrap_or_default(),
-            std::mem::take(&mut self.neg),
-            self.wire.clock.timeouts,
-        )
+            timeouts: self.wire.clock.timeouts,
+            stream: (),
+        }
     }
 
     /// Ends a conversation its caller gave up on before end of message: ABORT once MAIL went
