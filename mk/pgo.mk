@@ -43,17 +43,20 @@ pgo-profile: $(BENCH) $(NOOP_MILTER)
 	[ -n "$$profdata" ] && "$$profdata" --version | grep -q "LLVM version $(RUSTC_LLVM)\." || { \
 		echo "pgo-profile: llvm-profdata of LLVM $(RUSTC_LLVM) (rustc's) missing: apt-get install llvm-$(RUSTC_LLVM)" >&2; exit 1; }
 	@command -v opendkim >/dev/null || { echo "pgo-profile: opendkim missing: apt-get install opendkim opendkim-tools" >&2; exit 1; }
-	rm -rf $(PGO_GEN_DIR)/profraw
 	RUSTFLAGS="$(RUSTFLAGS_BASE) -Cprofile-generate=$(CURDIR)/$(PGO_GEN_DIR)/profraw" \
 		CARGO_TARGET_DIR=$(PGO_GEN_DIR) $(CARGO) build --release --lib
+	@# After the build: its build script is instrumented too, and its counts are not the library's.
+	rm -rf $(PGO_GEN_DIR)/profraw
 	@set -e; for c in $(PGO_CASES); do \
 		echo "pgo-profile: $(BENCH) --callgrind $(PGO_MESSAGES) $$c"; \
 		$(BENCH) --callgrind $(PGO_MESSAGES) $$c $(PGO_GEN_DIR)/release/libmilter_spamfilter.so \
 			$(NOOP_MILTER) > /dev/null; \
 	done
-	@profdata=$$(command -v llvm-profdata-$(RUSTC_LLVM) || command -v llvm-profdata); \
-	mkdir -p pgo && "$$profdata" merge --sparse -o $(PGO_PROFILE) $(PGO_GEN_DIR)/profraw/*.profraw
-	@printf 'llvm %s\ncommit %s\n' "$(RUSTC_LLVM)" "$$(git describe --always --dirty 2>/dev/null)" > $(PGO_INFO)
+	@made=$$(git rev-parse --short HEAD 2>/dev/null); \
+	git diff --quiet HEAD -- src 2>/dev/null || made="$$made-dirty"; \
+	profdata=$$(command -v llvm-profdata-$(RUSTC_LLVM) || command -v llvm-profdata); \
+	mkdir -p pgo && "$$profdata" merge --sparse -o $(PGO_PROFILE) $(PGO_GEN_DIR)/profraw/*.profraw && \
+	printf 'llvm %s\ncommit %s\n' "$(RUSTC_LLVM)" "$$made" > $(PGO_INFO)
 	@echo "pgo-profile: wrote $(PGO_PROFILE) ($$(du -k $(PGO_PROFILE) | cut -f1) kB); commit it with $(PGO_INFO)"
 
 ## pgo-status: whether builds use the profile, and what of src/ changed since it was made.
