@@ -39,8 +39,8 @@ struct bmi_source {
 int bmi_message(const struct bmi_api *api, const char *opt, const struct bmi_source *src,
                 int expect_edits, char *err, size_t errlen);
 
-/* `--callgrind`: time each BMI call of bmi_message from now on (off in the tables: a branch a
- * call), outside system calls (interpose.h). */
+/* `--callgrind --ticks`: time each BMI call of bmi_message from now on, outside system calls
+ * (interpose.h); off in the tables, where it costs a branch a call. */
 void bmi_time_calls(void);
 
 /* The BMI calls timed so far, each's ticks a message outside system calls, to `out`. */
