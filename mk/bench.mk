@@ -45,6 +45,7 @@ $(NOOP_MILTER): tests/milters/noop_milter.c
 bench: $(LIB) $(BENCH) $(NOOP_MILTER)
 	@test -e /usr/include/libmilter/mfapi.h || { echo "bench: libmilter-dev missing: apt-get install libmilter-dev" >&2; exit 1; }
 	@command -v opendkim >/dev/null && command -v opendkim-genkey >/dev/null || { echo "bench: opendkim missing: apt-get install opendkim opendkim-tools" >&2; exit 1; }
+	@$(MAKE) --no-print-directory pgo-status
 	$(BENCH) $(BENCH_ARGS) $(LIB) $(NOOP_MILTER)
 
 ## callgrind: the library's own CPU cost: CALLGRIND_MSGS messages (2 KB, 1 thread, no-op Milter
