@@ -12,6 +12,8 @@ PGO_INFO       := pgo/profile.info
 PGO_LLVM       := $(shell sed -n 's/^llvm //p' $(PGO_INFO) 2>/dev/null)
 RUSTC_LLVM     := $(shell rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 PGO_GEN_DIR    := target/pgo-gen
+# The llvm-profdata that reads what rustc's LLVM writes (looked for only by pgo-profile).
+PGO_PROFDATA    = $(shell command -v llvm-profdata-$(RUSTC_LLVM) || command -v llvm-profdata)
 PGO_MESSAGES   ?= 2000
 # What the profile is made of: the bench's callgrind mode (one thread, no valgrind) through both
 # faces, against the no-op Milter in both modes and opendkim, 2 KB, 100 KB and a streamed 10 MB
@@ -39,8 +41,7 @@ endif
 ## pgo-profile: make pgo/milter_spamfilter.profdata anew from the working tree (about a minute):
 ## an instrumented library runs the bench's message cases, llvm-profdata merges what it counted.
 pgo-profile: $(BENCH) $(NOOP_MILTER)
-	@profdata=$$(command -v llvm-profdata-$(RUSTC_LLVM) || command -v llvm-profdata); \
-	[ -n "$$profdata" ] && "$$profdata" --version | grep -q "LLVM version $(RUSTC_LLVM)\." || { \
+	@[ -n "$(PGO_PROFDATA)" ] && "$(PGO_PROFDATA)" --version | grep -q "LLVM version $(RUSTC_LLVM)\." || { \
 		echo "pgo-profile: llvm-profdata of LLVM $(RUSTC_LLVM) (rustc's) missing: apt-get install llvm-$(RUSTC_LLVM)" >&2; exit 1; }
 	@command -v opendkim >/dev/null || { echo "pgo-profile: opendkim missing: apt-get install opendkim opendkim-tools" >&2; exit 1; }
 	RUSTFLAGS="$(RUSTFLAGS_BASE) -Cprofile-generate=$(CURDIR)/$(PGO_GEN_DIR)/profraw" \
@@ -54,8 +55,7 @@ pgo-profile: $(BENCH) $(NOOP_MILTER)
 	done
 	@made=$$(git rev-parse --short HEAD 2>/dev/null); \
 	git diff --quiet HEAD -- src 2>/dev/null || made="$$made-dirty"; \
-	profdata=$$(command -v llvm-profdata-$(RUSTC_LLVM) || command -v llvm-profdata); \
-	mkdir -p pgo && "$$profdata" merge --sparse -o $(PGO_PROFILE) $(PGO_GEN_DIR)/profraw/*.profraw && \
+	mkdir -p pgo && "$(PGO_PROFDATA)" merge --sparse -o $(PGO_PROFILE) $(PGO_GEN_DIR)/profraw/*.profraw && \
 	printf 'llvm %s\ncommit %s\n' "$(RUSTC_LLVM)" "$$made" > $(PGO_INFO)
 	@echo "pgo-profile: wrote $(PGO_PROFILE) ($$(du -k $(PGO_PROFILE) | cut -f1) kB); commit it with $(PGO_INFO)"
 
